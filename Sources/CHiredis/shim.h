@@ -1,0 +1,42 @@
+// The only C this package has: includes, and what Swift cannot see by itself.
+// Everything here must compile against hiredis 0.14 (Debian bookworm) and 1.x (Homebrew, newer distributions).
+#ifndef CHIREDIS_SHIM_H
+#define CHIREDIS_SHIM_H
+
+// Both header layouts resolve these: Debian's pkg-config adds -I/usr/include/hiredis, Homebrew's adds the prefix.
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+// Swift cannot evaluate `#if` on C macros: expose the library version as values.
+static inline int chiredis_version_major(void) { return HIREDIS_MAJOR; }
+static inline int chiredis_version_minor(void) { return HIREDIS_MINOR; }
+
+// RESP3 reply types exist only in hiredis 1.x. On 0.14 they get values no reply can carry,
+// so the decoder can name them on both versions without a Swift-side version check.
+#if HIREDIS_MAJOR >= 1
+static const int CHIREDIS_REPLY_DOUBLE = REDIS_REPLY_DOUBLE;
+static const int CHIREDIS_REPLY_BOOL = REDIS_REPLY_BOOL;
+static const int CHIREDIS_REPLY_MAP = REDIS_REPLY_MAP;
+static const int CHIREDIS_REPLY_SET = REDIS_REPLY_SET;
+static const int CHIREDIS_REPLY_ATTR = REDIS_REPLY_ATTR;
+static const int CHIREDIS_REPLY_PUSH = REDIS_REPLY_PUSH;
+static const int CHIREDIS_REPLY_BIGNUM = REDIS_REPLY_BIGNUM;
+static const int CHIREDIS_REPLY_VERB = REDIS_REPLY_VERB;
+#else
+static const int CHIREDIS_REPLY_DOUBLE = -107;
+static const int CHIREDIS_REPLY_BOOL = -108;
+static const int CHIREDIS_REPLY_MAP = -109;
+static const int CHIREDIS_REPLY_SET = -110;
+static const int CHIREDIS_REPLY_ATTR = -111;
+static const int CHIREDIS_REPLY_PUSH = -112;
+static const int CHIREDIS_REPLY_BIGNUM = -113;
+static const int CHIREDIS_REPLY_VERB = -114;
+#endif
+
+// `&ac->c`: Swift cannot form a stable pointer to a field of a struct it reaches through a pointer.
+static inline redisContext *_Nonnull chiredis_context(redisAsyncContext *_Nonnull ac) { return &ac->c; }
+
+// The error text, a char array that Swift would import as a 128-element tuple.
+static inline const char *_Nonnull chiredis_errstr(const redisContext *_Nonnull c) { return c->errstr; }
+
+#endif

@@ -1,0 +1,65 @@
+import Synchronization
+
+/// A one-shot result that an async caller awaits, fulfilled from the event loop or failed by cancellation,
+/// whichever comes first; the other is ignored. Cancellation that arrives before the caller suspends still wins.
+final class Pending<Value: Sendable>: Sendable {
+    private enum State {
+        case initial
+        case waiting(CheckedContinuation<Value, any Error>)
+        case finished
+    }
+
+    private let state = Mutex(State.initial)
+    /// The command's RESP bytes, for requests; empty for other waits.
+    let bytes: [UInt8]
+
+    init(bytes: [UInt8] = []) {
+        self.bytes = bytes
+    }
+
+    /// Whether the result is already decided (for a request not yet written: then it needs no writing).
+    var isFinished: Bool {
+        state.withLock { if case .finished = $0 { true } else { false } }
+    }
+
+    /// Suspends until ``succeed(_:)``, ``fail(_:)`` or task cancellation. `start` runs once the continuation is
+    /// installed, unless the task was cancelled already.
+    func wait(start: () -> Void) async throws -> Value {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Value, any Error>) in
+                let installed = state.withLock { state -> Bool in
+                    guard case .initial = state else { return false }
+                    state = .waiting(continuation)
+                    return true
+                }
+                if installed {
+                    start()
+                } else {
+                    continuation.resume(throwing: CancellationError())
+                }
+            }
+        } onCancel: {
+            fail(CancellationError())
+        }
+    }
+
+    func succeed(_ value: Value) { resume(.success(value)) }
+
+    func fail(_ error: any Error) { resume(.failure(error)) }
+
+    private func resume(_ result: Result<Value, any Error>) {
+        let continuation = state.withLock { state -> CheckedContinuation<Value, any Error>? in
+            switch state {
+            case .initial:
+                state = .finished
+                return nil
+            case .waiting(let continuation):
+                state = .finished
+                return continuation
+            case .finished:
+                return nil
+            }
+        }
+        continuation?.resume(with: result)
+    }
+}

@@ -1,0 +1,338 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// Something the loop polls: a file descriptor's owner, told when the descriptor is ready.
+protocol EventLoopSource: AnyObject {
+    /// The descriptor is readable, or hung up, or in error, and read interest is on.
+    func readable()
+    /// The descriptor is writable, or in error, and write interest is on.
+    func writable()
+}
+
+/// A one-shot timer on an ``EventLoop``. Loop-confined: create, fire and cancel it on the loop.
+final class LoopTimer {
+    fileprivate var body: (() -> Void)?
+    fileprivate init(_ body: @escaping () -> Void) { self.body = body }
+    /// Stops the timer from firing. Idempotent.
+    func cancel() { body = nil }
+}
+
+/// The thread that runs every hiredis call of the package.
+///
+/// Callers on any thread submit closures with ``execute(_:)``; the loop runs them in order, then polls its
+/// descriptors and timers. A sleeping loop is woken through a pipe, written only when the loop is actually
+/// asleep, so a burst of submissions costs one wake-up. Everything except `inbox` is confined to the loop thread.
+final class EventLoop: @unchecked Sendable {
+    // @unchecked Sendable because: `inbox` and `thread` are Mutexes; every other stored property is touched only
+    // on the loop thread (checked by `assertInLoop()`), and the pipe descriptors are immutable.
+
+    /// The loop every connection of the process uses unless told otherwise. Started on first use, never stopped.
+    static let shared = EventLoop(name: "RedisPubSub")
+
+    private struct Inbox {
+        var tasks: [@Sendable () -> Void] = []
+        var sleeping = false
+    }
+
+    private let inbox = Mutex(Inbox())
+    private let thread = Mutex<pthread_t?>(nil)
+    private let wakeReadFD: Int32
+    private let wakeWriteFD: Int32
+
+    // Loop-confined state.
+    private struct Registration {
+        let fd: Int32
+        let source: any EventLoopSource
+        var read: Bool
+        var write: Bool
+    }
+    private var registrations: [Registration] = []
+    private var timers = TimerHeap()
+    private var pollDescriptors: [pollfd] = []
+    private var pollOwners: [ObjectIdentifier] = []
+    private var spareTasks: [@Sendable () -> Void] = []
+
+    init(name: String) {
+        var fds: [Int32] = [0, 0]
+        let rc = pipe(&fds)
+        precondition(rc == 0, "RedisPubSub: cannot create the event loop's wake-up pipe (errno \(errno))")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeReadFD = fds[0]
+        wakeWriteFD = fds[1]
+        start(name: name)
+    }
+
+    private func start(name: String) {
+        final class Box {
+            let loop: EventLoop
+            let name: String
+            init(_ loop: EventLoop, _ name: String) { self.loop = loop; self.name = name }
+        }
+        // Unmanaged because: the new thread takes this +1 and releases it right away; the loop itself is
+        // kept alive by the thread's `run()` frame, which never returns.
+        let box = Unmanaged.passRetained(Box(self, name)).toOpaque()
+        var tid = pthread_t?.none
+        #if canImport(Darwin)
+        let rc = pthread_create(&tid, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+            pthread_setname_np(box.name)
+            box.loop.run()
+        }, box)
+        #else
+        var handle = pthread_t()
+        let rc = pthread_create(&handle, nil, { raw in
+            // Glibc's pthread_setname_np needs _GNU_SOURCE, which Swift's Glibc module lacks: the thread stays unnamed.
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.loop.run()
+        }, box)
+        tid = handle
+        #endif
+        precondition(rc == 0, "RedisPubSub: cannot start the event loop thread (error \(rc))")
+        thread.withLock { $0 = tid }
+    }
+
+    /// Whether the caller runs on the loop thread.
+    var inLoop: Bool {
+        let current = pthread_self()
+        return thread.withLock { stored in
+            guard let stored else { return false }
+            return pthread_equal(stored, current) != 0
+        }
+    }
+
+    /// Traps in debug builds when called off the loop thread.
+    @inline(__always)
+    func assertInLoop(file: StaticString = #fileID, line: UInt = #line) {
+        assert(inLoop, "RedisPubSub: called off the event loop thread", file: file, line: line)
+    }
+
+    /// Runs `task` on the loop thread, after the tasks submitted before it. Callable from any thread; never blocks
+    /// on the loop's work (only on a short critical section).
+    func execute(_ task: @escaping @Sendable () -> Void) {
+        let wake = inbox.withLock { inbox -> Bool in
+            inbox.tasks.append(task)
+            if inbox.sleeping {
+                inbox.sleeping = false
+                return true
+            }
+            return false
+        }
+        if wake {
+            var byte: UInt8 = 1
+            _ = write(wakeWriteFD, &byte, 1)  // EAGAIN means a wake-up is already pending: fine.
+        }
+    }
+
+    // MARK: Loop-confined API
+
+    /// Sets the interest in `fd`'s readiness. Both `false` unregisters the descriptor (and releases `source`).
+    func setInterest(fd: Int32, source: any EventLoopSource, read: Bool, write: Bool) {
+        assertInLoop()
+        if let index = registrations.firstIndex(where: { $0.fd == fd }) {
+            if !read && !write {
+                registrations.remove(at: index)
+            } else {
+                registrations[index] = Registration(fd: fd, source: source, read: read, write: write)
+            }
+        } else if read || write {
+            registrations.append(Registration(fd: fd, source: source, read: read, write: write))
+        }
+    }
+
+    /// Calls `body` on the loop at `deadline` (or on the next turn if it already passed), unless cancelled first.
+    func scheduleTimer(at deadline: ContinuousClock.Instant, _ body: @escaping () -> Void) -> LoopTimer {
+        assertInLoop()
+        let timer = LoopTimer(body)
+        timers.insert(deadline: deadline, timer: timer)
+        return timer
+    }
+
+    // MARK: The loop
+
+    private func run() -> Never {
+        var blocked = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGPIPE)
+        // hiredis writes with write(2): a closed peer must give EPIPE, not kill the process.
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
+
+        while true {
+            runTasks()
+            let now = ContinuousClock.now
+            fireTimers(now: now)
+            let timeout: Int32
+            if let next = timers.nextDeadline {
+                timeout = Self.milliseconds(until: next, from: now)
+            } else {
+                timeout = -1
+            }
+            let sleep = inbox.withLock { inbox -> Bool in
+                guard inbox.tasks.isEmpty else { return false }
+                inbox.sleeping = true
+                return true
+            }
+            poll(timeout: sleep ? timeout : 0)
+            if sleep {
+                inbox.withLock { $0.sleeping = false }
+            }
+        }
+    }
+
+    private func runTasks() {
+        // Swap buffers so the critical section is O(1) and the task array's storage is reused.
+        var tasks = spareTasks
+        inbox.withLock { inbox in swap(&tasks, &inbox.tasks) }
+        for task in tasks { task() }
+        tasks.removeAll(keepingCapacity: true)
+        spareTasks = tasks
+    }
+
+    private func fireTimers(now: ContinuousClock.Instant) {
+        while let timer = timers.popDue(now: now) {
+            if let body = timer.body {
+                timer.body = nil
+                body()
+            }
+        }
+    }
+
+    private func poll(timeout: Int32) {
+        pollDescriptors.removeAll(keepingCapacity: true)
+        pollOwners.removeAll(keepingCapacity: true)
+        pollDescriptors.append(pollfd(fd: wakeReadFD, events: Int16(POLLIN), revents: 0))
+        pollOwners.append(ObjectIdentifier(self))
+        for registration in registrations {
+            var events: Int16 = 0
+            if registration.read { events |= Int16(POLLIN) }
+            if registration.write { events |= Int16(POLLOUT) }
+            pollDescriptors.append(pollfd(fd: registration.fd, events: events, revents: 0))
+            pollOwners.append(ObjectIdentifier(registration.source))
+        }
+        let count = pollDescriptors.withUnsafeMutableBufferPointer { buffer in
+            systemPoll(buffer.baseAddress!, nfds_t(buffer.count), timeout)
+        }
+        guard count > 0 else { return }  // timeout, or EINTR: the next turn re-polls.
+
+        if pollDescriptors[0].revents != 0 {
+            var scratch = [UInt8](repeating: 0, count: 64)
+            while read(wakeReadFD, &scratch, scratch.count) > 0 {}
+        }
+        let errorMask = Int16(POLLERR) | Int16(POLLHUP) | Int16(POLLNVAL)
+        for index in 1..<pollDescriptors.count {
+            let descriptor = pollDescriptors[index]
+            guard descriptor.revents != 0 else { continue }
+            // A source may have closed (and another reused its fd) earlier in this same turn: deliver only to the
+            // source that asked.
+            if let registration = currentRegistration(fd: descriptor.fd, owner: pollOwners[index]),
+               registration.write,
+               descriptor.revents & (Int16(POLLOUT) | errorMask) != 0
+            {
+                registration.source.writable()
+            }
+            if let registration = currentRegistration(fd: descriptor.fd, owner: pollOwners[index]),
+               registration.read,
+               descriptor.revents & (Int16(POLLIN) | errorMask) != 0
+            {
+                registration.source.readable()
+            }
+        }
+    }
+
+    private func currentRegistration(fd: Int32, owner: ObjectIdentifier) -> Registration? {
+        guard let registration = registrations.first(where: { $0.fd == fd }),
+              ObjectIdentifier(registration.source) == owner
+        else { return nil }
+        return registration
+    }
+
+    private static func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
+        guard deadline > now else { return 0 }
+        let (seconds, attoseconds) = (deadline - now).components
+        let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000  // round up
+        return Int32(clamping: ms)
+    }
+}
+
+#if canImport(Darwin)
+private func systemPoll(_ fds: UnsafeMutablePointer<pollfd>, _ count: nfds_t, _ timeout: Int32) -> Int32 {
+    Darwin.poll(fds, count, timeout)
+}
+#elseif canImport(Musl)
+private func systemPoll(_ fds: UnsafeMutablePointer<pollfd>, _ count: nfds_t, _ timeout: Int32) -> Int32 {
+    Musl.poll(fds, count, timeout)
+}
+#else
+private func systemPoll(_ fds: UnsafeMutablePointer<pollfd>, _ count: nfds_t, _ timeout: Int32) -> Int32 {
+    Glibc.poll(fds, count, timeout)
+}
+#endif
+
+/// A binary min-heap of timers by deadline; ties fire in insertion order.
+struct TimerHeap {
+    private struct Entry {
+        let deadline: ContinuousClock.Instant
+        let sequence: UInt64
+        let timer: LoopTimer
+        func fires(before other: Entry) -> Bool {
+            deadline < other.deadline || (deadline == other.deadline && sequence < other.sequence)
+        }
+    }
+    private var entries: [Entry] = []
+    private var sequence: UInt64 = 0
+
+    var nextDeadline: ContinuousClock.Instant? {
+        mutating get {
+            dropCancelledHead()
+            return entries.first?.deadline
+        }
+    }
+
+    mutating func insert(deadline: ContinuousClock.Instant, timer: LoopTimer) {
+        sequence &+= 1
+        entries.append(Entry(deadline: deadline, sequence: sequence, timer: timer))
+        var child = entries.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard entries[child].fires(before: entries[parent]) else { break }
+            entries.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func popDue(now: ContinuousClock.Instant) -> LoopTimer? {
+        dropCancelledHead()
+        guard let first = entries.first, first.deadline <= now else { return nil }
+        removeFirst()
+        return first.timer
+    }
+
+    private mutating func dropCancelledHead() {
+        while let first = entries.first, first.timer.body == nil { removeFirst() }
+    }
+
+    private mutating func removeFirst() {
+        let last = entries.removeLast()
+        guard !entries.isEmpty else { return }
+        entries[0] = last
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < entries.count, entries[left].fires(before: entries[smallest]) { smallest = left }
+            if right < entries.count, entries[right].fires(before: entries[smallest]) { smallest = right }
+            guard smallest != parent else { return }
+            entries.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+}

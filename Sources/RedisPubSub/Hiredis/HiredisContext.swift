@@ -1,0 +1,295 @@
+internal import CHiredis
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a ``HiredisContext`` tells its owner. Called on the loop thread, never from inside a hiredis call.
+protocol HiredisContextDelegate: AnyObject {
+    /// The TCP or Unix connection is established; commands may be written.
+    func hiredisContextDidConnect()
+    /// One complete reply, copied out of hiredis. Top-level error replies arrive as ``RedisValue/error(_:)``.
+    func hiredisContextDidReceive(_ reply: RedisValue)
+    /// The context is gone: a connect failure, a network or protocol error, end of stream, or ``HiredisContext/close()``.
+    /// Called exactly once, last.
+    func hiredisContextDidClose(_ error: RedisError)
+}
+
+/// Owns one `redisAsyncContext` and drives it from an ``EventLoop``. Loop-confined: every method runs on the loop.
+///
+/// hiredis connects and writes through its async API, with this class as its event library (`ac->ev` hooks).
+/// Reading bypasses `redisAsyncHandleRead`: the class calls `redisBufferRead` and `redisGetReplyFromReader` itself
+/// and hands every reply to the delegate, which matches it to a request or routes it as a Pub/Sub push. hiredis's
+/// reply-callback list and its Pub/Sub dictionaries are therefore never used, which makes its Pub/Sub
+/// abort and use-after-free paths (0.14 `async.c:389`, `:478`, PING while subscribed, SSUBSCRIBE) unreachable.
+final class HiredisContext: EventLoopSource {
+    /// A resolved address: no name lookup happens on the loop.
+    enum Address: Sendable, CustomStringConvertible {
+        case tcp(ip: String, port: Int)
+        case unix(path: String)
+
+        var description: String {
+            switch self {
+            case .tcp(let ip, let port): ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+            case .unix(let path): path
+            }
+        }
+    }
+
+    private enum Event {
+        case connected
+        case closed(RedisError)
+    }
+
+    let loop: EventLoop
+    let address: Address
+    private var delegate: (any HiredisContextDelegate)?
+    private var context: UnsafeMutablePointer<redisAsyncContext>?
+    private var fd: Int32 = -1
+    private var wantRead = false
+    private var wantWrite = false
+    private var connected = false
+    private var closeCause: RedisError?
+    private var events: [Event] = []
+    private var dispatching = false
+    /// Keeps this object alive while hiredis holds pointers to it (`ac->data`, `ac->ev.data`); cleared by `cleanup`.
+    private var retainedByContext: HiredisContext?
+
+    /// Starts a non-blocking connect. The delegate later gets ``HiredisContextDelegate/hiredisContextDidConnect()``
+    /// or ``HiredisContextDelegate/hiredisContextDidClose(_:)``.
+    ///
+    /// - Throws: ``RedisError`` when the connect fails at once (for example a refused loopback port or a missing socket file).
+    init(address: Address, loop: EventLoop, delegate: any HiredisContextDelegate) throws(RedisError) {
+        loop.assertInLoop()
+        self.loop = loop
+        self.address = address
+        self.delegate = delegate
+
+        let created: UnsafeMutablePointer<redisAsyncContext>?
+        switch address {
+        case .tcp(let ip, let port): created = redisAsyncConnect(ip, Int32(port))
+        case .unix(let path): created = redisAsyncConnectUnix(path)
+        }
+        guard let ac = created else {
+            throw RedisError(.connectionClosed, "cannot connect to \(address): out of memory")
+        }
+        if ac.pointee.err != 0 {
+            let error = Self.connectError(chiredis_context(ac), address: address)
+            // > redisAsyncConnect: "check ac->err and free with redisAsyncFree yourself". No hooks are set yet.
+            redisAsyncFree(ac)
+            throw error
+        }
+        context = ac
+        fd = chiredis_context(ac).pointee.fd
+        retainedByContext = self
+
+        // Unmanaged because: hiredis stores the pointer without retaining it; `retainedByContext` keeps `self` alive
+        // until the `cleanup` hook, the last time hiredis uses it.
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        ac.pointee.data = me
+        ac.pointee.ev.data = me
+        ac.pointee.ev.addRead = { HiredisContext.from($0).setInterest(read: true) }
+        ac.pointee.ev.delRead = { HiredisContext.from($0).setInterest(read: false) }
+        ac.pointee.ev.addWrite = { HiredisContext.from($0).setInterest(write: true) }
+        ac.pointee.ev.delWrite = { HiredisContext.from($0).setInterest(write: false) }
+        ac.pointee.ev.cleanup = { HiredisContext.from($0).contextWillBeFreed() }
+        // Set last: setting the connect callback asks for write readiness (0.14 async.c:213), which needs the hooks.
+        redisAsyncSetConnectCallback(ac) { ac, status in
+            guard let data = ac?.pointee.data else { return }
+            HiredisContext.from(data).didConnect(status: status)
+        }
+    }
+
+    deinit {
+        assert(context == nil, "HiredisContext released while hiredis still holds it")
+    }
+
+    private static func from(_ data: UnsafeMutableRawPointer?) -> HiredisContext {
+        Unmanaged<HiredisContext>.fromOpaque(data!).takeUnretainedValue()
+    }
+
+    /// Whether the context is connected and not yet closed.
+    var isOpen: Bool { context != nil && connected }
+
+    /// Appends one or more RESP-encoded commands to hiredis's output buffer. ``flush()`` sends them.
+    func append(_ bytes: UnsafeRawBufferPointer) {
+        loop.assertInLoop()
+        guard let ac = context, bytes.count > 0 else { return }
+        let rc = redisAppendFormattedCommand(
+            chiredis_context(ac), bytes.baseAddress!.assumingMemoryBound(to: CChar.self), bytes.count)
+        if rc != REDIS_OK {
+            fail(RedisError(.connectionClosed, "hiredis could not buffer a command: out of memory"))
+        }
+    }
+
+    /// Writes what the output buffer holds now, as far as the socket takes it; the rest goes when it is writable.
+    func flush() {
+        loop.assertInLoop()
+        guard let ac = context, connected else { return }
+        dispatching = true
+        redisAsyncHandleWrite(ac)  // may free the context on a write error (then `cleanup` ran)
+        dispatching = false
+        deliverEvents()
+    }
+
+    /// Closes the connection now. Buffered writes are dropped. The delegate gets `hiredisContextDidClose` with
+    /// `cause`, or ``RedisError/Code/connectionClosed`` when none is given.
+    func close(cause: RedisError? = nil) {
+        loop.assertInLoop()
+        fail(cause ?? RedisError(.connectionClosed, "connection closed"))
+    }
+
+    // MARK: EventLoopSource
+
+    func writable() {
+        guard let ac = context else { return }
+        dispatching = true
+        // Connect completion is decided inside (SO_ERROR on the first writable event, 0.14 async.c:509-526).
+        redisAsyncHandleWrite(ac)
+        dispatching = false
+        deliverEvents()
+    }
+
+    func readable() {
+        guard let ac = context, connected else { return }
+        let c = chiredis_context(ac)
+        dispatching = true
+        defer {
+            dispatching = false
+            deliverEvents()
+        }
+        guard redisBufferRead(c) == REDIS_OK else {
+            fail(Self.ioError(c))
+            return
+        }
+        var raw: UnsafeMutableRawPointer?
+        while context != nil {
+            guard redisGetReplyFromReader(c, &raw) == REDIS_OK else {
+                fail(RedisError(.protocolError, "invalid reply from the server: " + String(cString: chiredis_errstr(c))))
+                return
+            }
+            guard let reply = raw else { return }
+            let value = RedisValue(reply: reply.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(reply)
+            raw = nil
+            delegate?.hiredisContextDidReceive(value)  // may close: the loop condition re-checks `context`
+        }
+    }
+
+    // MARK: hiredis hooks and callbacks
+
+    private func setInterest(read: Bool? = nil, write: Bool? = nil) {
+        if let read { wantRead = read }
+        if let write { wantWrite = write }
+        guard fd >= 0 else { return }
+        // Read interest waits for the connection: before it, readiness is decided by the write side only.
+        loop.setInterest(fd: fd, source: self, read: wantRead && connected, write: wantWrite)
+    }
+
+    private func didConnect(status: Int32) {
+        guard let ac = context else { return }
+        if status == REDIS_OK {
+            connected = true
+            setInterest(read: true)  // read from now on, also when idle, to see the server close
+            events.append(.connected)
+        } else {
+            closeCause = Self.connectError(chiredis_context(ac), address: address)
+            // hiredis frees the context right after this callback (and calls `cleanup`).
+        }
+    }
+
+    /// The `cleanup` hook: hiredis is about to free the context. Runs once, possibly inside a hiredis call.
+    private func contextWillBeFreed() {
+        guard let ac = context else { return }
+        let cause = closeCause ?? (connected ? Self.ioError(chiredis_context(ac)) : Self.connectError(chiredis_context(ac), address: address))
+        loop.setInterest(fd: fd, source: self, read: false, write: false)
+        fd = -1
+        context = nil
+        connected = false
+        events.append(.closed(cause))
+        // Keep `self` alive until the event is delivered; `deliverEvents` lets go.
+    }
+
+    private func fail(_ error: RedisError) {
+        guard let ac = context else { return }
+        closeCause = closeCause ?? error
+        // Called from the loop, never from inside a hiredis callback: the free (and `cleanup`) happen now.
+        redisAsyncFree(ac)
+        deliverEvents()
+    }
+
+    private func deliverEvents() {
+        guard !dispatching else { return }
+        while !events.isEmpty {
+            let event = events.removeFirst()
+            switch event {
+            case .connected:
+                delegate?.hiredisContextDidConnect()
+            case .closed(let error):
+                let delegate = self.delegate
+                self.delegate = nil
+                let keepAlive = retainedByContext
+                retainedByContext = nil
+                delegate?.hiredisContextDidClose(error)
+                _ = keepAlive
+            }
+        }
+    }
+
+    // MARK: Errors
+
+    private static func ioError(_ c: UnsafeMutablePointer<redisContext>) -> RedisError {
+        let text = String(cString: chiredis_errstr(c))
+        switch c.pointee.err {
+        case REDIS_ERR_EOF: return RedisError(.connectionClosed, "the server closed the connection")
+        case REDIS_ERR_PROTOCOL: return RedisError(.protocolError, "invalid reply from the server: \(text)")
+        case 0: return RedisError(.connectionClosed, "connection closed")
+        default: return RedisError(.connectionClosed, "connection lost: \(text)")
+        }
+    }
+
+    private static func connectError(_ c: UnsafeMutablePointer<redisContext>, address: Address) -> RedisError {
+        let text = String(cString: chiredis_errstr(c))
+        let message = "cannot connect to \(address): \(text)"
+        func matches(_ code: Int32) -> Bool { text.contains(String(cString: strerror(code))) }
+        if matches(ECONNREFUSED) || matches(ENOENT) { return RedisError(.connectionRefused, message) }
+        if matches(EHOSTUNREACH) || matches(ENETUNREACH) || matches(EADDRNOTAVAIL) { return RedisError(.hostUnreachable, message) }
+        if matches(ETIMEDOUT) { return RedisError(.timeout, message) }
+        return RedisError(.connectionRefused, message)
+    }
+}
+
+extension RedisValue {
+    /// Copies a hiredis reply; hiredis frees the original as soon as the caller returns.
+    init(reply: UnsafePointer<redisReply>) {
+        let r = reply.pointee
+        func text() -> String {
+            guard let str = r.str else { return "" }
+            return String(decoding: UnsafeRawBufferPointer(start: str, count: Int(r.len)), as: UTF8.self)
+        }
+        func bytes() -> [UInt8] {
+            guard let str = r.str, r.len > 0 else { return [] }
+            return Array(UnsafeRawBufferPointer(start: str, count: Int(r.len)))
+        }
+        func elements() -> [RedisValue] {
+            guard let element = r.element else { return [] }
+            return (0..<Int(r.elements)).map { RedisValue(reply: element[$0]!) }
+        }
+        switch r.type {
+        case REDIS_REPLY_STRING: self = .bulkString(bytes())
+        case REDIS_REPLY_STATUS: self = .simpleString(text())
+        case REDIS_REPLY_ERROR: self = .error(text())
+        case REDIS_REPLY_INTEGER: self = .integer(Int(r.integer))
+        case REDIS_REPLY_NIL: self = .null
+        case REDIS_REPLY_ARRAY: self = .array(elements())
+        // RESP3 (hiredis 1.x only, after a user's HELLO 3): mapped onto the RESP2 shapes.
+        case CHIREDIS_REPLY_DOUBLE, CHIREDIS_REPLY_BIGNUM, CHIREDIS_REPLY_VERB: self = .bulkString(bytes())
+        case CHIREDIS_REPLY_BOOL: self = .integer(Int(r.integer))
+        case CHIREDIS_REPLY_MAP, CHIREDIS_REPLY_SET, CHIREDIS_REPLY_ATTR, CHIREDIS_REPLY_PUSH: self = .array(elements())
+        default: self = .error("unknown hiredis reply type \(r.type)")
+        }
+    }
+}

@@ -1,0 +1,98 @@
+extension RedisConnection {
+    /// `PING`: checks the connection; returns `PONG`, or `message` when one is given.
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    public func ping(_ message: (any RedisArgumentConvertible)? = nil) async throws -> String {
+        let reply = try await send(message.map { ["PING", $0.redisArgument] } ?? ["PING"])
+        guard let text = reply.string else { throw Self.unexpected("PING", reply) }
+        return text
+    }
+
+    /// `PUBLISH`: sends `message` to every subscriber of `channel`.
+    ///
+    /// - Returns: the number of clients that received it, as the server counts them (on a cluster: on this node).
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    @discardableResult
+    public func publish(_ message: some RedisArgumentConvertible, to channel: some RedisArgumentConvertible) async throws -> Int {
+        try await integer("PUBLISH", try await send(["PUBLISH", channel.redisArgument, message.redisArgument]))
+    }
+
+    /// `SPUBLISH`: sends `message` to the subscribers of the sharded channel `channel` (Redis 7).
+    ///
+    /// - Returns: the number of clients that received it.
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    @discardableResult
+    public func publish(_ message: some RedisArgumentConvertible, toShard channel: some RedisArgumentConvertible) async throws -> Int {
+        try await integer("SPUBLISH", try await send(["SPUBLISH", channel.redisArgument, message.redisArgument]))
+    }
+
+    /// `PUBSUB CHANNELS [pattern]`: the channels with at least one subscriber (patterns not counted), optionally
+    /// only those matching a glob pattern. Names that are not valid UTF-8 show replacement characters; use
+    /// ``RedisConnection/send(_:_:)`` for the raw bytes.
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    public func pubsubChannels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
+        try await strings("PUBSUB CHANNELS", try await send(pattern.map { ["PUBSUB", "CHANNELS", $0.redisArgument] } ?? ["PUBSUB", "CHANNELS"]))
+    }
+
+    /// `PUBSUB NUMSUB channel...`: the number of subscribers of each channel (pattern subscribers not counted).
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    public func pubsubNumberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
+        try await counts("PUBSUB NUMSUB", try await send(["PUBSUB", "NUMSUB"] + channels.map(\.redisArgument)))
+    }
+
+    /// `PUBSUB NUMPAT`: the number of pattern subscriptions across all clients.
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    public func pubsubNumberOfPatterns() async throws -> Int {
+        try await integer("PUBSUB NUMPAT", try await send(["PUBSUB", "NUMPAT"]))
+    }
+
+    /// `PUBSUB SHARDCHANNELS [pattern]`: the sharded channels with at least one subscriber (Redis 7).
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    public func pubsubShardChannels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
+        try await strings(
+            "PUBSUB SHARDCHANNELS",
+            try await send(pattern.map { ["PUBSUB", "SHARDCHANNELS", $0.redisArgument] } ?? ["PUBSUB", "SHARDCHANNELS"]))
+    }
+
+    /// `PUBSUB SHARDNUMSUB channel...`: the number of subscribers of each sharded channel (Redis 7).
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
+    public func pubsubShardNumberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
+        try await counts("PUBSUB SHARDNUMSUB", try await send(["PUBSUB", "SHARDNUMSUB"] + channels.map(\.redisArgument)))
+    }
+
+    // MARK: Reply shapes
+
+    static func unexpected(_ command: String, _ reply: RedisValue) -> RedisError {
+        RedisError(.protocolError, "unexpected reply to \(command): \(reply)")
+    }
+
+    private func integer(_ command: String, _ reply: RedisValue) async throws -> Int {
+        guard case .integer(let value) = reply else { throw Self.unexpected(command, reply) }
+        return value
+    }
+
+    private func strings(_ command: String, _ reply: RedisValue) async throws -> [String] {
+        guard let elements = reply.array else { throw Self.unexpected(command, reply) }
+        return try elements.map { element in
+            guard let text = element.string else { throw Self.unexpected(command, reply) }
+            return text
+        }
+    }
+
+    private func counts(_ command: String, _ reply: RedisValue) async throws -> [String: Int] {
+        guard let elements = reply.array, elements.count % 2 == 0 else { throw Self.unexpected(command, reply) }
+        var result: [String: Int] = [:]
+        for index in stride(from: 0, to: elements.count, by: 2) {
+            guard let name = elements[index].string, let count = elements[index + 1].int else {
+                throw Self.unexpected(command, reply)
+            }
+            result[name] = count
+        }
+        return result
+    }
+}

@@ -1,0 +1,123 @@
+public import Logging
+
+/// A connection to a Redis server for commands: `send` any command, or use the typed helpers for PING, PUBLISH,
+/// SPUBLISH and PUBSUB introspection.
+///
+/// Share one connection between as many tasks as you like: commands submitted concurrently are written together
+/// (pipelined) and each caller gets its own reply. All hiredis work happens on the package's event-loop thread;
+/// calls never block the caller's thread.
+///
+/// ```swift
+/// let connection = try await RedisConnection.connect(to: .fromEnvironment())
+/// try await connection.send("SET", "greeting", "hello")
+/// let value = try await connection.send("GET", "greeting")   // .bulkString(Array("hello".utf8))
+/// await connection.close()
+/// ```
+///
+/// A connection that is released without ``close()`` closes itself.
+public final class RedisConnection: Sendable {
+    let core: ConnectionCore
+
+    /// The configuration this connection was made with.
+    public var configuration: RedisConfiguration { core.configuration }
+
+    private init(core: ConnectionCore) {
+        self.core = core
+    }
+
+    deinit {
+        core.close()
+    }
+
+    /// Connects, authenticates, selects the database and names the client as configured, then returns.
+    ///
+    /// - Parameters:
+    ///   - configuration: where and how to connect; ``RedisConfiguration/fromEnvironment()`` reads `REDIS_URL`.
+    ///   - logger: where the connection logs its connects and disconnects (at `debug`); nothing by default.
+    /// - Throws: ``RedisError`` (``RedisError/Code/connectionRefused``, ``RedisError/Code/hostUnreachable``,
+    ///   ``RedisError/Code/nameResolutionFailed``, ``RedisError/Code/timeout``,
+    ///   ``RedisError/Code/authenticationFailed``, ``RedisError/Code/invalidConfiguration``, ...), or
+    ///   `CancellationError` when the task is cancelled.
+    public static func connect(
+        to configuration: RedisConfiguration,
+        logger: Logger = RedisConnection.disabledLogger
+    ) async throws -> RedisConnection {
+        try configuration.validate()
+        let core = ConnectionCore(configuration: configuration, logger: logger, loop: .shared)
+        let connection = RedisConnection(core: core)  // its deinit closes the core if connecting fails
+        let waiter = Pending<Void>()
+        try await waiter.wait {
+            core.loop.execute { core.connect(waiter) }
+        }
+        return connection
+    }
+
+    /// Sends one command and returns its reply. Arguments are sent byte for byte.
+    ///
+    /// Each argument may be a `String`, `[UInt8]`, `Data`, `Int` or ``RedisArgument``:
+    ///
+    /// ```swift
+    /// try await connection.send("SET", key, [0x00, 0xFF] as [UInt8])
+    /// try await connection.send("EXPIRE", key, 60)
+    /// ```
+    ///
+    /// - Throws: ``RedisError`` with ``RedisError/Code/serverError`` (the server's message) for an error reply,
+    ///   ``RedisError/Code/timeout`` after ``RedisConfiguration/commandTimeout``,
+    ///   ``RedisError/Code/connectionClosed`` when the connection is or becomes closed, and
+    ///   ``RedisError/Code/invalidArgument`` for the commands ``Subscriber`` owns (SUBSCRIBE and the like) or MONITOR;
+    ///   `CancellationError` when the task is cancelled (a late reply is discarded).
+    @discardableResult
+    public func send<each Argument: RedisArgumentConvertible>(
+        _ command: String,
+        _ arguments: repeat each Argument
+    ) async throws -> RedisValue {
+        var list = [RedisArgument(command)]
+        for argument in repeat each arguments {
+            list.append(argument.redisArgument)
+        }
+        return try await send(list)
+    }
+
+    /// Sends one command, given as an array whose first element is the command name.
+    ///
+    /// - Throws: as ``send(_:_:)``.
+    @discardableResult
+    public func send(_ command: [RedisArgument]) async throws -> RedisValue {
+        try Self.checkAllowed(command)
+        return try await send(encoded: RESP.encode(command))
+    }
+
+    func send(encoded bytes: [UInt8]) async throws -> RedisValue {
+        let request = Pending<RedisValue>(bytes: bytes)
+        return try await request.wait { core.submit(request) }
+    }
+
+    /// Closes the connection. Commands already sent get their replies (or time out) first; commands sent later fail
+    /// with ``RedisError/Code/connectionClosed``. Returns once the socket is closed. Calling it again does nothing.
+    public func close() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            core.close { continuation.resume() }
+        }
+    }
+
+    /// A logger that discards everything: the default of every API that takes a `Logger`.
+    public static let disabledLogger = Logger(label: "RedisPubSub", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// Commands that would put the connection in a mode where replies no longer match requests.
+    static func checkAllowed(_ command: [RedisArgument]) throws(RedisError) {
+        guard let name = command.first else {
+            throw RedisError(.invalidArgument, "empty command")
+        }
+        let upper = String(decoding: name.bytes.prefix(16), as: UTF8.self).uppercased()
+        switch upper {
+        case "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE":
+            throw RedisError(.invalidArgument, "\(upper) is not available through send(_:): use Subscriber, which routes messages")
+        case "MONITOR":
+            throw RedisError(.invalidArgument, "MONITOR is not supported: it turns the connection into a stream")
+        case "HELLO" where command.count > 1 && command[1].bytes != Array("2".utf8):
+            throw RedisError(.invalidArgument, "only RESP2 is supported (HELLO 2)")
+        default:
+            return
+        }
+    }
+}
