@@ -203,6 +203,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         guard connectTimeout > .zero else { throw RedisError(.invalidConfiguration, "connect timeout must be positive") }
         guard commandTimeout > .zero else { throw RedisError(.invalidConfiguration, "command timeout must be positive") }
         if username != nil && password == nil { throw RedisError(.invalidConfiguration, "a user name needs a password") }
+        if let clientName, clientName.isEmpty || clientName.contains(where: { $0.isWhitespace || !$0.isASCII }) {
+            throw RedisError(.invalidConfiguration, "client name '\(clientName)' must be non-empty ASCII without spaces")
+        }
     }
 
     /// The configuration as a URL with the password masked, e.g. `redis://app:***@127.0.0.1:6379/2`.

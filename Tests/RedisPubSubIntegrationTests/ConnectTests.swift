@@ -1,0 +1,133 @@
+import Foundation
+import RedisPubSub
+import Testing
+
+@Suite("Connecting: addresses, credentials and their failures")
+struct ConnectTests {
+    @Test func refusedPortIsConnectionRefused() async throws {
+        let port = try RedisServer.freePort()
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: "redis://127.0.0.1:\(port)"))
+        } throws: { error in
+            isRedisError(error, .connectionRefused) && "\(error)".contains("127.0.0.1:\(port)")
+        }
+    }
+
+    @Test func missingUnixSocketIsConnectionRefused() async throws {
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: "unix:///nonexistent/redis-\(UUID().uuidString).sock"))
+        } throws: { isRedisError($0, .connectionRefused) }
+    }
+
+    @Test func unresolvableHostIsNameResolutionFailure() async throws {
+        // `.invalid` is reserved (RFC 6761): no resolver may answer it.
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: "redis://no-such-host-\(UUID().uuidString.prefix(8)).invalid:6379"))
+        } throws: { isRedisError($0, .nameResolutionFailed) }
+    }
+
+    @Test func localhostNameResolvesAndConnects() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        // "localhost" may resolve to ::1 first, where the server does not listen: the next address is tried.
+        let connection = try await RedisConnection.connect(to: .init(url: "redis://localhost:\(server.port)"))
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+    }
+
+    @Test func passwordAuthentication() async throws {
+        let server = try RedisServer.start(["--requirepass", "right-password"])
+        defer { server.stop() }
+        let good = try await RedisConnection.connect(to: .init(url: "redis://:right-password@127.0.0.1:\(server.port)"))
+        #expect(try await good.ping() == "PONG")
+        await good.close()
+
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: "redis://:wrong-password@127.0.0.1:\(server.port)"))
+        } throws: { error in
+            isRedisError(error, .authenticationFailed) && !"\(error)".contains("wrong-password")
+        }
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: server.url))
+        } throws: { isRedisError($0, .authenticationFailed) }
+    }
+
+    @Test func aclUsers() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        try await admin.send("ACL", "SETUSER", "limited", "on", ">limited-pw", "~allowed:*", "-@all", "+ping", "+get", "+set")
+        let limited = try await RedisConnection.connect(to: .init(url: "redis://limited:limited-pw@127.0.0.1:\(server.port)"))
+        #expect(try await limited.ping() == "PONG")
+        try await limited.send("SET", "allowed:1", "yes")
+        // A command the user may not run, and a key it may not touch: permission errors, connection intact.
+        await #expect { try await limited.send("FLUSHALL") } throws: { isRedisError($0, .permissionDenied) }
+        await #expect { try await limited.send("GET", "secret") } throws: { isRedisError($0, .permissionDenied) }
+        await #expect { try await limited.publish("x", to: "news") } throws: { isRedisError($0, .permissionDenied) }
+        #expect(try await limited.send("GET", "allowed:1").string == "yes")
+
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: "redis://limited:not-it@127.0.0.1:\(server.port)"))
+        } throws: { isRedisError($0, .authenticationFailed) }
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: "redis://nobody:pw@127.0.0.1:\(server.port)"))
+        } throws: { isRedisError($0, .authenticationFailed) }
+        await limited.close()
+        await admin.close()
+    }
+
+    @Test func databaseOutOfRangeIsAConfigurationError() async throws {
+        let server = try RedisServer.start(["--databases", "4"])
+        defer { server.stop() }
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: server.url + "/9"))
+        } throws: { error in
+            isRedisError(error, .invalidConfiguration) && "\(error)".contains("SELECT")
+        }
+    }
+
+    @Test func connectTimesOutAgainstAFrozenServer() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        server.pause()  // the kernel still accepts the TCP connection; the handshake gets no answer
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeout = .milliseconds(300)
+        let time = await elapsed {
+            await #expect { _ = try await RedisConnection.connect(to: configuration) } throws: { isRedisError($0, .timeout) }
+        }
+        #expect(time < .seconds(5))
+        server.resume()
+    }
+
+    @Test func cancellingAConnectReturnsPromptly() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        server.pause()
+        let task = Task { try await RedisConnection.connect(to: .init(url: server.url)) }
+        try await Task.sleep(for: .milliseconds(100))
+        let time = await elapsed {
+            task.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await task.value }
+        }
+        #expect(time < .seconds(2))
+        server.resume()
+    }
+
+    @Test func maxClientsReachedIsAServerErrorAtConnect() async throws {
+        let server = try RedisServer.start(["--maxclients", "1"])
+        defer { server.stop() }
+        // The start-up probe's connection may still hold the one slot for a moment.
+        var first: RedisConnection?
+        for _ in 0..<50 where first == nil {
+            first = try? await RedisConnection.connect(to: .init(url: server.url))
+            if first == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        await #expect {
+            _ = try await RedisConnection.connect(to: .init(url: server.url))
+        } throws: { error in
+            guard let error = error as? RedisError else { return false }
+            return error.message.contains("max number of clients")
+        }
+        await first?.close()
+    }
+}

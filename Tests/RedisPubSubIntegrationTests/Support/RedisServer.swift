@@ -1,0 +1,145 @@
+import Foundation
+import RedisPubSub
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A redis-server process this test run started, on a free loopback port, with its own temporary directory.
+/// Stopped by `stop()` (tests call it in `defer`) or at deinit. Never touches a server it did not start.
+final class RedisServer: @unchecked Sendable {
+    // @unchecked Sendable because: every property is immutable after init; `Process` is only signalled.
+    let port: Int
+    let directory: URL
+    let process: Process
+
+    var url: String { "redis://127.0.0.1:\(port)" }
+    var socketPath: String { directory.appendingPathComponent("redis.sock").path }
+
+    /// Starts a server with `redis-server` defaults plus `arguments` (e.g. `["--requirepass", "pw"]`).
+    static func start(_ arguments: [String] = []) throws -> RedisServer {
+        var lastError: (any Error)?
+        for _ in 0..<5 {  // a free port can be taken between probing and binding: retry with another
+            do { return try RedisServer(arguments: arguments) } catch { lastError = error }
+        }
+        throw lastError!
+    }
+
+    private init(arguments: [String]) throws {
+        port = try Self.freePort()
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        process = Process()
+        process.executableURL = try Self.find("redis-server")
+        process.arguments = [
+            "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", directory.path, "--unixsocket", directory.appendingPathComponent("redis.sock").path,
+            "--unixsocketperm", "700", "--logfile", directory.appendingPathComponent("redis.log").path,
+        ] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if !process.isRunning { break }
+            if Self.canConnect(port: port) { return }
+            usleep(10_000)
+        }
+        stop()
+        throw RedisError(.connectionRefused, "redis-server on port \(port) did not start")
+    }
+
+    deinit { stop() }
+
+    /// Kills the server (SIGKILL after a resume, so a paused server dies too) and removes its directory.
+    func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGCONT)
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    func pause() { kill(process.processIdentifier, SIGSTOP) }
+    /// Thaws a paused server.
+    func resume() { kill(process.processIdentifier, SIGCONT) }
+
+    static func find(_ tool: String) throws -> URL {
+        for directory in ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin", "/usr/sbin"] {
+            let url = URL(fileURLWithPath: directory).appendingPathComponent(tool)
+            if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+        }
+        throw RedisError(.invalidConfiguration, "\(tool) is not installed (make test installs it)")
+    }
+
+    /// A loopback port nothing listens on right now.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0 else { throw RedisError(.connectionRefused, "cannot bind a probe socket") }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func canConnect(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
+
+/// The server most tests share: `REDIS_URL` (what `make test` starts), or one started for this run when unset.
+enum SharedServer {
+    private static let started: RedisServer? = {
+        if let url = ProcessInfo.processInfo.environment["REDIS_URL"], !url.isEmpty { return nil }
+        return try? RedisServer.start()
+    }()
+
+    static var configuration: RedisConfiguration {
+        get throws {
+            if let url = ProcessInfo.processInfo.environment["REDIS_URL"], !url.isEmpty {
+                return try RedisConfiguration(url: url)
+            }
+            guard let started else { throw RedisError(.connectionRefused, "could not start redis-server") }
+            return try RedisConfiguration(url: started.url)
+        }
+    }
+
+    static func connect(_ adjust: (inout RedisConfiguration) -> Void = { _ in }) async throws -> RedisConnection {
+        var configuration = try configuration
+        adjust(&configuration)
+        return try await RedisConnection.connect(to: configuration)
+    }
+}
+
+/// A key or channel name no other test uses.
+func uniqueName(_ prefix: String = "test") -> String { "\(prefix):\(UUID().uuidString)" }
+
+/// Measures how long `body` takes.
+func elapsed(_ body: () async throws -> Void) async rethrows -> Duration {
+    let start = ContinuousClock.now
+    try await body()
+    return ContinuousClock.now - start
+}
+
+/// Whether `error` is a ``RedisError`` with `code`.
+func isRedisError(_ error: any Error, _ code: RedisError.Code) -> Bool {
+    (error as? RedisError)?.code == code
+}
