@@ -109,7 +109,10 @@ final class RedisServer: @unchecked Sendable {
 enum SharedServer {
     private static let started: RedisServer? = {
         if let url = ProcessInfo.processInfo.environment["REDIS_URL"], !url.isEmpty { return nil }
-        return try? RedisServer.start()
+        let server = try? RedisServer.start()
+        // Statics are never deinitialised: stop the server when the test process exits.
+        atexit { SharedServer.started?.stop() }
+        return server
     }()
 
     static var configuration: RedisConfiguration {
