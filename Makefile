@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build test clean
+.PHONY: deps build test test-hiredis1 clean
 
 deps:
 	@scripts/install-deps.sh
@@ -15,5 +15,9 @@ test: deps
 	$(SWIFT) build --build-tests
 	scripts/with-redis.sh $(SWIFT) test --skip-build
 
+## The same tests built against hiredis 1.x (compiled from PyPI's hiredis sdist into .build-hiredis1/).
+test-hiredis1: deps
+	scripts/test-hiredis1.sh
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-hiredis1

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds and tests the package against hiredis 1.x as well as the system's hiredis (0.14 on Debian bookworm).
+# hiredis 1.x comes from the C sources vendored in PyPI's `hiredis` sdist, compiled into a private prefix;
+# nothing is installed system-wide. Skips (exit 0, saying so) when PyPI cannot be reached.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=${HIREDIS1_DIR:-.build-hiredis1}
+prefix="$PWD/$work/prefix"
+if [ ! -f "$prefix/lib/pkgconfig/hiredis.pc" ]; then
+  mkdir -p "$work/src"
+  if ! python3 -m pip download --quiet --no-deps --no-binary :all: "hiredis>=3,<4" -d "$work/src" >/dev/null 2>&1; then
+    echo "test-hiredis1: SKIPPED, cannot download the hiredis sdist from PyPI" >&2
+    exit 0
+  fi
+  tar -xzf "$work"/src/hiredis-*.tar.gz -C "$work/src"
+  src=$(echo "$work"/src/hiredis-*/vendor/hiredis)
+  mkdir -p "$prefix/lib/pkgconfig" "$prefix/include/hiredis"
+  # async.c includes dict.c itself; ssl.c is left out (no TLS).
+  (cd "$src" && cc -O2 -fPIC -shared -std=c99 -D_GNU_SOURCE alloc.c async.c hiredis.c net.c read.c sds.c sockcompat.c \
+     -o "$prefix/lib/libhiredis.so")
+  cp "$src"/{hiredis.h,async.h,read.h,sds.h,alloc.h} "$prefix/include/hiredis/"
+  version=$(awk '/define HIREDIS_(MAJOR|MINOR|PATCH)/ {printf "%s%s", sep, $3; sep="."}' "$src/hiredis.h")
+  printf 'Name: hiredis\nDescription: hiredis from the PyPI sdist\nVersion: %s\nLibs: -L%s/lib -lhiredis\nCflags: -I%s/include\n' \
+    "$version" "$prefix" "$prefix" > "$prefix/lib/pkgconfig/hiredis.pc"
+fi
+echo "test-hiredis1: hiredis $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --modversion hiredis)" >&2
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig" LD_LIBRARY_PATH="$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+swift build --build-tests --scratch-path "$work/build"
+scripts/with-redis.sh swift test --skip-build --scratch-path "$work/build" "$@"
