@@ -1,6 +1,17 @@
 import Logging
 import Synchronization
 
+/// Receives the Pub/Sub pushes of a Subscriber connection. Loop-confined.
+protocol PushHandler: AnyObject {
+    /// Takes `reply` if it is a push (a message, or an unsubscribe the server decided on); returns `false` for
+    /// replies to requests.
+    func handlePush(_ reply: RedisValue) -> Bool
+    /// The end of one read from the socket: hand what was routed to the consumers.
+    func flush()
+    /// The connection is gone; no more pushes will come.
+    func connectionClosed(_ error: RedisError)
+}
+
 /// The event-loop half of a connection: connects (resolving, trying each address, handshaking), writes submitted
 /// commands in batches, matches replies to their callers in order, times commands out, and closes.
 ///
@@ -15,6 +26,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         case request(Request)
         /// A step of the connect handshake; `final` is the last one (the PING).
         case handshake(command: String, final: Bool)
+        /// A command the package sends for itself (subscriptions); the handler runs on the loop.
+        case ownCommand((Result<RedisValue, RedisError>) -> Void)
     }
 
     private struct Inbox {
@@ -50,6 +63,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private var lastConnectError: RedisError?
     private var closeWaiters: [@Sendable () -> Void] = []
     private var spareRequests: [Request] = []
+    /// Set on Subscriber connections: receives Pub/Sub pushes, which are not replies to any request.
+    var pushHandler: (any PushHandler)?
 
     init(configuration: RedisConfiguration, logger: Logger, loop: EventLoop) {
         self.configuration = configuration
@@ -235,6 +250,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     func hiredisContextDidReceive(_ reply: RedisValue) {
+        if let pushHandler, pushHandler.handlePush(reply) {
+            return
+        }
         switch queue.popOwner() {
         case .waiter(.request(let request)):
             if case .error(let message) = reply {
@@ -244,6 +262,12 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             }
         case .waiter(.handshake(let command, let final)):
             handshakeReply(reply, command: command, final: final)
+        case .waiter(.ownCommand(let handler)):
+            if case .error(let message) = reply {
+                handler(.failure(RedisError.server(message)))
+            } else {
+                handler(.success(reply))
+            }
         case .abandoned:
             logger.trace("discarded the late reply of a timed-out or cancelled command")
         case .none:
@@ -255,6 +279,34 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             }
         }
         closeIfDrained()
+    }
+
+    func hiredisContextDidFinishReading() {
+        pushHandler?.flush()
+    }
+
+    /// Writes a command the package sends for itself; `handler` gets its reply, or the error that closed the
+    /// connection. Loop only.
+    func sendInternal(_ arguments: [RedisArgument], handler: @escaping (Result<RedisValue, RedisError>) -> Void) {
+        loop.assertInLoop()
+        guard acceptsWrites, let context else {
+            handler(.failure(inbox.withLock { $0.closedError } ?? RedisError(.connectionClosed, "the connection is not open")))
+            return
+        }
+        RESP.encode(arguments).withUnsafeBytes { context.append($0) }
+        queue.append(.ownCommand(handler), deadline: .now + configuration.commandTimeout)
+        context.flush()
+        armTimeoutTimer()
+    }
+
+    /// Closes the connection at once, failing everything in flight with `error`. Loop only.
+    func closeNow(_ error: RedisError) {
+        loop.assertInLoop()
+        if let context {
+            context.close(cause: error)
+        } else {
+            finish(error)
+        }
     }
 
     private func armTimeoutTimer() {
@@ -273,6 +325,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             case .handshake(let command, _):
                 failConnect(RedisError(.timeout, "\(command) got no reply within the connect timeout of \(configuration.connectTimeout)"))
                 return
+            case .ownCommand(let handler):
+                handler(.failure(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")))
             }
         }
         closeIfDrained()
@@ -337,8 +391,14 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return (inbox.closedError!, requests)
         }
         for waiter in queue.removeAll() {
-            if case .request(let request) = waiter { request.fail(error) }
+            switch waiter {
+            case .request(let request): request.fail(error)
+            case .ownCommand(let handler): handler(.failure(error))
+            case .handshake: break
+            }
         }
+        pushHandler?.connectionClosed(error)
+        pushHandler = nil
         for request in leftovers.1 { request.fail(leftovers.0) }
         connectWaiter?.fail(error)
         connectWaiter = nil

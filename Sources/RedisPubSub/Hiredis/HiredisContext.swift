@@ -13,6 +13,8 @@ protocol HiredisContextDelegate: AnyObject {
     func hiredisContextDidConnect()
     /// One complete reply, copied out of hiredis. Top-level error replies arrive as ``RedisValue/error(_:)``.
     func hiredisContextDidReceive(_ reply: RedisValue)
+    /// The replies of one read from the socket were all delivered.
+    func hiredisContextDidFinishReading()
     /// The context is gone: a connect failure, a network or protocol error, end of stream, or ``HiredisContext/close()``.
     /// Called exactly once, last.
     func hiredisContextDidClose(_ error: RedisError)
@@ -171,7 +173,10 @@ final class HiredisContext: EventLoopSource {
                 fail(RedisError(.protocolError, "invalid reply from the server: " + String(cString: chiredis_errstr(c))))
                 return
             }
-            guard let reply = raw else { return }
+            guard let reply = raw else {
+                delegate?.hiredisContextDidFinishReading()
+                return
+            }
             let value = RedisValue(reply: reply.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(reply)
             raw = nil

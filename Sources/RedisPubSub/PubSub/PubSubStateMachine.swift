@@ -1,0 +1,214 @@
+/// The three families of Pub/Sub subscriptions.
+enum SubscriptionKind: Hashable, Sendable {
+    /// `SUBSCRIBE`: exact channel names.
+    case channel
+    /// `PSUBSCRIBE`: glob patterns.
+    case pattern
+    /// `SSUBSCRIBE`: sharded channels (Redis 7).
+    case shardChannel
+
+    var subscribeCommand: RedisArgument {
+        switch self {
+        case .channel: "SUBSCRIBE"
+        case .pattern: "PSUBSCRIBE"
+        case .shardChannel: "SSUBSCRIBE"
+        }
+    }
+
+    var unsubscribeCommand: RedisArgument {
+        switch self {
+        case .channel: "UNSUBSCRIBE"
+        case .pattern: "PUNSUBSCRIBE"
+        case .shardChannel: "SUNSUBSCRIBE"
+        }
+    }
+
+    /// The first element of the server's acknowledgement, e.g. `psubscribe`.
+    func acknowledgement(subscribe: Bool) -> [UInt8] {
+        switch (self, subscribe) {
+        case (.channel, true): Array("subscribe".utf8)
+        case (.pattern, true): Array("psubscribe".utf8)
+        case (.shardChannel, true): Array("ssubscribe".utf8)
+        case (.channel, false): Array("unsubscribe".utf8)
+        case (.pattern, false): Array("punsubscribe".utf8)
+        case (.shardChannel, false): Array("sunsubscribe".utf8)
+        }
+    }
+}
+
+/// One channel, pattern or sharded channel as the server knows it.
+struct ChannelKey: Hashable, Sendable {
+    let kind: SubscriptionKind
+    let name: [UInt8]
+}
+
+/// Which subscriptions listen to which channels of one connection, and what the server must be told.
+///
+/// Channels are reference-counted: the first subscription to a channel sends `SUBSCRIBE`, the last one to leave
+/// sends `UNSUBSCRIBE`. Every command sent for a channel gets a sequence number, so an acknowledgement is
+/// attributed to exactly the command it answers even when a channel is left and joined again before the server
+/// caught up. A pure value: the owner sends the commands it returns and resumes the callers it names.
+struct PubSubStateMachine<Sink: AnyObject> {
+    /// A command to send for one channel.
+    struct Command: Hashable {
+        let key: ChannelKey
+        let subscribe: Bool
+        let sequence: UInt64
+    }
+
+    struct Channel {
+        /// The subscriptions listening, in the order they joined.
+        var sinks: [Sink] = []
+        /// What the server will be subscribed to once it has processed every command sent so far.
+        var subscribedAfterLastCommand = false
+        /// The sequence number of the last command sent for this channel.
+        var lastSequence: UInt64 = 0
+        /// The last command was a SUBSCRIBE and its acknowledgement arrived.
+        var confirmed = false
+        /// UNSUBSCRIBE commands sent and not yet acknowledged.
+        var unsubscribesInFlight = 0
+
+        var isIdle: Bool { sinks.isEmpty && !subscribedAfterLastCommand && unsubscribesInFlight == 0 }
+    }
+
+    private(set) var channels: [ChannelKey: Channel] = [:]
+    private var sequence: UInt64 = 0
+    /// Subscriptions still waiting for acknowledgements, with the channels they wait for.
+    private var waiting: [ObjectIdentifier: (sink: Sink, keys: Set<ChannelKey>)] = [:]
+
+    /// Subscriptions currently registered on at least one channel.
+    var sinkCount: Int {
+        var seen = Set<ObjectIdentifier>()
+        for channel in channels.values { for sink in channel.sinks { seen.insert(ObjectIdentifier(sink)) } }
+        return seen.count
+    }
+
+    /// Adds `sink` to `keys`. Returns the commands to send and whether every channel is already confirmed (then the
+    /// subscription is live at once; otherwise ``acknowledged(_:)`` reports it later).
+    mutating func add(_ sink: Sink, to keys: [ChannelKey]) -> (commands: [Command], confirmed: Bool) {
+        var commands: [Command] = []
+        var pending = Set<ChannelKey>()
+        var seen = Set<ChannelKey>()
+        for key in keys where seen.insert(key).inserted {
+            var channel = channels[key] ?? Channel()
+            channel.sinks.append(sink)
+            if !channel.subscribedAfterLastCommand {
+                sequence += 1
+                channel.subscribedAfterLastCommand = true
+                channel.lastSequence = sequence
+                channel.confirmed = false
+                commands.append(Command(key: key, subscribe: true, sequence: sequence))
+            }
+            if !channel.confirmed { pending.insert(key) }
+            channels[key] = channel
+        }
+        if pending.isEmpty { return (commands, true) }
+        waiting[ObjectIdentifier(sink)] = (sink, pending)
+        return (commands, false)
+    }
+
+    /// Removes `sink` from `keys`. Returns UNSUBSCRIBE commands for the channels nobody listens to any more.
+    mutating func remove(_ sink: Sink, from keys: [ChannelKey]) -> [Command] {
+        waiting[ObjectIdentifier(sink)] = nil
+        var commands: [Command] = []
+        var seen = Set<ChannelKey>()
+        for key in keys where seen.insert(key).inserted {
+            guard var channel = channels[key] else { continue }
+            guard let index = channel.sinks.firstIndex(where: { $0 === sink }) else { continue }
+            channel.sinks.remove(at: index)
+            if channel.sinks.isEmpty && channel.subscribedAfterLastCommand {
+                sequence += 1
+                channel.subscribedAfterLastCommand = false
+                channel.lastSequence = sequence
+                channel.confirmed = false
+                channel.unsubscribesInFlight += 1
+                commands.append(Command(key: key, subscribe: false, sequence: sequence))
+            }
+            store(channel, at: key)
+        }
+        return commands
+    }
+
+    /// The server acknowledged `command`. Returns the subscriptions that are now live (all their channels confirmed).
+    mutating func acknowledged(_ command: Command) -> [Sink] {
+        guard var channel = channels[command.key] else { return [] }
+        if !command.subscribe {
+            channel.unsubscribesInFlight -= 1
+            store(channel, at: command.key)
+            return []
+        }
+        guard command.sequence == channel.lastSequence else { return [] }  // superseded by a later UNSUBSCRIBE
+        channel.confirmed = true
+        store(channel, at: command.key)
+        var ready: [Sink] = []
+        for sink in channel.sinks {
+            let id = ObjectIdentifier(sink)
+            guard var entry = waiting[id], entry.keys.remove(command.key) != nil else { continue }
+            if entry.keys.isEmpty {
+                waiting[id] = nil
+                ready.append(sink)
+            } else {
+                waiting[id] = entry
+            }
+        }
+        return ready
+    }
+
+    /// The server refused `command` with an error reply (for example an ACL `NOPERM`). Returns the subscriptions on
+    /// that channel, which must fail; they are removed from this channel only (the owner removes them elsewhere).
+    mutating func refused(_ command: Command) -> [Sink] {
+        guard var channel = channels[command.key] else { return [] }
+        if !command.subscribe {
+            channel.unsubscribesInFlight -= 1
+            store(channel, at: command.key)
+            return []
+        }
+        guard command.sequence == channel.lastSequence else { return [] }
+        channel.subscribedAfterLastCommand = false
+        channel.confirmed = false
+        let failed = channel.sinks
+        channel.sinks = []
+        store(channel, at: command.key)
+        return failed
+    }
+
+    /// Whether an unsubscribe acknowledgement for `key` answers none of our commands: the server dropped the
+    /// subscription by itself (a sharded channel's slot moved, for example).
+    func isUnsolicitedUnsubscribe(_ key: ChannelKey) -> Bool {
+        guard let channel = channels[key] else { return false }
+        return channel.unsubscribesInFlight == 0 && channel.subscribedAfterLastCommand
+    }
+
+    /// The server dropped `key` by itself. Returns the subscriptions that lost it.
+    mutating func serverUnsubscribed(_ key: ChannelKey) -> [Sink] {
+        guard var channel = channels[key] else { return [] }
+        let lost = channel.sinks
+        channel.sinks = []
+        channel.subscribedAfterLastCommand = false
+        channel.confirmed = false
+        store(channel, at: key)
+        return lost
+    }
+
+    /// The subscriptions a message on `key` goes to, and the channel's name as stored (shared, not copied).
+    func recipients(_ key: ChannelKey) -> [Sink] {
+        channels[key]?.sinks ?? []
+    }
+
+    /// Forgets everything (the connection is gone). Returns every subscription, each once.
+    mutating func removeAll() -> [Sink] {
+        var seen = Set<ObjectIdentifier>()
+        var all: [Sink] = []
+        for channel in channels.values {
+            for sink in channel.sinks where seen.insert(ObjectIdentifier(sink)).inserted { all.append(sink) }
+        }
+        for entry in waiting.values where seen.insert(ObjectIdentifier(entry.sink)).inserted { all.append(entry.sink) }
+        channels = [:]
+        waiting = [:]
+        return all
+    }
+
+    private mutating func store(_ channel: Channel, at key: ChannelKey) {
+        channels[key] = channel.isIdle ? nil : channel
+    }
+}

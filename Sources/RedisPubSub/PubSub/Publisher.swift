@@ -1,0 +1,141 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+public import Logging
+
+/// Publishes messages. Share one publisher between many tasks: their PUBLISH commands are pipelined on its
+/// connection, not serialised on round trips.
+///
+/// ```swift
+/// let publisher = try await Publisher.connect(to: .fromEnvironment())
+/// let receivers = try await publisher.publish("Hello", to: "notifications")
+/// try await publisher.publish(Notification(id: 1, text: "Hi", sentAt: .now), to: "notifications")
+/// ```
+public final class Publisher: Sendable {
+    /// The command connection underneath, for anything else (e.g. `GET`, `XADD`).
+    public let connection: RedisConnection
+    /// The encoder for ``publish(_:to:encoder:)`` when none is passed.
+    public let encoder: JSONEncoder
+
+    private init(connection: RedisConnection, encoder: JSONEncoder) {
+        self.connection = connection
+        self.encoder = encoder
+    }
+
+    /// Connects a publisher.
+    ///
+    /// - Parameters:
+    ///   - configuration: where and how to connect.
+    ///   - encoder: the default JSON encoder for `Encodable` messages.
+    ///   - logger: where connects and disconnects are logged; nothing by default.
+    /// - Throws: as ``RedisConnection/connect(to:logger:)``.
+    public static func connect(
+        to configuration: RedisConfiguration,
+        encoder: JSONEncoder = JSONEncoder(),
+        logger: Logger = RedisConnection.disabledLogger
+    ) async throws -> Publisher {
+        Publisher(connection: try await RedisConnection.connect(to: configuration, logger: logger), encoder: encoder)
+    }
+
+    /// The configuration this publisher connected with.
+    public var configuration: RedisConfiguration { connection.configuration }
+
+    // MARK: PUBLISH
+
+    /// Publishes text (as UTF-8).
+    ///
+    /// - Returns: the number of subscribers that received it, as the server counts them.
+    /// - Throws: ``RedisError``, `CancellationError`.
+    @discardableResult
+    public func publish(_ message: String, to channel: some RedisArgumentConvertible) async throws -> Int {
+        try await connection.publish(message, to: channel)
+    }
+
+    /// Publishes bytes as they are.
+    @discardableResult
+    public func publish(_ message: [UInt8], to channel: some RedisArgumentConvertible) async throws -> Int {
+        try await connection.publish(message, to: channel)
+    }
+
+    /// Publishes the bytes of `message`.
+    @discardableResult
+    public func publish(_ message: Data, to channel: some RedisArgumentConvertible) async throws -> Int {
+        try await connection.publish(message, to: channel)
+    }
+
+    /// Publishes `value` encoded as JSON with `encoder` (default: the publisher's ``encoder``).
+    ///
+    /// - Throws: the encoder's error (nothing is sent), ``RedisError``, `CancellationError`.
+    @discardableResult
+    public func publish<Value: Encodable>(
+        _ value: Value,
+        to channel: some RedisArgumentConvertible,
+        encoder: JSONEncoder? = nil
+    ) async throws -> Int {
+        try await connection.publish((encoder ?? self.encoder).encode(value), to: channel)
+    }
+
+    // MARK: SPUBLISH
+
+    /// Publishes text to a sharded channel (`SPUBLISH`, Redis 7).
+    @discardableResult
+    public func publish(_ message: String, toShard channel: some RedisArgumentConvertible) async throws -> Int {
+        try await connection.publish(message, toShard: channel)
+    }
+
+    /// Publishes bytes to a sharded channel (`SPUBLISH`).
+    @discardableResult
+    public func publish(_ message: [UInt8], toShard channel: some RedisArgumentConvertible) async throws -> Int {
+        try await connection.publish(message, toShard: channel)
+    }
+
+    /// Publishes the bytes of `message` to a sharded channel (`SPUBLISH`).
+    @discardableResult
+    public func publish(_ message: Data, toShard channel: some RedisArgumentConvertible) async throws -> Int {
+        try await connection.publish(message, toShard: channel)
+    }
+
+    /// Publishes `value` as JSON to a sharded channel (`SPUBLISH`).
+    @discardableResult
+    public func publish<Value: Encodable>(
+        _ value: Value,
+        toShard channel: some RedisArgumentConvertible,
+        encoder: JSONEncoder? = nil
+    ) async throws -> Int {
+        try await connection.publish((encoder ?? self.encoder).encode(value), toShard: channel)
+    }
+
+    // MARK: Introspection
+
+    /// `PUBSUB CHANNELS [pattern]`; see ``RedisConnection/pubsubChannels(matching:)``.
+    public func channels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
+        try await connection.pubsubChannels(matching: pattern)
+    }
+
+    /// `PUBSUB NUMSUB`; see ``RedisConnection/pubsubNumberOfSubscribers(_:)``.
+    public func numberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
+        try await connection.pubsubNumberOfSubscribers(channels)
+    }
+
+    /// `PUBSUB NUMPAT`; see ``RedisConnection/pubsubNumberOfPatterns()``.
+    public func numberOfPatterns() async throws -> Int {
+        try await connection.pubsubNumberOfPatterns()
+    }
+
+    /// `PUBSUB SHARDCHANNELS [pattern]`; see ``RedisConnection/pubsubShardChannels(matching:)``.
+    public func shardChannels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
+        try await connection.pubsubShardChannels(matching: pattern)
+    }
+
+    /// `PUBSUB SHARDNUMSUB`; see ``RedisConnection/pubsubShardNumberOfSubscribers(_:)``.
+    public func shardNumberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
+        try await connection.pubsubShardNumberOfSubscribers(channels)
+    }
+
+    /// Closes the connection after in-flight publishes are answered.
+    public func close() async {
+        await connection.close()
+    }
+}

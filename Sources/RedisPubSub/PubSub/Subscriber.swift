@@ -1,0 +1,149 @@
+public import Logging
+
+/// Receives Pub/Sub messages: every subscription of a `Subscriber` shares its one connection.
+///
+/// ```swift
+/// let subscriber = try await Subscriber.connect(to: .fromEnvironment())
+/// let subscription = try await subscriber.subscribe(to: "notifications")
+/// for try await message in subscription {
+///     print("\(message.channel): \(message.string)")
+/// }
+/// ```
+///
+/// `subscribe` returns once the server acknowledged every channel, so a message published after it returns is
+/// received. Channels are reference-counted: two subscriptions to one channel both get every message, and the server
+/// is told to unsubscribe only when the last of them ends. A subscription ends, and unsubscribes, when its `for` loop
+/// exits, when its task is cancelled, or when it is released.
+public final class Subscriber: Sendable {
+    let lifetime: SubscriberLifetime
+
+    private init(lifetime: SubscriberLifetime) {
+        self.lifetime = lifetime
+    }
+
+    /// The configuration this subscriber connected with.
+    public var configuration: RedisConfiguration { lifetime.core.connection.configuration }
+
+    /// Connects a subscriber connection (with the same handshake as ``RedisConnection/connect(to:logger:)``).
+    ///
+    /// - Throws: as ``RedisConnection/connect(to:logger:)``.
+    public static func connect(
+        to configuration: RedisConfiguration,
+        logger: Logger = RedisConnection.disabledLogger
+    ) async throws -> Subscriber {
+        try configuration.validate()
+        let connection = ConnectionCore(configuration: configuration, logger: logger, loop: .shared)
+        let core = SubscriberCore(connection: connection)
+        let lifetime = SubscriberLifetime(core: core)  // closes the connection if connecting fails
+        let waiter = Pending<Void>()
+        try await waiter.wait {
+            connection.loop.execute {
+                connection.pushHandler = core
+                connection.connect(waiter)
+            }
+        }
+        return Subscriber(lifetime: lifetime)
+    }
+
+    /// Subscribes to one or more channels (`SUBSCRIBE`) and returns once the server acknowledged all of them.
+    ///
+    /// - Parameters:
+    ///   - channels: channel names; text or bytes.
+    ///   - bufferingPolicy: what to drop when the consumer falls behind; ``BufferingPolicy/default`` keeps the
+    ///     newest 10,000 messages.
+    /// - Throws: ``RedisError`` (``RedisError/Code/permissionDenied`` when an ACL forbids a channel,
+    ///   ``RedisError/Code/connectionClosed``, ``RedisError/Code/timeout``), `CancellationError`.
+    public func subscribe(
+        to channels: any RedisArgumentConvertible...,
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        try await subscribe(.channel, channels, bufferingPolicy)
+    }
+
+    /// Subscribes to the channels in an array; see ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    public func subscribe(
+        to channels: [any RedisArgumentConvertible],
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        try await subscribe(.channel, channels, bufferingPolicy)
+    }
+
+    /// Subscribes to glob patterns (`PSUBSCRIBE`: `*`, `?`, `[ae]`, `\*` for a literal star). Messages carry the
+    /// matching ``Message/pattern``.
+    ///
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    public func subscribe(
+        toPatterns patterns: any RedisArgumentConvertible...,
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        try await subscribe(.pattern, patterns, bufferingPolicy)
+    }
+
+    /// Subscribes to the glob patterns in an array (`PSUBSCRIBE`).
+    public func subscribe(
+        toPatterns patterns: [any RedisArgumentConvertible],
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        try await subscribe(.pattern, patterns, bufferingPolicy)
+    }
+
+    /// Subscribes to sharded channels (`SSUBSCRIBE`, Redis 7). Messages have ``Message/isSharded`` set.
+    ///
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    public func subscribe(
+        toShardChannels channels: any RedisArgumentConvertible...,
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        try await subscribe(.shardChannel, channels, bufferingPolicy)
+    }
+
+    /// Subscribes to the sharded channels in an array (`SSUBSCRIBE`).
+    public func subscribe(
+        toShardChannels channels: [any RedisArgumentConvertible],
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        try await subscribe(.shardChannel, channels, bufferingPolicy)
+    }
+
+    private func subscribe(
+        _ kind: SubscriptionKind,
+        _ names: [any RedisArgumentConvertible],
+        _ policy: BufferingPolicy
+    ) async throws -> Subscription {
+        guard !names.isEmpty else { throw RedisError(.invalidArgument, "subscribe needs at least one name") }
+        let sink = SubscriptionSink(keys: names.map { ChannelKey(kind: kind, name: $0.redisArgument.bytes) }, policy: policy)
+        let handle = SubscriptionHandle(sink: sink, lifetime: lifetime)  // ends (unsubscribes) if we fail below
+        try await sink.ready.wait {
+            lifetime.core.execute { $0.add(sink) }
+        }
+        return Subscription(handle: handle)
+    }
+
+    /// Closes the connection. Every subscription's loop ends normally after the messages already received.
+    /// Calling it again does nothing.
+    public func close() async {
+        let core = lifetime.core
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            core.execute { core in
+                core.markClosing()
+                core.connection.close { continuation.resume() }
+            }
+        }
+    }
+}
+
+/// Keeps a subscriber's connection open while its `Subscriber` or any of its subscriptions exists.
+final class SubscriberLifetime: Sendable {
+    let core: SubscriberCore
+
+    init(core: SubscriberCore) {
+        self.core = core
+    }
+
+    deinit {
+        core.execute { core in
+            core.markClosing()
+            core.connection.close()
+        }
+    }
+}
