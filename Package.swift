@@ -35,7 +35,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RedisPubSubTests",
-            dependencies: ["RedisPubSub"],
+            dependencies: ["RedisPubSub", .product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -105,13 +105,40 @@ public final class Subscriber: Sendable {
         try await subscribe(.shardChannel, channels, bufferingPolicy)
     }
 
+    /// One subscription to channels, patterns and sharded channels together: its messages arrive in the order the
+    /// server sent them, so a message matching both a channel and a pattern arrives twice, first as the channel's.
+    ///
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    public func subscribe(
+        channels: [any RedisArgumentConvertible] = [],
+        patterns: [any RedisArgumentConvertible] = [],
+        shardChannels: [any RedisArgumentConvertible] = [],
+        bufferingPolicy: BufferingPolicy = .default
+    ) async throws -> Subscription {
+        let keys = channels.map { ChannelKey(kind: .channel, name: $0.redisArgument.bytes) }
+            + patterns.map { ChannelKey(kind: .pattern, name: $0.redisArgument.bytes) }
+            + shardChannels.map { ChannelKey(kind: .shardChannel, name: $0.redisArgument.bytes) }
+        return try await subscribe(keys, bufferingPolicy)
+    }
+
+    /// The number of subscriptions registered on the connection right now.
+    func activeSubscriptionCount() async -> Int {
+        await withCheckedContinuation { continuation in
+            lifetime.core.execute { continuation.resume(returning: $0.subscriptionCount) }
+        }
+    }
+
     private func subscribe(
         _ kind: SubscriptionKind,
         _ names: [any RedisArgumentConvertible],
         _ policy: BufferingPolicy
     ) async throws -> Subscription {
-        guard !names.isEmpty else { throw RedisError(.invalidArgument, "subscribe needs at least one name") }
-        let sink = SubscriptionSink(keys: names.map { ChannelKey(kind: kind, name: $0.redisArgument.bytes) }, policy: policy)
+        try await subscribe(names.map { ChannelKey(kind: kind, name: $0.redisArgument.bytes) }, policy)
+    }
+
+    private func subscribe(_ keys: [ChannelKey], _ policy: BufferingPolicy) async throws -> Subscription {
+        guard !keys.isEmpty else { throw RedisError(.invalidArgument, "subscribe needs at least one channel or pattern") }
+        let sink = SubscriptionSink(keys: keys, policy: policy)
         let handle = SubscriptionHandle(sink: sink, lifetime: lifetime)  // ends (unsubscribes) if we fail below
         try await sink.ready.wait {
             lifetime.core.execute { $0.add(sink) }

@@ -1,0 +1,39 @@
+import Foundation
+@testable import RedisPubSub
+import Testing
+
+/// Reads `count` messages, failing the test (instead of hanging) after `timeout`.
+func collect(
+    _ subscription: Subscription,
+    _ count: Int,
+    timeout: Duration = .seconds(20),
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> [Message] {
+    try await withThrowingTaskGroup(of: [Message]?.self) { group in
+        group.addTask {
+            var messages: [Message] = []
+            for try await message in subscription {
+                messages.append(message)
+                if messages.count == count { break }
+            }
+            return messages
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        let first = try await group.next()!
+        group.cancelAll()
+        guard let messages = first else {
+            Issue.record("timed out waiting for \(count) messages", sourceLocation: sourceLocation)
+            return []
+        }
+        return messages
+    }
+}
+
+/// A subscriber and a publisher on the shared server.
+func pubSubPair() async throws -> (Subscriber, Publisher) {
+    let configuration = try SharedServer.configuration
+    return (try await Subscriber.connect(to: configuration), try await Publisher.connect(to: configuration))
+}

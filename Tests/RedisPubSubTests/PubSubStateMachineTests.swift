@@ -1,0 +1,185 @@
+import DequeModule
+import Testing
+@testable import RedisPubSub
+
+final class FakeSink {}
+
+@Suite("PubSubStateMachine: reference-counted channels")
+struct PubSubStateMachineTests {
+    typealias Machine = PubSubStateMachine<FakeSink>
+    let a = ChannelKey(kind: .channel, name: Array("a".utf8))
+    let b = ChannelKey(kind: .channel, name: Array("b".utf8))
+    let p = ChannelKey(kind: .pattern, name: Array("a*".utf8))
+
+    @Test func firstSubscriptionSubscribesAndWaitsForTheAck() {
+        var machine = Machine()
+        let sink = FakeSink()
+        let (commands, confirmed) = machine.add(sink, to: [a, b, a])  // duplicates collapse
+        #expect(commands.map(\.key) == [a, b])
+        #expect(commands.allSatisfy { $0.subscribe })
+        #expect(!confirmed)
+        #expect(machine.acknowledged(commands[0]).isEmpty)  // still waiting for b
+        #expect(machine.acknowledged(commands[1]).map { $0 === sink } == [true])
+    }
+
+    @Test func secondSubscriptionToAConfirmedChannelSendsNothingAndIsLiveAtOnce() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        let (commands, _) = machine.add(first, to: [a])
+        _ = machine.acknowledged(commands[0])
+        let (more, confirmed) = machine.add(second, to: [a])
+        #expect(more.isEmpty)
+        #expect(confirmed)
+        #expect(machine.recipients(a).count == 2)
+    }
+
+    @Test func joiningWhileTheSubscribeIsInFlightWaitsForTheSameAck() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        let (commands, _) = machine.add(first, to: [a])
+        let (more, confirmed) = machine.add(second, to: [a])
+        #expect(more.isEmpty && !confirmed)
+        let ready = machine.acknowledged(commands[0])
+        #expect(ready.count == 2)
+    }
+
+    @Test func unsubscribeOnlyWhenTheLastSubscriptionLeaves() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        let (commands, _) = machine.add(first, to: [a])
+        _ = machine.acknowledged(commands[0])
+        _ = machine.add(second, to: [a])
+        #expect(machine.remove(first, from: [a]).isEmpty)
+        #expect(machine.recipients(a).map { $0 === second } == [true])
+        let unsubscribe = machine.remove(second, from: [a])
+        #expect(unsubscribe.count == 1 && !unsubscribe[0].subscribe)
+        #expect(machine.recipients(a).isEmpty)
+        _ = machine.acknowledged(unsubscribe[0])
+        #expect(machine.channels.isEmpty)
+    }
+
+    @Test func removingWhatWasNeverAddedDoesNothing() {
+        var machine = Machine()
+        #expect(machine.remove(FakeSink(), from: [a, p]).isEmpty)
+        #expect(machine.channels.isEmpty)
+    }
+
+    @Test func rejoiningWhileTheUnsubscribeIsInFlightSubscribesAgainAndIgnoresTheStaleAck() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        let (subscribe1, _) = machine.add(first, to: [a])
+        _ = machine.acknowledged(subscribe1[0])
+        let unsubscribe = machine.remove(first, from: [a])
+        let (subscribe2, confirmed) = machine.add(second, to: [a])
+        #expect(subscribe2.count == 1 && subscribe2[0].subscribe && !confirmed)
+        // The server answers in order: the unsubscribe's ack, then the new subscribe's.
+        #expect(machine.acknowledged(unsubscribe[0]).isEmpty)
+        #expect(machine.acknowledged(subscribe2[0]).map { $0 === second } == [true])
+    }
+
+    @Test func aLateAckOfASupersededSubscribeConfirmsNothing() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        let (subscribe1, _) = machine.add(first, to: [a])
+        _ = machine.remove(first, from: [a])  // UNSUBSCRIBE sent before SUBSCRIBE's ack
+        let (subscribe2, _) = machine.add(second, to: [a])
+        #expect(machine.acknowledged(subscribe1[0]).isEmpty)  // the first SUBSCRIBE: superseded
+        #expect(machine.acknowledged(subscribe2[0]).map { $0 === second } == [true])
+    }
+
+    @Test func refusedSubscribeFailsEveryoneOnThatChannel() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        let (commands, _) = machine.add(first, to: [a, b])
+        _ = machine.add(second, to: [a])
+        let failed = machine.refused(commands[0])
+        #expect(failed.count == 2)
+        #expect(machine.recipients(a).isEmpty)
+        // The owner then removes the failed subscriptions elsewhere: b loses its only subscription.
+        let commandsAfter = machine.remove(first, from: [a, b])
+        #expect(commandsAfter.map(\.key) == [b])
+    }
+
+    @Test func unsolicitedUnsubscribeIsRecognised() {
+        var machine = Machine()
+        let sink = FakeSink()
+        let (commands, _) = machine.add(sink, to: [a])
+        _ = machine.acknowledged(commands[0])
+        #expect(machine.isUnsolicitedUnsubscribe(a))
+        #expect(!machine.isUnsolicitedUnsubscribe(b))
+        #expect(machine.serverUnsubscribed(a).count == 1)
+        #expect(machine.recipients(a).isEmpty)
+        let unsubscribe = machine.remove(sink, from: [a])
+        #expect(unsubscribe.isEmpty)  // the server already dropped it
+    }
+
+    @Test func channelsAndPatternsAreSeparateKeys() {
+        var machine = Machine()
+        let sink = FakeSink()
+        let (commands, _) = machine.add(sink, to: [a, p])
+        #expect(commands.map(\.key.kind) == [.channel, .pattern])
+        #expect(machine.recipients(ChannelKey(kind: .pattern, name: Array("a".utf8))).isEmpty)
+    }
+
+    @Test func removeAllReturnsEachSubscriptionOnce() {
+        var machine = Machine()
+        let first = FakeSink(), second = FakeSink()
+        _ = machine.add(first, to: [a, b])
+        _ = machine.add(second, to: [b])
+        #expect(machine.removeAll().count == 2)
+        #expect(machine.channels.isEmpty && machine.sinkCount == 0)
+    }
+}
+
+@Suite("SubscriptionSink: buffering policies")
+struct SubscriptionSinkTests {
+    func message(_ index: Int) -> Message { Message(channel: [99], payload: Array("\(index)".utf8)) }
+
+    func drain(_ sink: SubscriptionSink) -> [String] {
+        var batch = Deque<Message>()
+        _ = sink.take(into: &batch)
+        return batch.map(\.string)
+    }
+
+    @Test func bufferingNewestDropsTheOldest() {
+        let sink = SubscriptionSink(keys: [], policy: .bufferingNewest(3))
+        for index in 1...10 { _ = sink.append(message(index)) }
+        #expect(drain(sink) == ["8", "9", "10"])
+        #expect(sink.droppedCount == 7)
+    }
+
+    @Test func bufferingOldestDropsArrivals() {
+        let sink = SubscriptionSink(keys: [], policy: .bufferingOldest(3))
+        for index in 1...10 { _ = sink.append(message(index)) }
+        #expect(drain(sink) == ["1", "2", "3"])
+        #expect(sink.droppedCount == 7)
+    }
+
+    @Test func unboundedKeepsEverything() {
+        let sink = SubscriptionSink(keys: [], policy: .unbounded)
+        for index in 1...1000 { _ = sink.append(message(index)) }
+        #expect(drain(sink).count == 1000)
+        #expect(sink.droppedCount == 0)
+    }
+
+    @Test func finishedSinkHandsOutItsBufferThenTheEnd() {
+        let sink = SubscriptionSink(keys: [], policy: .default)
+        _ = sink.append(message(1))
+        sink.finish(.failed(RedisError(.connectionClosed, "gone")))
+        #expect(drain(sink) == ["1"])
+        var batch = Deque<Message>()
+        guard case .end(.failed(let error)) = sink.take(into: &batch) else { Issue.record("no end"); return }
+        #expect(error.code == .connectionClosed)
+        #expect(!sink.append(message(2)))
+    }
+
+    @Test func stoppedConsumerRefusesMessages() {
+        let sink = SubscriptionSink(keys: [], policy: .default)
+        _ = sink.append(message(1))
+        sink.consumerStopped()
+        _ = sink.append(message(2))
+        var batch = Deque<Message>()
+        guard case .end(.finished) = sink.take(into: &batch) else { Issue.record("expected the end"); return }
+        #expect(batch.isEmpty)
+    }
+}
