@@ -13,10 +13,13 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "RedisPubSub", targets: ["RedisPubSub"]),
+        .executable(name: "subscriber", targets: ["subscriber"]),
+        .executable(name: "publisher", targets: ["publisher"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(
@@ -31,6 +34,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // The notifications demo: `swift run subscriber`, `swift run publisher`.
+        .target(
+            name: "DemoSupport",
+            dependencies: ["RedisPubSub"],
+            path: "Examples/DemoSupport",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "subscriber",
+            dependencies: ["RedisPubSub", "DemoSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Subscriber",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "publisher",
+            dependencies: ["RedisPubSub", "DemoSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Publisher",
             swiftSettings: swiftSettings
         ),
         .testTarget(

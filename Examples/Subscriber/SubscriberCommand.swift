@@ -1,0 +1,82 @@
+import ArgumentParser
+import DemoSupport
+import Foundation
+import RedisPubSub
+
+@main
+struct SubscriberCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "subscriber",
+        abstract: "Prints the messages published to Redis channels (the notifications demo's receiving side).",
+        discussion: """
+            Prints "Subscribed to <names>" once the server acknowledged, then one line per message: \
+            "Received message on <channel>: <payload>", with " (pattern <glob>)" after the channel for pattern \
+            matches. SIGINT and SIGTERM unsubscribe and exit 0.
+            """
+    )
+
+    @Option(help: "Redis URL. Default: the REDIS_URL environment variable, else redis://127.0.0.1:6379.")
+    var url: String?
+
+    @Option(name: .customLong("connect-timeout"), help: "Seconds to keep trying to reach the server at start-up.")
+    var connectTimeout: Double = 10
+
+    @Option(name: .customLong("channel"), help: "A channel to subscribe to; repeat for more. Default: notifications (when no --pattern is given).")
+    var channels: [String] = []
+
+    @Option(name: .customLong("pattern"), help: "A glob pattern to subscribe to (PSUBSCRIBE); repeat for more.")
+    var patterns: [String] = []
+
+    @Flag(help: "Decode each payload as a notification {\"id\", \"text\", \"sentAt\"} and print its id and text.")
+    var json = false
+
+    @Option(help: "Exit 0 after this many messages.")
+    var count: Int?
+
+    func validate() throws {
+        if let count, count < 1 { throw ValidationError("--count must be at least 1") }
+        if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
+    }
+
+    func run() async throws {
+        let channels = self.channels.isEmpty && patterns.isEmpty ? ["notifications"] : self.channels
+        let subscriber = await connectWithRetry(DemoSupport.configuration(url: url), timeout: connectTimeout) {
+            try await Subscriber.connect(to: $0)
+        }
+        let subscription: Subscription
+        do {
+            subscription = try await subscriber.subscribe(channels: channels, patterns: patterns)
+        } catch {
+            Console.error("error: cannot subscribe: \(error)")
+            throw ExitCode(1)
+        }
+        Console.out("Subscribed to " + (channels + patterns).joined(separator: ", "))
+
+        let signals = ShutdownSignals { subscription.cancel() }
+        var received = 0
+        do {
+            for try await message in subscription {
+                let source = message.channel + (message.pattern.map { " (pattern \($0))" } ?? "")
+                if json {
+                    do {
+                        let notification = try message.decode(Notification.self, using: Notification.decoder)
+                        Console.out("Received notification #\(notification.id) on \(source): \(notification.text)")
+                    } catch {
+                        Console.error("Skipped a message on \(source): not a notification (\(error.underlying))")
+                    }
+                } else {
+                    Console.out("Received message on \(source): \(message.string)")
+                }
+                received += 1
+                if let count, received >= count { break }
+            }
+        } catch {
+            Console.error("error: the subscription ended: \(error)")
+            await subscriber.close()
+            throw ExitCode(1)
+        }
+        _ = signals
+        subscription.cancel()
+        await subscriber.close()
+    }
+}
