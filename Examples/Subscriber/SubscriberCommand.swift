@@ -30,7 +30,7 @@ struct SubscriberCommand: AsyncParsableCommand {
     @Flag(help: "Decode each payload as a notification {\"id\", \"text\", \"sentAt\"} and print its id and text.")
     var json = false
 
-    @Option(help: "Exit 0 after this many messages.")
+    @Option(help: "Exit 0 after printing this many messages (skipped payloads do not count).")
     var count: Int?
 
     func validate() throws {
@@ -63,6 +63,7 @@ struct SubscriberCommand: AsyncParsableCommand {
                         Console.out("Received notification #\(notification.id) on \(source): \(notification.text)")
                     } catch {
                         Console.error("Skipped a message on \(source): not a notification (\(error.underlying))")
+                        continue  // not counted: --count counts the messages printed
                     }
                 } else {
                     Console.out("Received message on \(source): \(message.string)")

@@ -1,12 +1,38 @@
 import RedisPubSub
 import Testing
 
-/// The README's usage example, verbatim apart from the assertions, so it cannot rot.
+/// The README's examples, verbatim apart from the assertions, so they cannot rot.
 @Suite("README examples")
 struct ReadmeExampleTests {
-    @Test func usageExample() async throws {
+    struct Order: Codable { let id: Int; let total: Double }
+
+    @Test func pubSubExample() async throws {
+        _ = try SharedServer.configuration  // sets REDIS_URL when `make test` did not
+        var seen: [Int] = []
         // --- README: Use ---
-        let connection = try await RedisConnection.connect(to: .fromEnvironment())  // REDIS_URL, else redis://127.0.0.1:6379
+        let configuration = try RedisConfiguration.fromEnvironment()   // REDIS_URL, else redis://127.0.0.1:6379
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration)
+
+        let subscription = try await subscriber.subscribe(to: "orders")   // returns once the server acknowledged
+        try await publisher.publish(Order(id: 1, total: 9.5), to: "orders")      // JSON
+        try await publisher.publish("not an order", to: "orders")
+
+        for try await order in subscription.decoded(as: Order.self, onFailure: { print("skipped: \($0)") }) {
+            print("order", order.id, order.total)
+            seen.append(order.id)
+            break                                                         // leaving the loop unsubscribes
+        }
+        await subscriber.close()
+        await publisher.close()
+        // ---
+        #expect(seen == [1])
+    }
+
+    @Test func commandsExample() async throws {
+        _ = try SharedServer.configuration
+        // --- README: Commands ---
+        let connection = try await RedisConnection.connect(to: .fromEnvironment())
         try await connection.send("SET", "greeting", "hello")
         let greeting = try await connection.send("GET", "greeting").string           // "hello"
         let receivers = try await connection.publish("deploy finished", to: "events")

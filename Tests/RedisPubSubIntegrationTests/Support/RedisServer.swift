@@ -16,16 +16,16 @@ final class RedisServer: @unchecked Sendable {
     var socketPath: String { directory.appendingPathComponent("redis.sock").path }
 
     /// Starts a server with `redis-server` defaults plus `arguments` (e.g. `["--requirepass", "pw"]`).
-    static func start(_ arguments: [String] = []) throws -> RedisServer {
+    static func start(_ arguments: [String] = [], port: Int? = nil) throws -> RedisServer {
         var lastError: (any Error)?
         for _ in 0..<5 {  // a free port can be taken between probing and binding: retry with another
-            do { return try RedisServer(arguments: arguments) } catch { lastError = error }
+            do { return try RedisServer(arguments: arguments, requestedPort: port) } catch { lastError = error }
         }
         throw lastError!
     }
 
-    private init(arguments: [String]) throws {
-        port = try Self.freePort()
+    private init(arguments: [String], requestedPort: Int?) throws {
+        port = try requestedPort ?? Self.freePort()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         process = Process()
@@ -112,6 +112,8 @@ enum SharedServer {
         let server = try? RedisServer.start()
         // Statics are never deinitialised: stop the server when the test process exits.
         atexit { SharedServer.started?.stop() }
+        // Code that reads REDIS_URL itself (the README examples) finds this server too.
+        if let server { setenv("REDIS_URL", server.url, 1) }
         return server
     }()
 

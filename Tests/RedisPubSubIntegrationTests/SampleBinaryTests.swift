@@ -1,0 +1,188 @@
+import Foundation
+import RedisPubSub
+import Testing
+
+/// One run of a sample binary with its output collected.
+final class SampleProcess: @unchecked Sendable {
+    // @unchecked Sendable because: `stdoutText` and `stderrText` are only touched under `lock`.
+    let process = Process()
+    private let lock = NSLock()
+    private var stdoutText = ""
+    private var stderrText = ""
+
+    init(_ name: String, _ arguments: [String]) throws {
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name)
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            throw RedisError(.invalidConfiguration, "\(binary.path) is missing: build with `swift build --build-tests`")
+        }
+        process.executableURL = binary
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["REDIS_URL"] = nil
+        process.environment = environment
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        out.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.lock(); self.stdoutText += String(decoding: data, as: UTF8.self); self.lock.unlock()
+        }
+        err.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.lock(); self.stderrText += String(decoding: data, as: UTF8.self); self.lock.unlock()
+        }
+        try process.run()
+    }
+
+    var stdout: String { lock.lock(); defer { lock.unlock() }; return stdoutText }
+    var stderr: String { lock.lock(); defer { lock.unlock() }; return stderrText }
+    var stdoutLines: [String] { stdout.split(separator: "\n").map(String.init) }
+
+    /// Waits up to `timeout` for the process to exit; kills it and returns nil if it does not.
+    func exitStatus(within timeout: Duration = .seconds(20)) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        guard !process.isRunning else {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        try? await Task.sleep(for: .milliseconds(50))  // let the pipes drain
+        return process.terminationStatus
+    }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+}
+
+@Suite("Sample binaries: subscriber and publisher")
+struct SampleBinaryTests {
+    static let time = #"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"#
+
+    @Test func subscriberAndPublisherPrintTheDocumentedLines() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try SampleProcess("subscriber", ["--url", server.url, "--count", "3"])
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        #expect(subscriber.stdoutLines.first == "Subscribed to notifications")
+        let publisher = try SampleProcess("publisher", ["--url", server.url, "--count", "3", "--interval", "0.1"])
+        #expect(await publisher.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+        let published = publisher.stdoutLines
+        #expect(published.count == 3)
+        for line in published {
+            #expect(line.wholeMatch(of: try Regex(#"Published to notifications \(1 receiver\): Hello at "# + Self.time)) != nil, "\(line)")
+        }
+        let received = Array(subscriber.stdoutLines.dropFirst())
+        #expect(received.count == 3)
+        for line in received {
+            #expect(line.wholeMatch(of: try Regex("Received message on notifications: Hello at " + Self.time)) != nil, "\(line)")
+        }
+        // Same payloads, same order.
+        #expect(received.map { $0.split(separator: ": ", maxSplits: 1).last } == published.map { $0.split(separator: ": ", maxSplits: 1).last })
+    }
+
+    @Test func channelsPatternsAndMessageText() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try SampleProcess("subscriber", ["--url", server.url, "--channel", "alpha", "--channel", "beta", "--pattern", "news.*", "--count", "3"])
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        #expect(subscriber.stdoutLines.first == "Subscribed to alpha, beta, news.*")
+        for channel in ["alpha", "beta", "news.sport"] {
+            let publisher = try SampleProcess("publisher", ["--url", server.url, "--channel", channel, "--count", "1", "--message", "hi \(channel)"])
+            #expect(await publisher.exitStatus() == 0)
+            #expect(publisher.stdoutLines == ["Published to \(channel) (1 receiver): hi \(channel)"])
+        }
+        #expect(await subscriber.exitStatus() == 0)
+        #expect(Array(subscriber.stdoutLines.dropFirst()) == [
+            "Received message on alpha: hi alpha",
+            "Received message on beta: hi beta",
+            "Received message on news.sport (pattern news.*): hi news.sport",
+        ])
+    }
+
+    @Test func jsonModeSkipsABadPayloadWithOneErrorLine() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try SampleProcess("subscriber", ["--url", server.url, "--json", "--count", "2"])
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        let first = try SampleProcess("publisher", ["--url", server.url, "--json", "--count", "1", "--message", "first"])
+        #expect(await first.exitStatus() == 0)
+        #expect(first.stdoutLines.first?.contains(#""text":"first""#) == true)
+        let connection = try await RedisConnection.connect(to: .init(url: server.url))
+        try await connection.publish("this is not JSON", to: "notifications")
+        try await connection.publish(#"{"id": 5}"#, to: "notifications")
+        await connection.close()
+        let second = try SampleProcess("publisher", ["--url", server.url, "--json", "--count", "1", "--message", "second"])
+        #expect(await second.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+        #expect(Array(subscriber.stdoutLines.dropFirst()) == [
+            "Received notification #1 on notifications: first",
+            "Received notification #1 on notifications: second",
+        ])
+        let errors = subscriber.stderr.split(separator: "\n")
+        #expect(errors.count == 2)
+        #expect(errors.allSatisfy { $0.hasPrefix("Skipped a message on notifications: not a notification") })
+    }
+
+    @Test(arguments: [SIGTERM, SIGINT])
+    func signalsExitCleanly(signal: Int32) async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try SampleProcess("subscriber", ["--url", server.url])
+        let publisher = try SampleProcess("publisher", ["--url", server.url, "--interval", "0.2"])
+        try await waitUntil { subscriber.stdoutLines.count >= 2 && publisher.stdoutLines.count >= 1 }
+        subscriber.signal(signal)
+        publisher.signal(signal)
+        #expect(await subscriber.exitStatus() == 0)
+        #expect(await publisher.exitStatus() == 0)
+        let connection = try await RedisConnection.connect(to: .init(url: server.url))
+        #expect(try await connection.pubsubNumberOfSubscribers(["notifications"]) == ["notifications": 0])
+        await connection.close()
+    }
+
+    @Test func connectTimeoutWithoutAServerExitsOneWithAClearMessage() async throws {
+        let port = try RedisServer.freePort()
+        let started = ContinuousClock.now
+        let subscriber = try SampleProcess("subscriber", ["--url", "redis://127.0.0.1:\(port)", "--connect-timeout", "1"])
+        #expect(await subscriber.exitStatus() == 1)
+        #expect(ContinuousClock.now - started < .seconds(10))
+        #expect(subscriber.stderr.contains("cannot connect to redis://127.0.0.1:\(port) within 1.0 s"))
+        #expect(subscriber.stderr.contains("Connection refused"))
+    }
+
+    @Test func startedBeforeTheServerTheyWaitForIt() async throws {
+        let port = try RedisServer.freePort()
+        let subscriber = try SampleProcess("subscriber", ["--url", "redis://127.0.0.1:\(port)", "--count", "1"])
+        try await Task.sleep(for: .milliseconds(700))
+        let server = try RedisServer.start(port: port)
+        defer { server.stop() }
+        try await waitUntil { subscriber.stdout.contains("Subscribed to notifications") }
+        let publisher = try SampleProcess("publisher", ["--url", server.url, "--count", "1"])
+        #expect(await publisher.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+    }
+
+    @Test func helpDocumentsEveryOption() async throws {
+        let subscriber = try SampleProcess("subscriber", ["--help"])
+        #expect(await subscriber.exitStatus() == 0)
+        for option in ["--url", "--connect-timeout", "--channel", "--pattern", "--json", "--count", "REDIS_URL"] {
+            #expect(subscriber.stdout.contains(option), "subscriber --help lacks \(option)")
+        }
+        let publisher = try SampleProcess("publisher", ["--help"])
+        #expect(await publisher.exitStatus() == 0)
+        for option in ["--url", "--connect-timeout", "--channel", "--interval", "--count", "--message", "--json", "REDIS_URL"] {
+            #expect(publisher.stdout.contains(option), "publisher --help lacks \(option)")
+        }
+    }
+
+    @Test func badArgumentsAreRejected() async throws {
+        let bad = try SampleProcess("publisher", ["--count", "0"])
+        #expect(await bad.exitStatus() != 0)
+        #expect(bad.stderr.contains("--count must be at least 1"))
+        let badURL = try SampleProcess("subscriber", ["--url", "redis://host:99999"])
+        #expect(await badURL.exitStatus() == 1)
+        #expect(badURL.stderr.contains("out of range"))
+    }
+}
