@@ -71,15 +71,17 @@ final class HiredisContext: EventLoopSource {
         self.delegate = delegate
 
         let created: UnsafeMutablePointer<redisAsyncContext>?
+        errno = 0
         switch address {
         case .tcp(let ip, let port): created = redisAsyncConnect(ip, Int32(port))
         case .unix(let path): created = redisAsyncConnectUnix(path)
         }
+        let connectErrno = errno
         guard let ac = created else {
             throw RedisError(.connectionClosed, "cannot connect to \(address): out of memory")
         }
         if ac.pointee.err != 0 {
-            let error = Self.connectError(chiredis_context(ac), address: address)
+            let error = Self.connectError(chiredis_context(ac), address: address, errno: connectErrno)
             // > redisAsyncConnect: "check ac->err and free with redisAsyncFree yourself". No hooks are set yet.
             redisAsyncFree(ac)
             throw error
@@ -201,7 +203,10 @@ final class HiredisContext: EventLoopSource {
             setInterest(read: true)  // read from now on, also when idle, to see the server close
             events.append(.connected)
         } else {
-            closeCause = Self.connectError(chiredis_context(ac), address: address)
+            // hiredis 1.x can report a failed connect with an empty errstr: its redisCheckConnectDone leaves the cause
+            // in errno only. errno is still that connect's here, inside the callback.
+            let savedErrno = errno
+            closeCause = Self.connectError(chiredis_context(ac), address: address, errno: savedErrno)
             // hiredis frees the context right after this callback (and calls `cleanup`).
         }
     }
@@ -256,14 +261,20 @@ final class HiredisContext: EventLoopSource {
         }
     }
 
-    private static func connectError(_ c: UnsafeMutablePointer<redisContext>, address: Address) -> RedisError {
-        let text = String(cString: chiredis_errstr(c))
+    private static func connectError(
+        _ c: UnsafeMutablePointer<redisContext>,
+        address: Address,
+        errno savedErrno: Int32 = 0
+    ) -> RedisError {
+        var text = String(cString: chiredis_errstr(c))
+        if text.isEmpty && savedErrno != 0 { text = String(cString: strerror(savedErrno)) }
+        if text.isEmpty { text = "connection failed" }
         let message = "cannot connect to \(address): \(text)"
         func matches(_ code: Int32) -> Bool { text.contains(String(cString: strerror(code))) }
         if matches(ECONNREFUSED) || matches(ENOENT) { return RedisError(.connectionRefused, message) }
         if matches(EHOSTUNREACH) || matches(ENETUNREACH) || matches(EADDRNOTAVAIL) { return RedisError(.hostUnreachable, message) }
         if matches(ETIMEDOUT) { return RedisError(.timeout, message) }
-        return RedisError(.connectionRefused, message)
+        return RedisError(.connectionClosed, message)
     }
 }
 
