@@ -39,11 +39,21 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
     /// The name set with `CLIENT SETNAME`, shown by `CLIENT LIST`; `nil` sends nothing.
     public var clientName: String?
     /// How long connecting may take: name resolution, the TCP or Unix connect and the handshake
-    /// (`AUTH`, `SELECT`, `CLIENT SETNAME`). Default: 10 seconds.
+    /// (`AUTH`, `SELECT`, `CLIENT SETNAME`, `PING`). At start-up, a server that refuses or cannot be reached is tried
+    /// again (with the ``reconnect`` backoff) until this time is up, so services may start before Redis.
+    /// It is also the limit of each reconnect attempt. Default: 10 seconds.
     public var connectTimeout: Duration
     /// How long a command may wait for its reply before it fails with ``RedisError/Code/timeout``. The late reply is
     /// discarded and the connection stays usable. Default: 5 seconds.
     public var commandTimeout: Duration
+    /// How a lost connection comes back. Default: ``ReconnectPolicy/default`` (forever, jittered, within ~0.5 s).
+    public var reconnect: ReconnectPolicy
+    /// Subscriber connections only: after this long without receiving anything, send a PING; `nil` turns the health
+    /// check off. Default: 5 seconds.
+    public var healthCheckInterval: Duration?
+    /// Subscriber connections only: how long the health check's PING may wait for its PONG before the connection is
+    /// declared dead, closed and replaced. Default: 2 seconds.
+    public var healthCheckTimeout: Duration
 
     /// Creates a configuration from its parts.
     public init(
@@ -53,7 +63,10 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         database: Int = 0,
         clientName: String? = nil,
         connectTimeout: Duration = .seconds(10),
-        commandTimeout: Duration = .seconds(5)
+        commandTimeout: Duration = .seconds(5),
+        reconnect: ReconnectPolicy = .default,
+        healthCheckInterval: Duration? = .seconds(5),
+        healthCheckTimeout: Duration = .seconds(2)
     ) {
         self.endpoint = endpoint
         self.username = username
@@ -62,6 +75,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         self.clientName = clientName
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
+        self.reconnect = reconnect
+        self.healthCheckInterval = healthCheckInterval
+        self.healthCheckTimeout = healthCheckTimeout
     }
 
     /// Parses `redis://[[user]:password@]host[:port][/db]` or `unix:///path/to/socket[?db=N]`.
@@ -202,6 +218,14 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         guard database >= 0 else { throw RedisError(.invalidConfiguration, "database \(database) is negative") }
         guard connectTimeout > .zero else { throw RedisError(.invalidConfiguration, "connect timeout must be positive") }
         guard commandTimeout > .zero else { throw RedisError(.invalidConfiguration, "command timeout must be positive") }
+        guard reconnect.initialDelay >= .zero, reconnect.maximumDelay >= reconnect.initialDelay else {
+            throw RedisError(.invalidConfiguration, "reconnect delays must satisfy 0 <= initialDelay <= maximumDelay")
+        }
+        guard (reconnect.maximumAttempts ?? 0) >= 0 else { throw RedisError(.invalidConfiguration, "maximumAttempts must not be negative") }
+        if let healthCheckInterval, healthCheckInterval <= .zero {
+            throw RedisError(.invalidConfiguration, "health check interval must be positive (or nil to turn it off)")
+        }
+        guard healthCheckTimeout > .zero else { throw RedisError(.invalidConfiguration, "health check timeout must be positive") }
         if username != nil && password == nil { throw RedisError(.invalidConfiguration, "a user name needs a password") }
         if let clientName, clientName.isEmpty || clientName.contains(where: { $0.isWhitespace || !$0.isASCII }) {
             throw RedisError(.invalidConfiguration, "client name '\(clientName)' must be non-empty ASCII without spaces")

@@ -100,6 +100,10 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// The connection's changes from now on: disconnected (with the cause), reconnecting, reconnected, closed.
+    /// Each access returns a new sequence; it ends when the connection is closed for good.
+    public var events: AsyncStream<ConnectionEvent> { core.events.stream() }
+
     /// A logger that discards everything: the default of every API that takes a `Logger`.
     public static let disabledLogger = Logger(label: "RedisPubSub", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -116,6 +120,10 @@ public final class RedisConnection: Sendable {
             throw RedisError(.invalidArgument, "MONITOR is not supported: it turns the connection into a stream")
         case "HELLO" where command.count > 1 && command[1].bytes != Array("2".utf8):
             throw RedisError(.invalidArgument, "only RESP2 is supported (HELLO 2)")
+        case "CLIENT" where command.count > 1 && String(decoding: command[1].bytes, as: UTF8.self).uppercased() == "REPLY":
+            throw RedisError(.invalidArgument, "CLIENT REPLY is not supported: every command here expects its reply")
+        case "RESET":
+            throw RedisError(.invalidArgument, "RESET is not supported: it would undo the connection's AUTH, SELECT and name")
         default:
             return
         }

@@ -25,5 +25,8 @@ struct ErrorTests {
         try RedisConnection.checkAllowed(["HELLO", "2"])
         #expect(throws: RedisError.self) { try RedisConnection.checkAllowed(["HELLO", "3"]) }
         #expect(throws: RedisError.self) { try RedisConnection.checkAllowed([]) }
+        #expect(throws: RedisError.self) { try RedisConnection.checkAllowed(["CLIENT", "reply", "SKIP"]) }
+        #expect(throws: RedisError.self) { try RedisConnection.checkAllowed(["reset"]) }
+        try RedisConnection.checkAllowed(["CLIENT", "ID"])
     }
 }

@@ -18,8 +18,8 @@ struct PubSubStateMachineTests {
         #expect(commands.map(\.key) == [a, b])
         #expect(commands.allSatisfy { $0.subscribe })
         #expect(!confirmed)
-        #expect(machine.acknowledged(commands[0]).isEmpty)  // still waiting for b
-        #expect(machine.acknowledged(commands[1]).map { $0 === sink } == [true])
+        #expect(machine.acknowledged(commands[0]).ready.isEmpty)  // still waiting for b
+        #expect(machine.acknowledged(commands[1]).ready.map { $0 === sink } == [true])
     }
 
     @Test func secondSubscriptionToAConfirmedChannelSendsNothingAndIsLiveAtOnce() {
@@ -39,7 +39,7 @@ struct PubSubStateMachineTests {
         let (commands, _) = machine.add(first, to: [a])
         let (more, confirmed) = machine.add(second, to: [a])
         #expect(more.isEmpty && !confirmed)
-        let ready = machine.acknowledged(commands[0])
+        let ready = machine.acknowledged(commands[0]).ready
         #expect(ready.count == 2)
     }
 
@@ -73,8 +73,8 @@ struct PubSubStateMachineTests {
         let (subscribe2, confirmed) = machine.add(second, to: [a])
         #expect(subscribe2.count == 1 && subscribe2[0].subscribe && !confirmed)
         // The server answers in order: the unsubscribe's ack, then the new subscribe's.
-        #expect(machine.acknowledged(unsubscribe[0]).isEmpty)
-        #expect(machine.acknowledged(subscribe2[0]).map { $0 === second } == [true])
+        #expect(machine.acknowledged(unsubscribe[0]).ready.isEmpty)
+        #expect(machine.acknowledged(subscribe2[0]).ready.map { $0 === second } == [true])
     }
 
     @Test func aLateAckOfASupersededSubscribeConfirmsNothing() {
@@ -83,8 +83,8 @@ struct PubSubStateMachineTests {
         let (subscribe1, _) = machine.add(first, to: [a])
         _ = machine.remove(first, from: [a])  // UNSUBSCRIBE sent before SUBSCRIBE's ack
         let (subscribe2, _) = machine.add(second, to: [a])
-        #expect(machine.acknowledged(subscribe1[0]).isEmpty)  // the first SUBSCRIBE: superseded
-        #expect(machine.acknowledged(subscribe2[0]).map { $0 === second } == [true])
+        #expect(machine.acknowledged(subscribe1[0]).ready.isEmpty)  // the first SUBSCRIBE: superseded
+        #expect(machine.acknowledged(subscribe2[0]).ready.map { $0 === second } == [true])
     }
 
     @Test func refusedSubscribeFailsEveryoneOnThatChannel() {
@@ -128,6 +128,50 @@ struct PubSubStateMachineTests {
         _ = machine.add(second, to: [b])
         #expect(machine.removeAll().count == 2)
         #expect(machine.channels.isEmpty && machine.sinkCount == 0)
+    }
+}
+
+extension PubSubStateMachineTests {
+    @Test func afterALostConnectionEveryChannelIsResubscribedAndReportedOnce() {
+        var machine = Machine()
+        let both = FakeSink(), pending = FakeSink(), patternOnly = FakeSink()
+        let (commands, _) = machine.add(both, to: [a, b])
+        for command in commands { _ = machine.acknowledged(command) }
+        let (patternCommands, _) = machine.add(patternOnly, to: [p])
+        _ = machine.acknowledged(patternCommands[0])
+        _ = machine.add(pending, to: [ChannelKey(kind: .shardChannel, name: [1])])  // not yet acknowledged
+        let dropped = machine.connectionLost()
+        #expect(dropped.map { $0 === pending } == [true])  // its subscribe call fails; the others wait
+        let again = machine.resubscribeAll()
+        #expect(again.map(\.key) == [a, b, p])  // channels, then patterns, in a stable order
+        #expect(again.allSatisfy { $0.subscribe })
+        var resubscribed: [FakeSink] = []
+        for command in again { resubscribed += machine.acknowledged(command).resubscribed }
+        #expect(resubscribed.count == 2)  // `both` once (after a and b), `patternOnly` once
+        #expect(resubscribed.contains { $0 === both } && resubscribed.contains { $0 === patternOnly })
+    }
+
+    @Test func acknowledgementsFromBeforeTheLossConfirmNothing() {
+        var machine = Machine()
+        let sink = FakeSink()
+        let (old, _) = machine.add(sink, to: [a])
+        _ = machine.acknowledged(old[0])
+        _ = machine.connectionLost()
+        let new = machine.resubscribeAll()
+        let stale = machine.acknowledged(old[0])
+        #expect(stale.ready.isEmpty && stale.resubscribed.isEmpty)
+        #expect(machine.acknowledged(new[0]).resubscribed.count == 1)
+    }
+
+    @Test func unsubscribeAllKeepsRoutingUntilTheEnd() {
+        var machine = Machine()
+        let sink = FakeSink()
+        let (commands, _) = machine.add(sink, to: [a, p])
+        for command in commands { _ = machine.acknowledged(command) }
+        let unsubscribes = machine.unsubscribeAll()
+        #expect(unsubscribes.count == 2 && unsubscribes.allSatisfy { !$0.subscribe })
+        #expect(machine.recipients(a).count == 1)  // messages before the acknowledgement still arrive
+        #expect(machine.removeAll().count == 1)
     }
 }
 

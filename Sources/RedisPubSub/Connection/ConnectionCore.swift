@@ -1,24 +1,41 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import Logging
 import Synchronization
 
-/// Receives the Pub/Sub pushes of a Subscriber connection. Loop-confined.
+/// The reply an UNSUBSCRIBE-family command waits for: `["sunsubscribe", name, count]` and the like. An
+/// unsubscribe-shaped reply that is not the one awaited is the server's own decision (a sharded channel's slot moved).
+struct Acknowledgement: Hashable {
+    let type: [UInt8]
+    let name: [UInt8]
+}
+
+/// Receives the Pub/Sub pushes and connection changes of a Subscriber connection. Loop-confined.
 protocol PushHandler: AnyObject {
     /// Takes `reply` if it is a push (a message, or an unsubscribe the server decided on); returns `false` for
-    /// replies to requests.
-    func handlePush(_ reply: RedisValue) -> Bool
+    /// replies to requests. `awaited` is the acknowledgement the oldest command in flight waits for, if any.
+    func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool
     /// The end of one read from the socket: hand what was routed to the consumers.
     func flush()
-    /// The connection is gone; no more pushes will come.
-    func connectionClosed(_ error: RedisError)
+    /// The connection was lost at `date` and will be retried: nothing arrives until ``connectionRestored(at:downtime:)``.
+    func connectionLost(_ error: RedisError, at date: Date)
+    /// Connected again (handshake done): re-establish what the server forgot.
+    func connectionRestored(at date: Date, downtime: Duration)
+    /// Closed for good: by `close()` (`nil`) or by `error`.
+    func connectionClosed(_ error: RedisError?)
 }
 
 /// The event-loop half of a connection: connects (resolving, trying each address, handshaking), writes submitted
-/// commands in batches, matches replies to their callers in order, times commands out, and closes.
+/// commands in batches, matches replies to their callers in order, times commands out, reconnects with backoff when
+/// the connection is lost, checks an idle connection's health, and closes.
 ///
-/// Callers on any thread use ``submit(_:)`` and ``close(_:)``; everything else runs on ``loop``.
+/// Callers on any thread use ``submit(_:)``, ``close(_:)`` and ``events``; everything else runs on ``loop``.
 final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
-    // @unchecked Sendable because: `inbox` is a Mutex and `loop`, `configuration` and `logger` are immutable;
-    // every other stored property is touched only on the loop thread (asserted at each entry point).
+    // @unchecked Sendable because: `inbox` is a Mutex, `events` is Sendable, and `loop`, `configuration` and `logger`
+    // are immutable; every other stored property is touched only on the loop thread (asserted at the entry points).
 
     typealias Request = Pending<RedisValue>
 
@@ -26,8 +43,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         case request(Request)
         /// A step of the connect handshake; `final` is the last one (the PING).
         case handshake(command: String, final: Bool)
-        /// A command the package sends for itself (subscriptions); the handler runs on the loop.
-        case ownCommand((Result<RedisValue, RedisError>) -> Void)
+        /// A command the package sends for itself (subscriptions, health checks); the handler runs on the loop.
+        /// `expects` names the acknowledgement an UNSUBSCRIBE-family command waits for.
+        case ownCommand((Result<RedisValue, RedisError>) -> Void, expects: Acknowledgement?)
     }
 
     private struct Inbox {
@@ -39,32 +57,51 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     private enum State {
         case idle
-        /// Resolving (no context yet) or connecting to one address, with the ones left to try.
+        /// One connect attempt: resolving (no context yet) or connecting to one address, with the ones left to try.
         case connecting(remaining: [HiredisContext.Address])
         case handshaking
         case ready
+        /// Between attempts, waiting out the backoff delay.
+        case waitingToRetry
         /// `close()` was called: in-flight commands finish, then the context closes.
         case closing
-        case closed(RedisError)
+        case closed
     }
 
     let loop: EventLoop
     let configuration: RedisConfiguration
     let logger: Logger
+    /// Connection changes, for any number of listeners.
+    let events = EventBroadcaster<ConnectionEvent>()
     private let inbox = Mutex(Inbox())
+
+    /// Set on Subscriber connections before `connect`: receives pushes and connection changes.
+    var pushHandler: (any PushHandler)?
+    /// Set on Subscriber connections before `connect`: PING after `healthCheckInterval` of silence.
+    var healthCheckEnabled = false
 
     private var state = State.idle
     private var context: HiredisContext?
     private var queue = RequestQueue<Waiter>()
     private var timeoutTimer: LoopTimer?
-    private var connectTimer: LoopTimer?
-    private var connectDeadline = ContinuousClock.now
+    private var attemptTimer: LoopTimer?
+    private var retryTimer: LoopTimer?
+    private var attemptDeadline = ContinuousClock.now
+    /// While the first connection is being made: when to give up.
+    private var startupDeadline: ContinuousClock.Instant?
     private var connectWaiter: Pending<Void>?
-    private var lastConnectError: RedisError?
+    private var everConnected = false
+    private var failedAttempts = 0
+    private var lastError: RedisError?
+    private var lostAt: ContinuousClock.Instant?
     private var closeWaiters: [@Sendable () -> Void] = []
+    private var readyWaiters: [Pending<Void>] = []
     private var spareRequests: [Request] = []
-    /// Set on Subscriber connections: receives Pub/Sub pushes, which are not replies to any request.
-    var pushHandler: (any PushHandler)?
+    private var random = SystemRandomNumberGenerator()
+    // Health check.
+    private var lastReceived = ContinuousClock.now
+    private var healthTimer: LoopTimer?
+    private var healthPingDeadline: LoopTimer?
 
     init(configuration: RedisConfiguration, logger: Logger, loop: EventLoop) {
         self.configuration = configuration
@@ -104,7 +141,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     // MARK: Connecting (loop)
 
-    /// Starts connecting; `waiter` succeeds when the handshake is done.
+    /// Starts connecting; `waiter` succeeds when the first handshake is done. Refused and unreachable servers are
+    /// retried with the reconnect backoff until the connect timeout is up.
     func connect(_ waiter: Pending<Void>) {
         loop.assertInLoop()
         guard case .idle = state else {
@@ -112,19 +150,25 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return
         }
         connectWaiter = waiter
-        connectDeadline = .now + configuration.connectTimeout
-        connectTimer = loop.scheduleTimer(at: connectDeadline) { [self] in
-            connectTimer = nil
-            failConnect(RedisError(.timeout, "connecting to \(configuration) timed out after \(configuration.connectTimeout)"))
+        startupDeadline = .now + configuration.connectTimeout
+        startAttempt()
+    }
+
+    private func startAttempt() {
+        state = .connecting(remaining: [])
+        let now = ContinuousClock.now
+        attemptDeadline = min(startupDeadline ?? now + configuration.connectTimeout, now + configuration.connectTimeout)
+        attemptTimer = loop.scheduleTimer(at: attemptDeadline) { [self] in
+            attemptTimer = nil
+            failAttempt(RedisError(.timeout, "connecting to \(configuration) timed out after \(configuration.connectTimeout)"))
         }
         switch configuration.endpoint {
         case .unixSocket(let path):
-            attempt([.unix(path: path)])
+            tryAddresses([.unix(path: path)])
         case .tcp(let host, let port):
             if AddressResolver.isNumeric(host) {
-                attempt([.tcp(ip: host, port: port)])
+                tryAddresses([.tcp(ip: host, port: port)])
             } else {
-                state = .connecting(remaining: [])
                 AddressResolver.resolve(host: host, port: port) { result in
                     self.loop.execute { self.resolved(result) }
                 }
@@ -135,25 +179,26 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private func resolved(_ result: Result<[HiredisContext.Address], RedisError>) {
         guard case .connecting = state, context == nil else { return }  // timed out or closed meanwhile
         switch result {
-        case .success(let addresses): attempt(addresses)
-        case .failure(let error): failConnect(error)
+        case .success(let addresses): tryAddresses(addresses)
+        case .failure(let error): failAttempt(error)
         }
     }
 
-    private func attempt(_ addresses: [HiredisContext.Address]) {
+    private func tryAddresses(_ addresses: [HiredisContext.Address]) {
         var remaining = addresses[...]
+        var error: RedisError?
         while let address = remaining.popFirst() {
             logger.debug("connecting", metadata: ["redis.address": "\(address)"])
             do {
                 context = try HiredisContext(address: address, loop: loop, delegate: self)
                 state = .connecting(remaining: Array(remaining))
                 return
-            } catch {
-                logger.debug("connect failed", metadata: ["redis.address": "\(address)", "error": "\(error)"])
-                lastConnectError = error
+            } catch let failure {
+                logger.debug("connect failed", metadata: ["redis.address": "\(address)", "error": "\(failure)"])
+                error = failure
             }
         }
-        failConnect(lastConnectError ?? RedisError(.connectionRefused, "no address to connect to"))
+        failAttempt(error ?? RedisError(.connectionRefused, "no address to connect to"))
     }
 
     func hiredisContextDidConnect() {
@@ -177,7 +222,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         steps.append(("PING", ["PING"]))
         for (index, (name, arguments)) in steps.enumerated() {
             RESP.encode(arguments).withUnsafeBytes { context.append($0) }
-            queue.append(.handshake(command: name, final: index == steps.count - 1), deadline: connectDeadline)
+            queue.append(.handshake(command: name, final: index == steps.count - 1), deadline: attemptDeadline)
         }
         context.flush()
     }
@@ -190,26 +235,91 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             case "SELECT", "CLIENT SETNAME": error = RedisError(.invalidConfiguration, "\(command) failed: \(message)")
             default: error = RedisError.server(message)
             }
-            failConnect(error)
+            failAttempt(error)
             return
         }
-        guard final else { return }
-        connectTimer?.cancel()
-        connectTimer = nil
+        if final { becomeReady() }
+    }
+
+    private func becomeReady() {
+        attemptTimer?.cancel()
+        attemptTimer = nil
+        failedAttempts = 0
+        lastError = nil
         state = .ready
-        logger.debug("connected", metadata: ["redis.endpoint": "\(configuration)"])
-        connectWaiter?.succeed(())
-        connectWaiter = nil
+        let date = Date()
+        if everConnected {
+            let downtime = lostAt.map { ContinuousClock.now - $0 } ?? .zero
+            logger.info("reconnected", metadata: ["redis.endpoint": "\(configuration)", "redis.downtime": "\(downtime)"])
+            events.send(.reconnected(at: date, downtime: downtime))
+            pushHandler?.connectionRestored(at: date, downtime: downtime)
+        } else {
+            everConnected = true
+            startupDeadline = nil
+            logger.debug("connected", metadata: ["redis.endpoint": "\(configuration)"])
+            events.send(.connected(at: date))
+            connectWaiter?.succeed(())
+            connectWaiter = nil
+        }
+        for waiter in readyWaiters { waiter.succeed(()) }
+        readyWaiters = []
+        startHealthCheck()
         drainInbox()
     }
 
-    private func failConnect(_ error: RedisError) {
+    /// One attempt failed before the connection was ready: retry with backoff, or give up.
+    private func failAttempt(_ error: RedisError) {
         switch state {
         case .idle, .connecting, .handshaking: break
-        case .ready, .closing, .closed: return
+        case .ready, .waitingToRetry, .closing, .closed: return
         }
-        logger.debug("connect failed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
-        finish(error)
+        attemptTimer?.cancel()
+        attemptTimer = nil
+        if let context {
+            self.context = nil
+            context.close(cause: error)
+        }
+        _ = queue.removeAll()  // handshake steps only
+        lastError = error
+        failedAttempts += 1
+        logger.debug("connect attempt failed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
+        guard Self.isRetryable(error), configuration.reconnect.allowsAttempt(after: failedAttempts) else {
+            finish(error)
+            return
+        }
+        let delay = configuration.reconnect.delay(attempt: failedAttempts - 1, using: &random)
+        if let startupDeadline, ContinuousClock.now + delay >= startupDeadline {
+            finish(error)  // the start-up time is up: report the last cause
+            return
+        }
+        scheduleRetry(after: delay)
+    }
+
+    private func scheduleRetry(after delay: Duration) {
+        state = .waitingToRetry
+        events.send(.reconnecting(attempt: failedAttempts + 1, delay: delay, lastError: lastError))
+        retryTimer = loop.scheduleTimer(at: .now + delay) { [self] in
+            retryTimer = nil
+            startAttempt()
+        }
+    }
+
+    /// Errors that waiting cannot fix end the connection instead of being retried.
+    static func isRetryable(_ error: RedisError) -> Bool {
+        switch error.code {
+        case .authenticationFailed, .invalidConfiguration, .permissionDenied, .invalidArgument: false
+        default: true
+        }
+    }
+
+    /// Resumes `waiter` once the connection is ready (at once if it is); fails it if the connection closes for good.
+    func whenReady(_ waiter: Pending<Void>) {
+        loop.assertInLoop()
+        switch state {
+        case .ready: waiter.succeed(())
+        case .closing, .closed: waiter.fail(inbox.withLock { $0.closedError } ?? RedisError(.connectionClosed, "closed"))
+        case .idle, .connecting, .handshaking, .waitingToRetry: readyWaiters.append(waiter)
+        }
     }
 
     // MARK: Commands (loop)
@@ -228,8 +338,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         }
         guard !requests.isEmpty else { return }
         guard acceptsWrites, let context else {
-            // Submissions before `connect` finished cannot happen through the public API; after close they fail.
-            let error = closedError ?? RedisError(.connectionClosed, "the connection is not open")
+            let error = closedError ?? RedisError(
+                .connectionClosed, "not connected: reconnecting" + (lastError.map { " after: \($0.message)" } ?? ""))
             for request in requests { request.fail(error) }
             return
         }
@@ -242,15 +352,20 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         armTimeoutTimer()
     }
 
+    private static func acknowledgement(_ waiter: Waiter) -> Acknowledgement? {
+        if case .ownCommand(_, let expects) = waiter { return expects }
+        return nil
+    }
+
     private var acceptsWrites: Bool {
         switch state {
         case .ready, .closing: true
-        case .idle, .connecting, .handshaking, .closed: false
+        case .idle, .connecting, .handshaking, .waitingToRetry, .closed: false
         }
     }
 
     func hiredisContextDidReceive(_ reply: RedisValue) {
-        if let pushHandler, pushHandler.handlePush(reply) {
+        if let pushHandler, pushHandler.handlePush(reply, awaited: queue.peek().flatMap(Self.acknowledgement)) {
             return
         }
         switch queue.popOwner() {
@@ -262,7 +377,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             }
         case .waiter(.handshake(let command, let final)):
             handshakeReply(reply, command: command, final: final)
-        case .waiter(.ownCommand(let handler)):
+        case .waiter(.ownCommand(let handler, _)):
             if case .error(let message) = reply {
                 handler(.failure(RedisError.server(message)))
             } else {
@@ -282,31 +397,32 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     func hiredisContextDidFinishReading() {
+        if healthCheckEnabled { lastReceived = .now }
         pushHandler?.flush()
     }
 
-    /// Writes a command the package sends for itself; `handler` gets its reply, or the error that closed the
+    /// Writes a command the package sends for itself; `handler` gets its reply, or the error that ended the
     /// connection. Loop only.
-    func sendInternal(_ arguments: [RedisArgument], handler: @escaping (Result<RedisValue, RedisError>) -> Void) {
+    func sendInternal(
+        _ arguments: [RedisArgument],
+        expects acknowledgement: Acknowledgement? = nil,
+        handler: @escaping (Result<RedisValue, RedisError>) -> Void
+    ) {
         loop.assertInLoop()
         guard acceptsWrites, let context else {
-            handler(.failure(inbox.withLock { $0.closedError } ?? RedisError(.connectionClosed, "the connection is not open")))
+            handler(.failure(inbox.withLock { $0.closedError } ?? RedisError(.connectionClosed, "not connected")))
             return
         }
         RESP.encode(arguments).withUnsafeBytes { context.append($0) }
-        queue.append(.ownCommand(handler), deadline: .now + configuration.commandTimeout)
+        queue.append(.ownCommand(handler, expects: acknowledgement), deadline: .now + configuration.commandTimeout)
         context.flush()
         armTimeoutTimer()
     }
 
-    /// Closes the connection at once, failing everything in flight with `error`. Loop only.
+    /// Closes the current connection at once with `error` (then reconnects, unless closing). Loop only.
     func closeNow(_ error: RedisError) {
         loop.assertInLoop()
-        if let context {
-            context.close(cause: error)
-        } else {
-            finish(error)
-        }
+        context?.close(cause: error)
     }
 
     private func armTimeoutTimer() {
@@ -323,9 +439,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             case .request(let request):
                 request.fail(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)"))
             case .handshake(let command, _):
-                failConnect(RedisError(.timeout, "\(command) got no reply within the connect timeout of \(configuration.connectTimeout)"))
+                failAttempt(RedisError(.timeout, "\(command) got no reply within the connect timeout of \(configuration.connectTimeout)"))
                 return
-            case .ownCommand(let handler):
+            case .ownCommand(let handler, _):
                 handler(.failure(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")))
             }
         }
@@ -333,16 +449,112 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         armTimeoutTimer()
     }
 
+    // MARK: Health check (loop)
+
+    private func startHealthCheck() {
+        guard healthCheckEnabled, let interval = configuration.healthCheckInterval else { return }
+        lastReceived = .now
+        scheduleHealthCheck(at: lastReceived + interval)
+    }
+
+    private func scheduleHealthCheck(at deadline: ContinuousClock.Instant) {
+        healthTimer?.cancel()
+        healthTimer = loop.scheduleTimer(at: deadline) { [self] in
+            healthTimer = nil
+            healthCheckDue()
+        }
+    }
+
+    private func healthCheckDue() {
+        guard case .ready = state, let interval = configuration.healthCheckInterval else { return }
+        let idleSince = lastReceived
+        guard ContinuousClock.now - idleSince >= interval else {
+            scheduleHealthCheck(at: idleSince + interval)
+            return
+        }
+        // Silent for a whole interval: PING. hiredis never sees it (replies are matched here), so the PONG of a
+        // subscribed connection (`["pong", ""]`) is fine on every hiredis version.
+        let timeout = configuration.healthCheckTimeout
+        healthPingDeadline = loop.scheduleTimer(at: .now + timeout) { [self] in
+            healthPingDeadline = nil
+            logger.notice("health check failed: no PONG", metadata: ["redis.endpoint": "\(configuration)"])
+            closeNow(RedisError(.timeout, "health check: no reply to PING within \(timeout); the connection is replaced"))
+        }
+        sendInternal(["PING"]) { [self] result in
+            healthPingDeadline?.cancel()
+            healthPingDeadline = nil
+            if case .success = result, case .ready = state, let interval = configuration.healthCheckInterval {
+                scheduleHealthCheck(at: lastReceived + interval)
+            }
+        }
+    }
+
+    private func stopHealthCheck() {
+        healthTimer?.cancel()
+        healthTimer = nil
+        healthPingDeadline?.cancel()
+        healthPingDeadline = nil
+    }
+
+    // MARK: Losing the connection (loop)
+
+    func hiredisContextDidClose(_ error: RedisError) {
+        guard context != nil else { return }  // a context we detached and closed ourselves
+        context = nil
+        switch state {
+        case .connecting(let remaining) where !remaining.isEmpty:
+            tryAddresses(remaining)
+        case .connecting, .handshaking:
+            failAttempt(error)
+        case .ready:
+            connectionLost(error)
+        case .closing:
+            finish(nil)
+        case .idle, .waitingToRetry, .closed:
+            break
+        }
+    }
+
+    private func connectionLost(_ error: RedisError) {
+        stopHealthCheck()
+        timeoutTimer?.cancel()
+        timeoutTimer = nil
+        let now = ContinuousClock.now
+        lostAt = now
+        lastError = error
+        logger.notice("connection lost", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
+        let date = Date()
+        events.send(.disconnected(at: date, cause: error))
+        // Commands in flight may or may not have run: they fail now, and are not sent again. The package's own
+        // commands learn only that the connection is gone (a protocol error as the cause is not a refusal).
+        let lost = RedisError(.connectionClosed, "connection lost: \(error.message)")
+        for waiter in queue.removeAll() {
+            switch waiter {
+            case .request(let request): request.fail(error)
+            case .ownCommand(let handler, _): handler(.failure(lost))
+            case .handshake: break
+            }
+        }
+        pushHandler?.connectionLost(error, at: date)
+        guard configuration.reconnect.allowsAttempt(after: 0) else {
+            finish(error)
+            return
+        }
+        failedAttempts = 0
+        scheduleRetry(after: configuration.reconnect.delay(attempt: 0, using: &random))
+    }
+
     // MARK: Closing (loop)
 
     private func beginClose(_ completion: (@Sendable () -> Void)?) {
         if let completion { closeWaiters.append(completion) }
         switch state {
-        case .idle, .connecting, .handshaking:
-            failConnect(RedisError(.connectionClosed, "the connection was closed while connecting"))
+        case .idle, .connecting, .handshaking, .waitingToRetry:
+            finish(everConnected ? nil : RedisError(.connectionClosed, "the connection was closed while connecting"))
         case .ready:
-            drainInbox()  // what was submitted before close() is in flight too
             state = .closing
+            stopHealthCheck()
+            drainInbox()  // what was submitted before close() is in flight too (a write error may finish us here)
             closeIfDrained()
         case .closing:
             break
@@ -356,56 +568,56 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         if let context {
             context.close(cause: RedisError(.connectionClosed, "the connection was closed by close()"))
         } else {
-            finish(RedisError(.connectionClosed, "the connection was closed by close()"))
+            finish(nil)
         }
     }
 
-    func hiredisContextDidClose(_ error: RedisError) {
-        context = nil
-        switch state {
-        case .connecting(let remaining) where !remaining.isEmpty:
-            lastConnectError = error
-            attempt(remaining)
-        case .connecting, .handshaking:
-            failConnect(error)
-        case .ready, .closing:
-            logger.debug("connection closed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
-            finish(error)
-        case .idle, .closed:
-            break
-        }
-    }
-
-    /// The end: fails everything still waiting with `error` and runs the close waiters.
-    private func finish(_ error: RedisError) {
+    /// The end: `nil` for `close()`, else the error that ended it. Fails everything still waiting.
+    private func finish(_ error: RedisError?) {
         if case .closed = state { return }
-        state = .closed(error)
-        connectTimer?.cancel()
-        connectTimer = nil
-        timeoutTimer?.cancel()
+        state = .closed
+        for timer in [attemptTimer, retryTimer, timeoutTimer] { timer?.cancel() }
+        attemptTimer = nil
+        retryTimer = nil
         timeoutTimer = nil
+        stopHealthCheck()
+        let failure = error ?? RedisError(.connectionClosed, "the connection was closed by close()")
         let leftovers = inbox.withLock { inbox -> (RedisError, [Request]) in
-            if inbox.closedError == nil { inbox.closedError = error }
+            if inbox.closedError == nil { inbox.closedError = failure }
             let requests = inbox.requests
             inbox.requests = []
             return (inbox.closedError!, requests)
         }
+        let closed = failure.code == .connectionClosed ? failure : RedisError(.connectionClosed, failure.message)
         for waiter in queue.removeAll() {
             switch waiter {
-            case .request(let request): request.fail(error)
-            case .ownCommand(let handler): handler(.failure(error))
+            case .request(let request): request.fail(failure)
+            case .ownCommand(let handler, _): handler(.failure(closed))
             case .handshake: break
             }
         }
+        for request in leftovers.1 { request.fail(leftovers.0) }
+        connectWaiter?.fail(failure)
+        connectWaiter = nil
+        for waiter in readyWaiters { waiter.fail(failure) }
+        readyWaiters = []
         pushHandler?.connectionClosed(error)
         pushHandler = nil
-        for request in leftovers.1 { request.fail(leftovers.0) }
-        connectWaiter?.fail(error)
-        connectWaiter = nil
         if let context {
             self.context = nil
-            context.close(cause: error)  // re-enters hiredisContextDidClose, which sees `.closed`
+            context.close(cause: failure)
         }
+        if everConnected {
+            if let error {
+                logger.notice("connection closed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
+            } else {
+                logger.debug("connection closed", metadata: ["redis.endpoint": "\(configuration)"])
+            }
+        } else if let error {
+            logger.debug("connect failed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
+        }
+        events.send(.closed(error: error))
+        events.finish()
         runCloseWaiters()
     }
 

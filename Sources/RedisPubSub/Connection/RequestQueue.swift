@@ -43,6 +43,11 @@ struct RequestQueue<Waiter> {
         liveCount += 1
     }
 
+    /// The waiter the next reply goes to, if it is still live.
+    func peek() -> Waiter? {
+        slots.first?.waiter
+    }
+
     /// Takes the owner of the reply that just arrived.
     mutating func popOwner() -> Owner {
         guard let slot = slots.popFirst() else { return .none }

@@ -257,6 +257,7 @@ final class EventLoop: @unchecked Sendable {
     private static func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
         guard deadline > now else { return 0 }
         let (seconds, attoseconds) = (deadline - now).components
+        guard seconds < Int64(Int32.max / 1000) else { return Int32.max }  // "no timeout" values must not overflow
         let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000  // round up
         return Int32(clamping: ms)
     }

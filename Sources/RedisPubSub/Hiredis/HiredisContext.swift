@@ -56,7 +56,9 @@ final class HiredisContext: EventLoopSource {
     private var connected = false
     private var closeCause: RedisError?
     private var events: [Event] = []
-    private var dispatching = false
+    /// Depth of hiredis calls and reply deliveries in progress: events wait until the outermost one returns, so a
+    /// close never reaches the delegate in the middle of its own code.
+    private var dispatching = 0
     /// Keeps this object alive while hiredis holds pointers to it (`ac->data`, `ac->ev.data`); cleared by `cleanup`.
     private var retainedByContext: HiredisContext?
 
@@ -133,9 +135,9 @@ final class HiredisContext: EventLoopSource {
     func flush() {
         loop.assertInLoop()
         guard let ac = context, connected else { return }
-        dispatching = true
+        dispatching += 1
         redisAsyncHandleWrite(ac)  // may free the context on a write error (then `cleanup` ran)
-        dispatching = false
+        dispatching -= 1
         deliverEvents()
     }
 
@@ -150,19 +152,19 @@ final class HiredisContext: EventLoopSource {
 
     func writable() {
         guard let ac = context else { return }
-        dispatching = true
+        dispatching += 1
         // Connect completion is decided inside (SO_ERROR on the first writable event, 0.14 async.c:509-526).
         redisAsyncHandleWrite(ac)
-        dispatching = false
+        dispatching -= 1
         deliverEvents()
     }
 
     func readable() {
         guard let ac = context, connected else { return }
         let c = chiredis_context(ac)
-        dispatching = true
+        dispatching += 1
         defer {
-            dispatching = false
+            dispatching -= 1
             deliverEvents()
         }
         guard redisBufferRead(c) == REDIS_OK else {
@@ -232,7 +234,7 @@ final class HiredisContext: EventLoopSource {
     }
 
     private func deliverEvents() {
-        guard !dispatching else { return }
+        guard dispatching == 0 else { return }
         while !events.isEmpty {
             let event = events.removeFirst()
             switch event {

@@ -23,6 +23,15 @@ enum SubscriptionKind: Hashable, Sendable {
         }
     }
 
+    /// For a stable order of commands.
+    var order: Int {
+        switch self {
+        case .channel: 0
+        case .pattern: 1
+        case .shardChannel: 2
+        }
+    }
+
     /// The first element of the server's acknowledgement, e.g. `psubscribe`.
     func acknowledgement(subscribe: Bool) -> [UInt8] {
         switch (self, subscribe) {
@@ -73,8 +82,9 @@ struct PubSubStateMachine<Sink: AnyObject> {
 
     private(set) var channels: [ChannelKey: Channel] = [:]
     private var sequence: UInt64 = 0
-    /// Subscriptions still waiting for acknowledgements, with the channels they wait for.
-    private var waiting: [ObjectIdentifier: (sink: Sink, keys: Set<ChannelKey>)] = [:]
+    /// Subscriptions still waiting for acknowledgements, with the channels they wait for; `resubscribing` after a
+    /// reconnect, else a first subscribe.
+    private var waiting: [ObjectIdentifier: (sink: Sink, keys: Set<ChannelKey>, resubscribing: Bool)] = [:]
 
     /// Subscriptions currently registered on at least one channel.
     var sinkCount: Int {
@@ -103,7 +113,7 @@ struct PubSubStateMachine<Sink: AnyObject> {
             channels[key] = channel
         }
         if pending.isEmpty { return (commands, true) }
-        waiting[ObjectIdentifier(sink)] = (sink, pending)
+        waiting[ObjectIdentifier(sink)] = (sink, pending, false)
         return (commands, false)
     }
 
@@ -129,29 +139,73 @@ struct PubSubStateMachine<Sink: AnyObject> {
         return commands
     }
 
-    /// The server acknowledged `command`. Returns the subscriptions that are now live (all their channels confirmed).
-    mutating func acknowledged(_ command: Command) -> [Sink] {
-        guard var channel = channels[command.key] else { return [] }
+    /// The server acknowledged `command`. Returns the subscriptions that are now live (all their channels confirmed):
+    /// new ones in `ready`, ones that came back after a reconnect in `resubscribed`.
+    mutating func acknowledged(_ command: Command) -> (ready: [Sink], resubscribed: [Sink]) {
+        guard var channel = channels[command.key] else { return ([], []) }
         if !command.subscribe {
             channel.unsubscribesInFlight -= 1
             store(channel, at: command.key)
-            return []
+            return ([], [])
         }
-        guard command.sequence == channel.lastSequence else { return [] }  // superseded by a later UNSUBSCRIBE
+        guard command.sequence == channel.lastSequence else { return ([], []) }  // superseded by a later UNSUBSCRIBE
         channel.confirmed = true
         store(channel, at: command.key)
         var ready: [Sink] = []
+        var resubscribed: [Sink] = []
         for sink in channel.sinks {
             let id = ObjectIdentifier(sink)
             guard var entry = waiting[id], entry.keys.remove(command.key) != nil else { continue }
             if entry.keys.isEmpty {
                 waiting[id] = nil
-                ready.append(sink)
+                if entry.resubscribing { resubscribed.append(sink) } else { ready.append(sink) }
             } else {
                 waiting[id] = entry
             }
         }
-        return ready
+        return (ready, resubscribed)
+    }
+
+    /// The connection was lost: the server forgot every subscription. Subscriptions still waiting for their first
+    /// acknowledgement are dropped and returned (their `subscribe` calls fail); the others stay, to be resubscribed.
+    mutating func connectionLost() -> [Sink] {
+        var dropped: [Sink] = []
+        for entry in waiting.values where !entry.resubscribing { dropped.append(entry.sink) }
+        waiting = [:]
+        let droppedIDs = Set(dropped.map(ObjectIdentifier.init))
+        for (key, var channel) in channels {
+            channel.sinks.removeAll { droppedIDs.contains(ObjectIdentifier($0)) }
+            channel.subscribedAfterLastCommand = false
+            channel.confirmed = false
+            channel.unsubscribesInFlight = 0
+            store(channel, at: key)
+        }
+        return dropped
+    }
+
+    /// Connected again: SUBSCRIBE (PSUBSCRIBE, SSUBSCRIBE) for every channel someone listens to. Each subscription is
+    /// reported by ``acknowledged(_:)`` in `resubscribed` once all its channels are confirmed again.
+    mutating func resubscribeAll() -> [Command] {
+        var commands: [Command] = []
+        let keys = channels.keys.sorted { a, b in
+            a.kind.order != b.kind.order ? a.kind.order < b.kind.order : a.name.lexicographicallyPrecedes(b.name)
+        }
+        for key in keys {
+            guard var channel = channels[key], !channel.sinks.isEmpty else { continue }
+            sequence += 1
+            channel.subscribedAfterLastCommand = true
+            channel.lastSequence = sequence
+            channel.confirmed = false
+            channels[key] = channel
+            commands.append(Command(key: key, subscribe: true, sequence: sequence))
+            for sink in channel.sinks {
+                let id = ObjectIdentifier(sink)
+                var entry = waiting[id] ?? (sink, [], true)
+                entry.keys.insert(key)
+                waiting[id] = entry
+            }
+        }
+        return commands
     }
 
     /// The server refused `command` with an error reply (for example an ACL `NOPERM`). Returns the subscriptions on
@@ -172,11 +226,27 @@ struct PubSubStateMachine<Sink: AnyObject> {
         return failed
     }
 
+    /// Closing: UNSUBSCRIBE every channel, keeping the subscriptions registered so the messages that arrive before
+    /// the acknowledgements are still delivered.
+    mutating func unsubscribeAll() -> [Command] {
+        var commands: [Command] = []
+        for (key, var channel) in channels where channel.subscribedAfterLastCommand {
+            sequence += 1
+            channel.subscribedAfterLastCommand = false
+            channel.lastSequence = sequence
+            channel.confirmed = false
+            channel.unsubscribesInFlight += 1
+            channels[key] = channel
+            commands.append(Command(key: key, subscribe: false, sequence: sequence))
+        }
+        return commands
+    }
+
     /// Whether an unsubscribe acknowledgement for `key` answers none of our commands: the server dropped the
     /// subscription by itself (a sharded channel's slot moved, for example).
     func isUnsolicitedUnsubscribe(_ key: ChannelKey) -> Bool {
         guard let channel = channels[key] else { return false }
-        return channel.unsubscribesInFlight == 0 && channel.subscribedAfterLastCommand
+        return channel.subscribedAfterLastCommand
     }
 
     /// The server dropped `key` by itself. Returns the subscriptions that lost it.

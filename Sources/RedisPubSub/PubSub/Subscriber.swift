@@ -39,6 +39,7 @@ public final class Subscriber: Sendable {
         try await waiter.wait {
             connection.loop.execute {
                 connection.pushHandler = core
+                connection.healthCheckEnabled = true
                 connection.connect(waiter)
             }
         }
@@ -146,17 +147,19 @@ public final class Subscriber: Sendable {
         return Subscription(handle: handle)
     }
 
-    /// Closes the connection. Every subscription's loop ends normally after the messages already received.
-    /// Calling it again does nothing.
+    /// Closes gracefully: unsubscribes every channel, waits for the server's acknowledgements (delivering the messages
+    /// that arrive before them), then closes the connection. Every subscription's loop then ends normally after the
+    /// messages already received. Calling it again does nothing.
     public func close() async {
         let core = lifetime.core
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            core.execute { core in
-                core.markClosing()
-                core.connection.close { continuation.resume() }
-            }
+            core.execute { core in core.close { continuation.resume() } }
         }
     }
+
+    /// The connection's changes from now on: disconnected (with the cause), reconnecting, reconnected, closed.
+    /// Each access returns a new sequence; it ends when the subscriber is closed.
+    public var events: AsyncStream<ConnectionEvent> { lifetime.core.connection.events.stream() }
 }
 
 /// Keeps a subscriber's connection open while its `Subscriber` or any of its subscriptions exists.
@@ -168,9 +171,6 @@ final class SubscriberLifetime: Sendable {
     }
 
     deinit {
-        core.execute { core in
-            core.markClosing()
-            core.connection.close()
-        }
+        core.execute { core in core.close {} }
     }
 }

@@ -1,5 +1,12 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 /// The event-loop side of a ``Subscriber``: registers subscriptions in the ``PubSubStateMachine``, sends what it
-/// asks for, routes pushes to subscriptions and ends them when the connection goes. Loop-confined.
+/// asks for, routes pushes to subscriptions, resubscribes after a reconnect, and ends subscriptions when the
+/// connection closes for good. Loop-confined.
 final class SubscriberCore: PushHandler, @unchecked Sendable {
     // @unchecked Sendable because: every mutable property is touched only on `connection.loop` (asserted); other
     // threads only call `execute`, which hops there.
@@ -7,9 +14,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     let connection: ConnectionCore
     private var machine = PubSubStateMachine<SubscriptionSink>()
     private var toWake: [SubscriptionSink] = []
+    /// Why the connection is down right now (reconnecting), if it is.
+    private var lostError: RedisError?
     private var closedError: RedisError?
-    /// `close()` was called: subscriptions end normally instead of with the connection's error.
-    private var closing = false
 
     init(connection: ConnectionCore) {
         self.connection = connection
@@ -24,9 +31,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func add(_ sink: SubscriptionSink) {
         connection.loop.assertInLoop()
-        if let closedError {
-            sink.ready.fail(closedError)
-            sink.finish(.failed(closedError))
+        if let error = closedError ?? lostError.map({ RedisError(.connectionClosed, "not connected: reconnecting after: \($0.message)") }) {
+            sink.ready.fail(error)
+            sink.finish(.failed(error))
             return
         }
         let (commands, confirmed) = machine.add(sink, to: sink.keys)
@@ -42,15 +49,19 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// Subscriptions registered right now (for tests and introspection).
     var subscriptionCount: Int { machine.sinkCount }
 
-    func markClosing() {
+    /// `close()`: unsubscribe everything, let the acknowledgements (and the messages before them) arrive, close.
+    func close(_ completion: @escaping @Sendable () -> Void) {
         connection.loop.assertInLoop()
-        closing = true
+        send(machine.unsubscribeAll())
+        connection.close(completion)
     }
 
     private func send(_ commands: [PubSubStateMachine<SubscriptionSink>.Command]) {
         for command in commands {
             let verb = command.subscribe ? command.key.kind.subscribeCommand : command.key.kind.unsubscribeCommand
-            connection.sendInternal([verb, RedisArgument(command.key.name)]) { [self] result in
+            let expects = command.subscribe
+                ? nil : Acknowledgement(type: command.key.kind.acknowledgement(subscribe: false), name: command.key.name)
+            connection.sendInternal([verb, RedisArgument(command.key.name)], expects: expects) { [self] result in
                 acknowledgement(of: command, result)
             }
         }
@@ -69,12 +80,18 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
                 connection.closeNow(RedisError(.protocolError, "unexpected acknowledgement: \(reply)"))
                 return
             }
-            for sink in machine.acknowledged(command) { sink.ready.succeed(()) }
+            let (ready, resubscribed) = machine.acknowledged(command)
+            for sink in ready { sink.ready.succeed(()) }
+            if !resubscribed.isEmpty {
+                let date = Date()
+                let gap = lostAt.map { ContinuousClock.now - $0 } ?? .zero
+                for sink in resubscribed { sink.events.send(.resubscribed(at: date, gap: gap)) }
+            }
         case .failure(let error) where error.code == .timeout:
             // The server may still act on the command later: only a new connection is certain of its state.
             connection.closeNow(error)
         case .failure(let error) where error.code == .connectionClosed:
-            break  // `connectionClosed(_:)` ends everything
+            break  // the connection is gone: `connectionLost` or `connectionClosed` handles everything
         case .failure(let error):
             // An error reply (an ACL's NOPERM, say): the channel is not subscribed; its subscriptions fail.
             for sink in machine.refused(command) { fail(sink, error) }
@@ -93,7 +110,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     private static let pmessage = Array("pmessage".utf8)
     private static let smessage = Array("smessage".utf8)
 
-    func handlePush(_ reply: RedisValue) -> Bool {
+    func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool {
         guard case .array(let elements) = reply, elements.count >= 3, case .bulkString(let type) = elements[0] else {
             return false
         }
@@ -110,7 +127,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             else { return false }
             route(ChannelKey(kind: .pattern, name: pattern), Message(channel: channel, pattern: pattern, payload: payload))
         default:
-            return handleUnsolicitedUnsubscribe(type, elements)
+            return handleUnsolicitedUnsubscribe(type, elements, awaited: awaited)
         }
         return true
     }
@@ -121,8 +138,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         }
     }
 
-    private func handleUnsolicitedUnsubscribe(_ type: [UInt8], _ elements: [RedisValue]) -> Bool {
+    private func handleUnsolicitedUnsubscribe(_ type: [UInt8], _ elements: [RedisValue], awaited: Acknowledgement?) -> Bool {
         guard elements.count == 3, case .bulkString(let name) = elements[1] else { return false }
+        if awaited == Acknowledgement(type: type, name: name) { return false }  // the reply to our own UNSUBSCRIBE
         let kinds: [SubscriptionKind] = [.channel, .pattern, .shardChannel]
         guard let kind = kinds.first(where: { $0.acknowledgement(subscribe: false) == type }) else { return false }
         let key = ChannelKey(kind: kind, name: name)
@@ -137,12 +155,36 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         toWake.removeAll(keepingCapacity: true)
     }
 
-    func connectionClosed(_ error: RedisError) {
+    private var lostAt: ContinuousClock.Instant?
+
+    func connectionLost(_ error: RedisError, at date: Date) {
         flush()
-        closedError = error
-        for sink in machine.removeAll() {
+        lostError = error
+        lostAt = .now
+        // Subscriptions not yet confirmed fail (their `subscribe` call throws); the others wait for the reconnect.
+        for sink in machine.connectionLost() {
             sink.ready.fail(error)
-            sink.finish(closing ? .finished : .failed(error))
+            sink.finish(.failed(error))
+        }
+        var notified = Set<ObjectIdentifier>()
+        for key in machine.channels.keys {
+            for sink in machine.recipients(key) where notified.insert(ObjectIdentifier(sink)).inserted {
+                sink.events.send(.disconnected(at: date, cause: error))
+            }
+        }
+    }
+
+    func connectionRestored(at date: Date, downtime: Duration) {
+        lostError = nil
+        send(machine.resubscribeAll())
+    }
+
+    func connectionClosed(_ error: RedisError?) {
+        flush()
+        closedError = error ?? RedisError(.connectionClosed, "the subscriber was closed by close()")
+        for sink in machine.removeAll() {
+            sink.ready.fail(closedError!)
+            sink.finish(error.map { .failed($0) } ?? .finished)
         }
     }
 }

@@ -3,7 +3,7 @@ import Synchronization
 
 /// The messages of one `subscribe` call, in the order the server sent them.
 ///
-/// Iterate it once, with `for try await`. The loop ends normally after ``Subscriber/close()``, and throws a
+/// Iterate it once, with `for try await`: a subscription has one consumer, and a second iterator ends at once. The loop ends normally after ``Subscriber/close()``, and throws a
 /// ``RedisError`` when the connection is lost or the server refuses or drops the subscription. Leaving the loop,
 /// cancelling its task or releasing the subscription unsubscribes (when no other subscription needs the channel).
 public struct Subscription: AsyncSequence, Sendable {
@@ -14,6 +14,15 @@ public struct Subscription: AsyncSequence, Sendable {
 
     /// How many messages the buffering policy has dropped so far because the consumer fell behind.
     public var droppedMessageCount: Int { handle.sink.droppedCount }
+
+    /// This subscription's gaps, from now on: ``SubscriptionEvent/disconnected(at:cause:)`` when the connection is
+    /// lost, ``SubscriptionEvent/resubscribed(at:gap:)`` when every channel is confirmed again after the reconnect.
+    /// Each access returns a new sequence (keeping its newest 256 events); it ends when the subscription ends.
+    ///
+    /// ```swift
+    /// Task { for await event in subscription.events { logger.warning("orders: \(event)") } }
+    /// ```
+    public var events: AsyncStream<SubscriptionEvent> { handle.sink.events.stream() }
 
     /// Ends the subscription now: the loop ends (after nothing more), and the channels are unsubscribed when no other
     /// subscription needs them.
@@ -29,12 +38,13 @@ public struct Subscription: AsyncSequence, Sendable {
     /// Reads messages in batches: one lock per batch, no suspension while messages are buffered.
     public struct Iterator: AsyncIteratorProtocol {
         private let handle: SubscriptionHandle
-        private let token: IteratorToken
+        /// Only the first iterator reads (and ends the subscription when released); later ones are empty.
+        private let token: IteratorToken?
         private var batch = Deque<Message>()
 
         init(handle: SubscriptionHandle) {
             self.handle = handle
-            self.token = IteratorToken(handle: handle)
+            self.token = handle.claimIterator() ? IteratorToken(handle: handle) : nil
         }
 
         /// The next message; `nil` when the subscription ended normally or the task was cancelled.
@@ -46,6 +56,7 @@ public struct Subscription: AsyncSequence, Sendable {
 
         /// The next message, staying on the caller's actor; see ``next()``.
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws -> Message? {
+            guard token != nil else { return nil }
             if let message = batch.popFirst() { return message }
             while true {
                 switch handle.sink.take(into: &batch) {
@@ -84,6 +95,7 @@ final class SubscriptionHandle: Sendable {
     let sink: SubscriptionSink
     let lifetime: SubscriberLifetime
     private let ended = Atomic(false)
+    private let iterated = Atomic(false)
 
     init(sink: SubscriptionSink, lifetime: SubscriberLifetime) {
         self.sink = sink
@@ -91,6 +103,11 @@ final class SubscriptionHandle: Sendable {
     }
 
     deinit { end() }
+
+    /// Whether the caller is the first to iterate.
+    func claimIterator() -> Bool {
+        !iterated.exchange(true, ordering: .acquiringAndReleasing)
+    }
 
     /// Stops delivery and unsubscribes on the loop. Idempotent.
     func end() {

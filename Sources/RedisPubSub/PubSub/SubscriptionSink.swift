@@ -26,6 +26,8 @@ final class SubscriptionSink: Sendable {
     let policy: BufferingPolicy
     /// Fulfilled when the server acknowledged every key.
     let ready = Pending<Void>()
+    /// Gaps in this subscription: disconnected, resubscribed.
+    let events = EventBroadcaster<SubscriptionEvent>()
     private let state = Mutex(State())
 
     init(keys: [ChannelKey], policy: BufferingPolicy) {
@@ -79,6 +81,7 @@ final class SubscriptionSink: Sendable {
             return state.consumer.take()
         }
         consumer?.resume()
+        events.finish()
     }
 
     // MARK: Consumer side
