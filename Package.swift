@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -33,25 +34,36 @@ let package = Package(
                 "CHiredis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
         // The notifications demo: `swift run subscriber`, `swift run publisher`.
         .target(
             name: "DemoSupport",
-            dependencies: ["RedisPubSub"],
+            dependencies: ["RedisPubSub", .product(name: "Logging", package: "swift-log")],
             path: "Examples/DemoSupport",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "subscriber",
-            dependencies: ["RedisPubSub", "DemoSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "RedisPubSub", "DemoSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             path: "Examples/Subscriber",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "publisher",
-            dependencies: ["RedisPubSub", "DemoSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "RedisPubSub", "DemoSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             path: "Examples/Publisher",
             swiftSettings: swiftSettings
         ),

@@ -2,6 +2,7 @@
 // line-flushed output and signal handling.
 import Dispatch
 public import Foundation
+public import Logging
 public import RedisPubSub
 
 /// The JSON message of the notifications demo: `{"id": 1, "text": "Hello", "sentAt": "2026-11-21T16:00:00Z"}`.
@@ -81,31 +82,32 @@ public func connectWithRetry<Connection>(
     }
 }
 
-/// Calls `handler` once on the first SIGINT or SIGTERM (the default actions are switched off).
-public final class ShutdownSignals {
-    private let sources: [any DispatchSourceSignal]
+/// The configuration with the binaries' options applied.
+public func configuration(url: String?, healthCheckInterval: Double) -> RedisConfiguration {
+    var configuration = configuration(url: url)
+    configuration.healthCheckInterval = healthCheckInterval > 0 ? .milliseconds(Int(healthCheckInterval * 1000)) : nil
+    return configuration
+}
 
-    public init(_ handler: @escaping @Sendable () -> Void) {
-        let once = Once()
-        sources = [SIGINT, SIGTERM].map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler { if once.first() { handler() } }
-            source.resume()
-            return source
+/// Writes each connection change to standard error ("Disconnected from ...: cause", "Reconnected ...").
+public func logConnectionEvents(_ events: AsyncStream<ConnectionEvent>, name: String) -> Task<Void, Never> {
+    Task {
+        for await event in events {
+            switch event {
+            case .disconnected(_, let cause): Console.error("\(name): disconnected: \(cause)")
+            case .reconnecting(let attempt, let delay, let error) where attempt == 1 || attempt % 10 == 0:
+                Console.error("\(name): reconnecting (attempt \(attempt), in \(delay))" + (error.map { " after: \($0)" } ?? ""))
+            case .reconnected(_, let downtime): Console.error("\(name): reconnected after \(downtime)")
+            case .closed(let error?): Console.error("\(name): closed: \(error)")
+            default: break
+            }
         }
     }
 }
 
-private final class Once: @unchecked Sendable {
-    // @unchecked Sendable because: `done` is only touched under `lock`.
-    private let lock = NSLock()
-    private var done = false
-    func first() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        if done { return false }
-        done = true
-        return true
-    }
+/// A logger for the service group: warnings and worse, on standard error (standard output is the demo's).
+public func serviceLogger(_ label: String) -> Logger {
+    var logger = Logger(label: label, factory: { StreamLogHandler.standardError(label: $0) })
+    logger.logLevel = .warning
+    return logger
 }

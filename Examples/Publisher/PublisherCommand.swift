@@ -2,13 +2,19 @@ import ArgumentParser
 import DemoSupport
 import Foundation
 import RedisPubSub
+import ServiceLifecycle
+import UnixSignals
 
 @main
 struct PublisherCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "publisher",
         abstract: "Publishes \"Hello at <time>\" to a Redis channel every few seconds (the notifications demo's sending side).",
-        discussion: "Prints one line per message with its payload and the number of subscribers that received it. SIGINT and SIGTERM exit 0."
+        discussion: """
+            Prints one line per message with its payload and the number of subscribers that received it. A lost \
+            connection is re-established (a message that cannot be sent meanwhile is reported and skipped); each \
+            disconnect and recovery is logged on standard error. SIGINT and SIGTERM exit 0.
+            """
     )
 
     @Option(help: "Redis URL. Default: the REDIS_URL environment variable, else redis://127.0.0.1:6379.")
@@ -16,6 +22,9 @@ struct PublisherCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("connect-timeout"), help: "Seconds to keep trying to reach the server at start-up.")
     var connectTimeout: Double = 10
+
+    @Option(name: .customLong("health-check-interval"), help: "Accepted for symmetry with the subscriber; a publisher's commands have their own timeout.")
+    var healthCheckInterval: Double = 5
 
     @Option(help: "The channel to publish to.")
     var channel = "notifications"
@@ -36,44 +45,77 @@ struct PublisherCommand: AsyncParsableCommand {
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if interval < 0 { throw ValidationError("--interval must not be negative") }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
+        if healthCheckInterval < 0 { throw ValidationError("--health-check-interval must not be negative") }
     }
 
     func run() async throws {
-        let publisher = await connectWithRetry(DemoSupport.configuration(url: url), timeout: connectTimeout) {
+        let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval)
+        let publisher = await connectWithRetry(configuration, timeout: connectTimeout) {
             try await Publisher.connect(to: $0, encoder: Notification.encoder)
         }
-        let work = Task {
+        let eventLog = logConnectionEvents(publisher.events, name: "publisher")
+        let loop = PublishLoop(
+            publisher: publisher, channel: channel, interval: interval, count: count, message: message, json: json)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: publisher),
+                    .init(service: loop, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: serviceLogger("publisher")
+            ))
+        do {
+            try await group.run()
+        } catch {
+            Console.error("error: \(error)")
+            throw ExitCode(1)
+        }
+        eventLog.cancel()
+    }
+}
+
+/// Publishes every `interval` seconds; returns after `count` messages, or when the group shuts down.
+struct PublishLoop: Service {
+    let publisher: Publisher
+    let channel: String
+    let interval: Double
+    let count: Int?
+    let message: String?
+    let json: Bool
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
             var sent = 0
             while !Task.isCancelled {
                 sent += 1
                 let now = Date()
                 let text = message ?? "Hello at \(now.ISO8601Format())"
-                let payload: String
-                let receivers: Int
-                if json {
-                    let notification = Notification(id: sent, text: text, sentAt: now)
-                    payload = String(decoding: try Notification.encoder.encode(notification), as: UTF8.self)
-                    receivers = try await publisher.publish(notification, to: channel)
-                } else {
-                    payload = text
-                    receivers = try await publisher.publish(text, to: channel)
+                do {
+                    let payload: String
+                    let receivers: Int
+                    if json {
+                        let notification = Notification(id: sent, text: text, sentAt: now)
+                        payload = String(decoding: try Notification.encoder.encode(notification), as: UTF8.self)
+                        receivers = try await publisher.publish(notification, to: channel)
+                    } else {
+                        payload = text
+                        receivers = try await publisher.publish(text, to: channel)
+                    }
+                    Console.out("Published to \(channel) (\(receivers) \(receivers == 1 ? "receiver" : "receivers")): \(payload)")
+                } catch let error as RedisError where error.code == .connectionClosed || error.code == .timeout {
+                    Console.error("publisher: not sent (\(error)); retrying at the next interval")
+                    sent -= 1
+                } catch is CancellationError {
+                    return  // graceful shutdown
                 }
-                Console.out("Published to \(channel) (\(receivers) \(receivers == 1 ? "receiver" : "receivers")): \(payload)")
                 if let count, sent >= count { return }
-                try await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+                do {
+                    try await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+                } catch {
+                    return  // graceful shutdown while waiting
+                }
             }
         }
-        let signals = ShutdownSignals { work.cancel() }
-        do {
-            try await work.value
-        } catch is CancellationError {
-            // SIGINT or SIGTERM: a clean stop.
-        } catch {
-            Console.error("error: \(error)")
-            await publisher.close()
-            throw ExitCode(1)
-        }
-        _ = signals
-        await publisher.close()
     }
 }

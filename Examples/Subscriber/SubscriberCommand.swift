@@ -2,6 +2,8 @@ import ArgumentParser
 import DemoSupport
 import Foundation
 import RedisPubSub
+import ServiceLifecycle
+import UnixSignals
 
 @main
 struct SubscriberCommand: AsyncParsableCommand {
@@ -11,7 +13,8 @@ struct SubscriberCommand: AsyncParsableCommand {
         discussion: """
             Prints "Subscribed to <names>" once the server acknowledged, then one line per message: \
             "Received message on <channel>: <payload>", with " (pattern <glob>)" after the channel for pattern \
-            matches. SIGINT and SIGTERM unsubscribe and exit 0.
+            matches. A lost connection is re-established and resubscribed; each disconnect and recovery is logged \
+            on standard error. SIGINT and SIGTERM unsubscribe and exit 0.
             """
     )
 
@@ -20,6 +23,9 @@ struct SubscriberCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("connect-timeout"), help: "Seconds to keep trying to reach the server at start-up.")
     var connectTimeout: Double = 10
+
+    @Option(name: .customLong("health-check-interval"), help: "Seconds of silence before a PING checks the connection (0: never).")
+    var healthCheckInterval: Double = 5
 
     @Option(name: .customLong("channel"), help: "A channel to subscribe to; repeat for more. Default: notifications (when no --pattern is given).")
     var channels: [String] = []
@@ -36,13 +42,16 @@ struct SubscriberCommand: AsyncParsableCommand {
     func validate() throws {
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
+        if healthCheckInterval < 0 { throw ValidationError("--health-check-interval must not be negative") }
     }
 
     func run() async throws {
         let channels = self.channels.isEmpty && patterns.isEmpty ? ["notifications"] : self.channels
-        let subscriber = await connectWithRetry(DemoSupport.configuration(url: url), timeout: connectTimeout) {
+        let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval)
+        let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
             try await Subscriber.connect(to: $0)
         }
+        let eventLog = logConnectionEvents(subscriber.events, name: "subscriber")
         let subscription: Subscription
         do {
             subscription = try await subscriber.subscribe(channels: channels, patterns: patterns)
@@ -52,32 +61,51 @@ struct SubscriberCommand: AsyncParsableCommand {
         }
         Console.out("Subscribed to " + (channels + patterns).joined(separator: ", "))
 
-        let signals = ShutdownSignals { subscription.cancel() }
-        var received = 0
+        let printer = Printer(subscription: subscription, json: json, count: count)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: subscriber),
+                    .init(service: printer, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: serviceLogger("subscriber")
+            ))
         do {
+            try await group.run()
+        } catch {
+            Console.error("error: \(error)")
+            throw ExitCode(1)
+        }
+        eventLog.cancel()
+    }
+}
+
+/// Prints the messages; returns after `count` of them, or when the group shuts down (SIGINT, SIGTERM).
+struct Printer: Service {
+    let subscription: Subscription
+    let json: Bool
+    let count: Int?
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            var printed = 0
             for try await message in subscription {
                 let source = message.channel + (message.pattern.map { " (pattern \($0))" } ?? "")
                 if json {
                     do {
                         let notification = try message.decode(Notification.self, using: Notification.decoder)
                         Console.out("Received notification #\(notification.id) on \(source): \(notification.text)")
-                    } catch {
+                    } catch let error as MessageDecodingError {
                         Console.error("Skipped a message on \(source): not a notification (\(error.underlying))")
                         continue  // not counted: --count counts the messages printed
                     }
                 } else {
                     Console.out("Received message on \(source): \(message.string)")
                 }
-                received += 1
-                if let count, received >= count { break }
+                printed += 1
+                if let count, printed >= count { return }
             }
-        } catch {
-            Console.error("error: the subscription ended: \(error)")
-            await subscriber.close()
-            throw ExitCode(1)
         }
-        _ = signals
-        subscription.cancel()
-        await subscriber.close()
     }
 }

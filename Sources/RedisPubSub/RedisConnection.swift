@@ -104,6 +104,26 @@ public final class RedisConnection: Sendable {
     /// Each access returns a new sequence; it ends when the connection is closed for good.
     public var events: AsyncStream<ConnectionEvent> { core.events.stream() }
 
+    /// Waits until the connection is (again) ready. Returns `false` when `deadline` passes first; throws when the
+    /// connection is closed for good.
+    func waitUntilConnected(before deadline: ContinuousClock.Instant) async throws -> Bool {
+        let core = self.core
+        return try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                let waiter = Pending<Void>()
+                try await waiter.wait { core.loop.execute { core.whenReady(waiter) } }
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(until: deadline)
+                return false
+            }
+            let first = try await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+    }
+
     /// A logger that discards everything: the default of every API that takes a `Logger`.
     public static let disabledLogger = Logger(label: "RedisPubSub", factory: { _ in SwiftLogNoOpLogHandler() })
 

@@ -4,25 +4,53 @@ import Testing
 
 @Suite("Connecting: addresses, credentials and their failures")
 struct ConnectTests {
+    /// A configuration that gives up quickly: start-up retries last for the connect timeout.
+    static func quick(_ url: String) throws -> RedisConfiguration {
+        var configuration = try RedisConfiguration(url: url)
+        configuration.connectTimeout = .milliseconds(500)
+        return configuration
+    }
+
     @Test func refusedPortIsConnectionRefused() async throws {
         let port = try RedisServer.freePort()
         await #expect {
-            _ = try await RedisConnection.connect(to: .init(url: "redis://127.0.0.1:\(port)"))
+            _ = try await RedisConnection.connect(to: Self.quick("redis://127.0.0.1:\(port)"))
         } throws: { error in
             isRedisError(error, .connectionRefused) && "\(error)".contains("127.0.0.1:\(port)")
         }
     }
 
+    @Test func aServerAbsentAtStartIsWaitedForWithinTheConnectTimeout() async throws {
+        let port = try RedisServer.freePort()
+        var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(port)")
+        configuration.connectTimeout = .seconds(10)
+        let connecting = Task { try await RedisConnection.connect(to: configuration) }
+        let subscribing = Task { try await Subscriber.connect(to: configuration) }
+        try await Task.sleep(for: .milliseconds(500))
+        let server = try RedisServer.start(port: port)
+        defer { server.stop() }
+        let connection = try await connecting.value
+        let subscriber = try await subscribing.value
+        #expect(try await connection.ping() == "PONG")
+        let subscription = try await subscriber.subscribe(to: "late")
+        #expect(try await connection.publish("hi", to: "late") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["hi"])
+        await connection.close()
+        await subscriber.close()
+    }
+
     @Test func missingUnixSocketIsConnectionRefused() async throws {
         await #expect {
-            _ = try await RedisConnection.connect(to: .init(url: "unix:///nonexistent/redis-\(UUID().uuidString).sock"))
+            _ = try await RedisConnection.connect(to: Self.quick("unix:///nonexistent/redis-\(UUID().uuidString).sock"))
         } throws: { isRedisError($0, .connectionRefused) }
     }
 
     @Test func unresolvableHostIsNameResolutionFailure() async throws {
         // `.invalid` is reserved (RFC 6761): no resolver may answer it.
         await #expect {
-            _ = try await RedisConnection.connect(to: .init(url: "redis://no-such-host-\(UUID().uuidString.prefix(8)).invalid:6379"))
+            var configuration = try RedisConfiguration(url: "redis://no-such-host-\(UUID().uuidString.prefix(8)).invalid:6379")
+            configuration.connectTimeout = .seconds(3)  // resolvers can be slow to say no
+            _ = try await RedisConnection.connect(to: configuration)
         } throws: { isRedisError($0, .nameResolutionFailed) }
     }
 
@@ -123,7 +151,7 @@ struct ConnectTests {
             if first == nil { try await Task.sleep(for: .milliseconds(20)) }
         }
         await #expect {
-            _ = try await RedisConnection.connect(to: .init(url: server.url))
+            _ = try await RedisConnection.connect(to: Self.quick(server.url))  // retried until the timeout, then the cause
         } throws: { error in
             guard let error = error as? RedisError else { return false }
             return error.message.contains("max number of clients")

@@ -62,9 +62,22 @@ struct FailureTests {
             await #expect { try await blocked.value } throws: { isRedisError($0, .connectionClosed) }
         }
         #expect(time < .seconds(2))
-        // Later calls fail at once instead of hanging.
-        await #expect { try await connection.ping() } throws: { isRedisError($0, .connectionClosed) }
+        // The connection comes back by itself.
+        try await waitUntil { (try? await connection.ping()) == "PONG" }
         await connection.close()
+        await admin.close()
+    }
+
+    @Test func withoutReconnectingLaterCallsFailAtOnce() async throws {
+        let connection = try await SharedServer.connect { $0.reconnect = .disabled }
+        let admin = try await SharedServer.connect()
+        guard let id = try await connection.send("CLIENT", "ID").int else { Issue.record("no id"); return }
+        let events = EventRecorder(connection.events)
+        try await admin.send("CLIENT", "KILL", "ID", id)
+        guard case .disconnected? = await events.next() else { Issue.record("no disconnect event"); return }
+        guard case .closed(let error?)? = await events.next() else { Issue.record("not closed"); return }
+        #expect(error.code == .connectionClosed)
+        await #expect { try await connection.ping() } throws: { isRedisError($0, .connectionClosed) }
         await admin.close()
     }
 

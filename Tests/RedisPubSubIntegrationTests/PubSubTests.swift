@@ -320,10 +320,12 @@ struct PubSubTests {
         await publisher.close()
     }
 
-    @Test func aKilledConnectionFailsTheSubscriptionsLoop() async throws {
+    @Test func withoutReconnectingAKilledConnectionFailsTheSubscriptionsLoop() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
-        let subscriber = try await Subscriber.connect(to: .init(url: server.url))
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = .disabled
+        let subscriber = try await Subscriber.connect(to: configuration)
         let admin = try await RedisConnection.connect(to: .init(url: server.url))
         let subscription = try await subscriber.subscribe(to: "news")
         try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")

@@ -280,16 +280,18 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             context.close(cause: error)
         }
         _ = queue.removeAll()  // handshake steps only
+        // An attempt cut short by the clock says less than the failure before it: report that one when giving up.
+        let cause = error.code == .timeout ? (lastError ?? error) : error
         lastError = error
         failedAttempts += 1
         logger.debug("connect attempt failed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
         guard Self.isRetryable(error), configuration.reconnect.allowsAttempt(after: failedAttempts) else {
-            finish(error)
+            finish(Self.isRetryable(error) ? cause : error)
             return
         }
         let delay = configuration.reconnect.delay(attempt: failedAttempts - 1, using: &random)
         if let startupDeadline, ContinuousClock.now + delay >= startupDeadline {
-            finish(error)  // the start-up time is up: report the last cause
+            finish(cause)  // the start-up time is up
             return
         }
         scheduleRetry(after: delay)

@@ -18,10 +18,13 @@ public final class Publisher: Sendable {
     public let connection: RedisConnection
     /// The encoder for ``publish(_:to:encoder:)`` when none is passed.
     public let encoder: JSONEncoder
+    /// What a publish does when the connection is down.
+    public let retry: PublishRetry
 
-    private init(connection: RedisConnection, encoder: JSONEncoder) {
+    private init(connection: RedisConnection, encoder: JSONEncoder, retry: PublishRetry) {
         self.connection = connection
         self.encoder = encoder
+        self.retry = retry
     }
 
     /// Connects a publisher.
@@ -29,14 +32,34 @@ public final class Publisher: Sendable {
     /// - Parameters:
     ///   - configuration: where and how to connect.
     ///   - encoder: the default JSON encoder for `Encodable` messages.
+    ///   - retry: ``PublishRetry/never`` (the default) fails a publish at once while the connection is down;
+    ///     ``PublishRetry/whileReconnecting(upTo:)`` waits for the reconnect and sends it again.
     ///   - logger: where connects and disconnects are logged; nothing by default.
     /// - Throws: as ``RedisConnection/connect(to:logger:)``.
     public static func connect(
         to configuration: RedisConfiguration,
         encoder: JSONEncoder = JSONEncoder(),
+        retry: PublishRetry = .never,
         logger: Logger = RedisConnection.disabledLogger
     ) async throws -> Publisher {
-        Publisher(connection: try await RedisConnection.connect(to: configuration, logger: logger), encoder: encoder)
+        Publisher(
+            connection: try await RedisConnection.connect(to: configuration, logger: logger), encoder: encoder, retry: retry)
+    }
+
+    /// The connection's changes from now on; see ``RedisConnection/events``.
+    public var events: AsyncStream<ConnectionEvent> { connection.events }
+
+    /// Runs `body`, and per ``retry`` runs it again after a reconnect when it failed because the connection was down.
+    private func retrying(_ body: () async throws -> Int) async throws -> Int {
+        guard case .whileReconnecting(let limit) = retry.base else { return try await body() }
+        let deadline = ContinuousClock.now + limit
+        while true {
+            do {
+                return try await body()
+            } catch let error as RedisError where error.code == .connectionClosed && ContinuousClock.now < deadline {
+                guard try await connection.waitUntilConnected(before: deadline) else { throw error }
+            }
+        }
     }
 
     /// The configuration this publisher connected with.
@@ -50,19 +73,19 @@ public final class Publisher: Sendable {
     /// - Throws: ``RedisError``, `CancellationError`.
     @discardableResult
     public func publish(_ message: String, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await connection.publish(message, to: channel)
+        try await retrying { try await connection.publish(message, to: channel) }
     }
 
     /// Publishes bytes as they are.
     @discardableResult
     public func publish(_ message: [UInt8], to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await connection.publish(message, to: channel)
+        try await retrying { try await connection.publish(message, to: channel) }
     }
 
     /// Publishes the bytes of `message`.
     @discardableResult
     public func publish(_ message: Data, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await connection.publish(message, to: channel)
+        try await retrying { try await connection.publish(message, to: channel) }
     }
 
     /// Publishes `value` encoded as JSON with `encoder` (default: the publisher's ``encoder``).
@@ -74,7 +97,7 @@ public final class Publisher: Sendable {
         to channel: some RedisArgumentConvertible,
         encoder: JSONEncoder? = nil
     ) async throws -> Int {
-        try await connection.publish((encoder ?? self.encoder).encode(value), to: channel)
+        try await retrying { try await connection.publish((encoder ?? self.encoder).encode(value), to: channel) }
     }
 
     // MARK: SPUBLISH
@@ -82,19 +105,19 @@ public final class Publisher: Sendable {
     /// Publishes text to a sharded channel (`SPUBLISH`, Redis 7).
     @discardableResult
     public func publish(_ message: String, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await connection.publish(message, toShard: channel)
+        try await retrying { try await connection.publish(message, toShard: channel) }
     }
 
     /// Publishes bytes to a sharded channel (`SPUBLISH`).
     @discardableResult
     public func publish(_ message: [UInt8], toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await connection.publish(message, toShard: channel)
+        try await retrying { try await connection.publish(message, toShard: channel) }
     }
 
     /// Publishes the bytes of `message` to a sharded channel (`SPUBLISH`).
     @discardableResult
     public func publish(_ message: Data, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await connection.publish(message, toShard: channel)
+        try await retrying { try await connection.publish(message, toShard: channel) }
     }
 
     /// Publishes `value` as JSON to a sharded channel (`SPUBLISH`).
@@ -104,7 +127,7 @@ public final class Publisher: Sendable {
         toShard channel: some RedisArgumentConvertible,
         encoder: JSONEncoder? = nil
     ) async throws -> Int {
-        try await connection.publish((encoder ?? self.encoder).encode(value), toShard: channel)
+        try await retrying { try await connection.publish((encoder ?? self.encoder).encode(value), toShard: channel) }
     }
 
     // MARK: Introspection
@@ -135,7 +158,26 @@ public final class Publisher: Sendable {
     }
 
     /// Closes the connection after in-flight publishes are answered.
+    ///
     public func close() async {
         await connection.close()
+    }
+}
+
+/// What a ``Publisher`` does with a publish while its connection is down (between a disconnect and the reconnect).
+public struct PublishRetry: Sendable, Hashable {
+    enum Base: Hashable, Sendable {
+        case never
+        case whileReconnecting(Duration)
+    }
+    let base: Base
+
+    /// Fail at once with ``RedisError/Code/connectionClosed``: the caller decides. The default.
+    public static let never = PublishRetry(base: .never)
+
+    /// Wait up to `limit` for the connection to come back and publish again. A publish that was in flight when the
+    /// connection dropped may have reached the server already, so this can deliver a message twice.
+    public static func whileReconnecting(upTo limit: Duration) -> PublishRetry {
+        PublishRetry(base: .whileReconnecting(limit))
     }
 }

@@ -1,0 +1,265 @@
+import Foundation
+@testable import RedisPubSub
+import Synchronization
+import Testing
+
+/// Records a stream's events as they come, for tests to wait on with a deadline (a stream's iterator cannot be
+/// raced against a timer).
+final class EventRecorder<Event: Sendable>: Sendable {
+    private struct State {
+        var events: [Event] = []
+        var cursor = 0
+    }
+    private let state = Mutex(State())
+    private let task = Mutex<Task<Void, Never>?>(nil)
+
+    init(_ stream: AsyncStream<Event>) {
+        let recording = Task { [weak self] in
+            for await event in stream {
+                guard let self else { return }
+                self.state.withLock { $0.events.append(event) }
+            }
+        }
+        task.withLock { $0 = recording }
+    }
+
+    deinit { task.withLock { $0?.cancel() } }
+
+    /// Every event so far.
+    var all: [Event] { state.withLock { $0.events } }
+
+    /// The next event after the last one returned that matches `predicate`, waiting up to `timeout`.
+    func next(
+        timeout: Duration = .seconds(15),
+        sourceLocation: SourceLocation = #_sourceLocation,
+        where predicate: @escaping (Event) -> Bool = { _ in true }
+    ) async -> Event? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let found = state.withLock { state -> Event? in
+                while state.cursor < state.events.count {
+                    let event = state.events[state.cursor]
+                    state.cursor += 1
+                    if predicate(event) { return event }
+                }
+                return nil
+            }
+            if let found { return found }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        Issue.record("no matching event within \(timeout)", sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
+@Suite("Resilience: reconnect, resubscribe, health checks, shutdown")
+struct ResilienceTests {
+    @Test func serverKilledAndRestartedTwentyTimesResubscribesWithinASecond() async throws {
+        var server = try RedisServer.start()
+        let port = server.port
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeout = .seconds(2)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(to: "restart", "other")
+        let events = EventRecorder(subscription.events)
+        var recoveries: [Duration] = []
+        for trial in 0..<20 {
+            server.stop()  // SIGKILL
+            guard case .disconnected(_, let cause)? = await events.next(where: { if case .disconnected = $0 { true } else { false } }) else { break }
+            #expect(cause.code == .connectionClosed)
+            server = try RedisServer.start(port: port)  // returns once the server accepts connections
+            let accepting = ContinuousClock.now
+            guard case .resubscribed? = await events.next(where: { if case .resubscribed = $0 { true } else { false } }) else { break }
+            recoveries.append(ContinuousClock.now - accepting)
+            // And messages flow again.
+            let publisher = try await RedisConnection.connect(to: configuration)
+            #expect(try await publisher.publish("after \(trial)", to: "restart") == 1)
+            await publisher.close()
+        }
+        server.stop()
+        let received = try await collect(subscription, 20).map(\.string)
+        #expect(received == (0..<20).map { "after \($0)" })
+        #expect(recoveries.count == 20)
+        let p95 = recoveries.sorted()[Int((Double(recoveries.count) * 0.95).rounded(.up)) - 1]
+        print("resubscribe after restart: p95 \(p95), max \(recoveries.max() ?? .zero), over \(recoveries.count) trials")
+        #expect(p95 < .seconds(1), "p95 recovery \(p95)")
+        await subscriber.close()
+    }
+
+    @Test func clientKillTypePubsubAndNormal() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        let subscriber = try await Subscriber.connect(to: .init(url: server.url))
+        let publisher = try await Publisher.connect(to: .init(url: server.url))
+        let subscription = try await subscriber.subscribe(to: "news")
+        let patterns = try await subscriber.subscribe(toPatterns: "n*")
+        let shards = try await subscriber.subscribe(toShardChannels: "shard")
+        let gaps = EventRecorder(subscription.events)
+        let subscriberEvents = EventRecorder(subscriber.events)
+        let publisherEvents = EventRecorder(publisher.events)
+
+        try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+        guard case .disconnected? = await gaps.next(where: { _ in true }) else { return }
+        guard case .resubscribed(_, let gap)? = await gaps.next(where: { _ in true }) else { return }
+        #expect(gap < .seconds(5))
+        _ = await subscriberEvents.next { if case .reconnected = $0 { true } else { false } }
+        #expect(try await publisher.publish("back", to: "news") == 2)  // channel and pattern, same connection
+        #expect(try await publisher.publish("shard back", toShard: "shard") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["back"])
+        #expect(try await collect(patterns, 1).map(\.string) == ["back"])
+        #expect(try await collect(shards, 1).map(\.string) == ["shard back"])
+
+        // The publisher's connection (a normal client) comes back too.
+        try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        _ = await publisherEvents.next { if case .disconnected = $0 { true } else { false } }
+        _ = await publisherEvents.next { if case .reconnected = $0 { true } else { false } }
+        #expect(try await publisher.publish("still", to: "elsewhere") == 0)
+        await subscriber.close()
+        await publisher.close()
+        await admin.close()
+    }
+
+    @Test func aFrozenServerIsDetectedByTheHealthCheckAndTheConnectionReplaced() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = .milliseconds(300)
+        configuration.healthCheckTimeout = .milliseconds(300)
+        configuration.connectTimeout = .milliseconds(500)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(to: "frozen")
+        let gaps = EventRecorder(subscription.events)
+        server.pause()  // longer than interval + timeout
+        guard case .disconnected(_, let cause)? = await gaps.next(where: { _ in true }) else { return }
+        #expect(cause.code == .timeout)
+        #expect(cause.message.contains("health check"))
+        try await Task.sleep(for: .milliseconds(500))
+        server.resume()
+        guard case .resubscribed? = await gaps.next(where: { _ in true }) else { return }
+        let publisher = try await RedisConnection.connect(to: .init(url: server.url))
+        #expect(try await publisher.publish("thawed", to: "frozen") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["thawed"])
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func anIdleHealthyConnectionIsPingedAndKept() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = .milliseconds(100)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(to: "idle")
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        try await Task.sleep(for: .milliseconds(800))
+        // PINGs were sent while subscribed (hiredis would mis-dispatch their replies) and the connection stayed.
+        let stats = try await admin.send("INFO", "commandstats").string ?? ""
+        let pings = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_ping:") }.flatMap { line in
+            line.split(separator: "=").dropFirst().first.flatMap { Int($0.split(separator: ",").first ?? "") }
+        } ?? 0
+        #expect(pings >= 4)  // the handshakes' 2 PINGs plus the health checks
+        #expect(try await admin.publish("ok", to: "idle") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["ok"])
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func maxClientsReachedWhileReconnectingRecoversWhenASlotFrees() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(to: "full")
+        let events = EventRecorder(subscriber.events)
+        let admin = try await RedisConnection.connect(to: configuration)
+        // Existing clients stay; new ones are refused with "max number of clients reached".
+        try await admin.send("CONFIG", "SET", "maxclients", 1)
+        try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+        let refused = await events.next {
+            if case .reconnecting(_, _, let error?) = $0 { error.message.contains("max number of clients") } else { false }
+        }
+        #expect(refused != nil)
+        try await admin.send("CONFIG", "SET", "maxclients", 100)
+        _ = await events.next { if case .reconnected = $0 { true } else { false } }
+        try await waitUntil { (try? await admin.publish("room", to: "full")) == 1 }
+        #expect(try await collect(subscription, 1).map(\.string) == ["room"])
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func aChangedPasswordEndsTheSubscriptionWithAnAuthenticationErrorAndNoRetryLoop() async throws {
+        let server = try RedisServer.start(["--requirepass", "old-pw"])
+        defer { server.stop() }
+        let subscriber = try await Subscriber.connect(to: .init(url: "redis://:old-pw@127.0.0.1:\(server.port)"))
+        let subscription = try await subscriber.subscribe(to: "secure")
+        let admin = try await RedisConnection.connect(to: .init(url: "redis://:old-pw@127.0.0.1:\(server.port)"))
+        func connectionsReceived() async throws -> Int {
+            let info = try await admin.send("INFO", "stats").string ?? ""
+            let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_connections_received:") }
+            return Int(line?.split(separator: ":").last ?? "") ?? -1
+        }
+        try await admin.send("CONFIG", "SET", "requirepass", "new-pw")
+        let before = try await connectionsReceived()
+        try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+        await #expect {
+            for try await _ in subscription {}
+        } throws: { error in
+            isRedisError(error, .authenticationFailed)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let attempts = try await connectionsReceived() - before
+        #expect(attempts <= 2, "\(attempts) reconnect attempts after a failed AUTH")
+        await admin.close()
+    }
+
+    @Test func inFlightCommandsFailPromptlyAndPublishesAreRetriedOnlyWhenAskedTo() async throws {
+        let server = try RedisServer.start()
+        let port = server.port
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeout = .seconds(2)
+        let plain = try await Publisher.connect(to: configuration)
+        let retrying = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(10)))
+        let blocked = Task { try await plain.connection.send("BLPOP", "nothing", 30) }
+        try await Task.sleep(for: .milliseconds(100))
+        server.stop()
+        let failed = await elapsed {
+            await #expect { try await blocked.value } throws: { isRedisError($0, .connectionClosed) }
+        }
+        #expect(failed < .seconds(2))
+        await #expect { try await plain.publish("lost", to: "c") } throws: { isRedisError($0, .connectionClosed) }
+        let waiting = Task { try await retrying.publish("kept", to: "c") }
+        try await Task.sleep(for: .milliseconds(300))
+        let restarted = try RedisServer.start(port: port)
+        defer { restarted.stop() }
+        #expect(try await waiting.value == 0)  // sent once the connection was back
+        await plain.close()
+        await retrying.close()
+    }
+
+    @Test func closeUnsubscribesDrainsAndEndsLoopsNormally() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try await Subscriber.connect(to: .init(url: server.url))
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        let a = try await subscriber.subscribe(to: "a")
+        let b = try await subscriber.subscribe(toPatterns: "b*")
+        for index in 0..<100 { try await admin.publish("\(index)", to: "a") }
+        try await admin.publish("b", to: "b1")
+        let consumers = [a, b].map { subscription in
+            Task { () throws -> Int in
+                var count = 0
+                for try await _ in subscription { count += 1 }
+                return count  // a normal end, not an error
+            }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        await subscriber.close()
+        #expect(try await consumers[0].value == 100)
+        #expect(try await consumers[1].value == 1)
+        #expect(try await admin.pubsubNumberOfSubscribers(["a"]) == ["a": 0])
+        #expect(try await admin.pubsubNumberOfPatterns() == 0)
+        await admin.close()
+    }
+}
