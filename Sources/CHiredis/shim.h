@@ -39,4 +39,10 @@ static inline redisContext *_Nonnull chiredis_context(redisAsyncContext *_Nonnul
 // The error text, a char array that Swift would import as a 128-element tuple.
 static inline const char *_Nonnull chiredis_errstr(const redisContext *_Nonnull c) { return c->errstr; }
 
+
+// Whether the context's reader holds part of a reply: unparsed bytes, or an aggregate begun and not finished.
+// At end of stream this means the server closed mid-reply. `pos`, `len` and `ridx` exist in 0.14 and 1.x.
+static inline int chiredis_reader_mid_reply(const redisContext *_Nonnull c) {
+    return c->reader != NULL && (c->reader->len > c->reader->pos || c->reader->ridx >= 0);
+}
 #endif

@@ -262,4 +262,138 @@ struct ResilienceTests {
         #expect(try await admin.pubsubNumberOfPatterns() == 0)
         await admin.close()
     }
+
+    @Test func overTheServersOutputBufferLimitTheGapNamesTheCauseAndMemoryStaysBounded() async throws {
+        let server = try RedisServer.start(["--client-output-buffer-limit", "pubsub 1mb 512kb 0"])
+        defer { server.stop() }
+        let subscriber = try await Subscriber.connect(to: .init(url: server.url))
+        let slow = try await subscriber.subscribe(to: "big", bufferingPolicy: .bufferingNewest(10))  // never read
+        let gaps = EventRecorder(slow.events)
+        let publisher = try await Publisher.connect(to: .init(url: server.url))
+        let payload = [UInt8](repeating: 120, count: 256 * 1024)
+        let flood = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { for _ in 0..<60 { _ = try? await publisher.publish(payload, to: "big") } }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let lost = await gaps.next { if case .disconnected = $0 { true } else { false } }
+        guard case .disconnected(_, let cause)? = lost else { return }
+        #expect(cause.message.contains("client-output-buffer-limit"), "\(cause)")
+        _ = await gaps.next { if case .resubscribed = $0 { true } else { false } }
+        try await flood.value
+        #expect(slow.droppedMessageCount > 0)  // the bounded policy dropped instead of growing
+        // After the burst, the subscription works again.
+        let marker = try await subscriber.subscribe(to: "marker")
+        try await publisher.publish("small", to: "marker")
+        #expect(try await collect(marker, 1).map(\.string) == ["small"])
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func soakOfTenThousandSeededRandomOperations() async throws {
+        var random = SplitMix64(seed: 0x5EED_2026)
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(5), maximumDelay: .milliseconds(50))
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(5)))
+        let admin = try await RedisConnection.connect(to: configuration)
+        let residentBefore = residentMemory()
+
+        final class Live {
+            let id: Int
+            let channel: String
+            let subscription: Subscription
+            let consumer: Task<Bool, Never>?  // true once it saw "final:<id>"
+            init(id: Int, channel: String, subscription: Subscription, consumer: Task<Bool, Never>?) {
+                self.id = id; self.channel = channel; self.subscription = subscription; self.consumer = consumer
+            }
+        }
+        var live: [Live] = []
+        var nextID = 0
+        var counts = (subscribed: 0, refused: 0, kills: 0, published: 0)
+        let names = (0..<20).map { "soak:\($0)" }
+        for _ in 0..<10_000 {
+            switch random.next() % 100 {
+            case 0..<30:  // subscribe, with a consumer or without one
+                let channel = names[Int(random.next() % 20)]
+                guard let subscription = try? await subscriber.subscribe(to: channel, bufferingPolicy: .bufferingNewest(100)) else {
+                    counts.refused += 1
+                    continue  // reconnecting: subscribe fails at once, by design
+                }
+                counts.subscribed += 1
+                nextID += 1
+                let id = nextID
+                let consumer: Task<Bool, Never>? = random.next() % 3 == 0 ? nil : Task {
+                    do {
+                        for try await message in subscription where message.string == "final:\(id)" { return true }
+                    } catch {}
+                    return false
+                }
+                live.append(Live(id: id, channel: channel, subscription: subscription, consumer: consumer))
+            case 30..<38 where !live.isEmpty:  // unsubscribe
+                live.remove(at: Int(random.next() % UInt64(live.count))).subscription.cancel()
+            case 38..<44 where !live.isEmpty:  // cancel a consuming task
+                let index = Int(random.next() % UInt64(live.count))
+                live[index].consumer?.cancel()
+                live.remove(at: index)
+            case 44..<50 where !live.isEmpty:  // drop a subscription (released, never cancelled explicitly)
+                let index = Int(random.next() % UInt64(live.count))
+                if live[index].consumer == nil { live.remove(at: index) }
+            case 50..<51:  // the server kills the connection
+                _ = try? await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+                counts.kills += 1
+            default:  // publish
+                if (try? await publisher.publish("noise", to: names[Int(random.next() % 20)])) != nil { counts.published += 1 }
+            }
+        }
+        // Every surviving, consumed subscription receives a final message.
+        try await waitUntil { (try? await subscriber.subscribe(to: "soak:ready")) != nil }
+        var finals: [Task<Bool, Never>] = []
+        for entry in live {
+            guard let consumer = entry.consumer else { continue }
+            try await publisher.publish("final:\(entry.id)", to: entry.channel)
+            finals.append(consumer)
+        }
+        var missing = 0
+        for consumer in finals where await consumer.value == false { missing += 1 }
+        print("soak: \(counts.subscribed) subscribed, \(counts.refused) refused while reconnecting, \(counts.kills) kills, "
+            + "\(counts.published) publishes; \(finals.count) survivors checked")
+        #expect(missing == 0, "\(missing) of \(finals.count) surviving subscriptions missed their final message")
+        #expect(finals.count > 100)  // the check covers many subscriptions
+        // Nothing is left behind: ending the rest leaves no registration, and memory is back near where it started.
+        for entry in live { entry.subscription.cancel() }
+        live.removeAll()
+        try await waitUntil { await subscriber.activeSubscriptionCount() <= 1 }  // only "soak:ready" may remain
+        let growth = residentMemory() - residentBefore
+        #expect(growth < 64 * 1024 * 1024, "resident memory grew by \(growth / 1024 / 1024) MiB")
+        await subscriber.close()
+        await publisher.close()
+        await admin.close()
+    }
+}
+
+/// A small seeded generator (SplitMix64), so the soak's sequence is the same on every run.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// This process's resident memory in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+func residentMemory() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }

@@ -256,6 +256,13 @@ final class HiredisContext: EventLoopSource {
     private static func ioError(_ c: UnsafeMutablePointer<redisContext>) -> RedisError {
         let text = String(cString: chiredis_errstr(c))
         switch c.pointee.err {
+        case REDIS_ERR_EOF where chiredis_reader_mid_reply(c) != 0:
+            // An orderly close happens between replies. Cutting one in half is what Redis does to a client whose
+            // backlog passed its output buffer limit (for subscribers: `client-output-buffer-limit pubsub`).
+            return RedisError(
+                .connectionClosed,
+                "the server closed the connection in the middle of a reply: most likely this client's backlog passed "
+                    + "the server's client-output-buffer-limit (for subscribers, `pubsub`)")
         case REDIS_ERR_EOF: return RedisError(.connectionClosed, "the server closed the connection")
         case REDIS_ERR_PROTOCOL: return RedisError(.protocolError, "invalid reply from the server: \(text)")
         case 0: return RedisError(.connectionClosed, "connection closed")
