@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build demo test test-hiredis1 lint-docker clean
+.PHONY: deps build demo test test-sanitize test-hiredis1 lint-docker clean
 
 deps:
 	@scripts/install-deps.sh
@@ -21,6 +21,10 @@ test: deps lint-docker
 	$(SWIFT) build --build-tests
 	scripts/with-redis.sh $(SWIFT) test --skip-build
 
+## The whole suite under ThreadSanitizer and AddressSanitizer.
+test-sanitize: deps
+	scripts/test-sanitize.sh
+
 ## The same tests built against hiredis 1.x (compiled from PyPI's hiredis sdist into .build-hiredis1/).
 test-hiredis1: deps
 	scripts/test-hiredis1.sh
@@ -30,4 +34,4 @@ lint-docker:
 	@scripts/hadolint.sh Dockerfile
 
 clean:
-	rm -rf .build .build-hiredis1 .build-tools
+	rm -rf .build .build-hiredis1 .build-tools .build-thread .build-address

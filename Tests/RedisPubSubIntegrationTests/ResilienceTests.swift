@@ -1,6 +1,5 @@
 import Foundation
 @testable import RedisPubSub
-import Synchronization
 import Testing
 
 /// Records a stream's events as they come, for tests to wait on with a deadline (a stream's iterator cannot be
@@ -10,8 +9,8 @@ final class EventRecorder<Event: Sendable>: Sendable {
         var events: [Event] = []
         var cursor = 0
     }
-    private let state = Mutex(State())
-    private let task = Mutex<Task<Void, Never>?>(nil)
+    private let state = Locked(State())
+    private let task = Locked<Task<Void, Never>?>(nil)
 
     init(_ stream: AsyncStream<Event>) {
         let recording = Task { [weak self] in

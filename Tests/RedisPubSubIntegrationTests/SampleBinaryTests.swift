@@ -186,3 +186,29 @@ struct SampleBinaryTests {
         #expect(badURL.stderr.contains("out of range"))
     }
 }
+
+@Suite("Sample binaries survive a server restart")
+struct SampleBinaryRestartTests {
+    @Test func subscriberAndPublisherKeepGoingThroughARestart() async throws {
+        var server = try RedisServer.start()
+        let port = server.port
+        let subscriber = try SampleProcess("subscriber", ["--url", server.url, "--health-check-interval", "1"])
+        try await waitUntil { subscriber.stdout.contains("Subscribed to notifications") }
+        let publisher = try SampleProcess("publisher", ["--url", server.url, "--interval", "0.1", "--message", "tick"])
+        try await waitUntil { subscriber.stdoutLines.count >= 3 }
+        server.stop()
+        try await Task.sleep(for: .milliseconds(300))
+        server = try RedisServer.start(port: port)
+        defer { server.stop() }
+        let before = subscriber.stdoutLines.count
+        try await waitUntil { subscriber.stdoutLines.count >= before + 3 }  // messages flow again, same processes
+        #expect(subscriber.stderr.contains("subscriber: disconnected"))
+        #expect(subscriber.stderr.contains("subscriber: reconnected"))
+        #expect(publisher.stderr.contains("publisher: disconnected"))
+        #expect(publisher.stderr.contains("publisher: reconnected"))
+        subscriber.signal(SIGTERM)
+        publisher.signal(SIGTERM)
+        #expect(await subscriber.exitStatus() == 0)
+        #expect(await publisher.exitStatus() == 0)
+    }
+}

@@ -4,7 +4,6 @@ import FoundationEssentials
 import Foundation
 #endif
 import Logging
-import Synchronization
 
 /// The reply an UNSUBSCRIBE-family command waits for: `["sunsubscribe", name, count]` and the like. An
 /// unsubscribe-shaped reply that is not the one awaited is the server's own decision (a sharded channel's slot moved).
@@ -34,7 +33,7 @@ protocol PushHandler: AnyObject {
 ///
 /// Callers on any thread use ``submit(_:)``, ``close(_:)`` and ``events``; everything else runs on ``loop``.
 final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
-    // @unchecked Sendable because: `inbox` is a Mutex, `events` is Sendable, and `loop`, `configuration` and `logger`
+    // @unchecked Sendable because: `inbox` is Locked, `events` is Sendable, and `loop`, `configuration` and `logger`
     // are immutable; every other stored property is touched only on the loop thread (asserted at the entry points).
 
     typealias Request = Pending<RedisValue>
@@ -73,7 +72,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     let logger: Logger
     /// Connection changes, for any number of listeners.
     let events = EventBroadcaster<ConnectionEvent>()
-    private let inbox = Mutex(Inbox())
+    private let inbox = Locked(Inbox())
 
     /// Set on Subscriber connections before `connect`: receives pushes and connection changes.
     var pushHandler: (any PushHandler)?

@@ -3,7 +3,6 @@ public import FoundationEssentials
 #else
 public import Foundation
 #endif
-import Synchronization
 
 /// How a connection comes back after it was lost: exponential backoff with full jitter.
 ///
@@ -88,7 +87,7 @@ final class EventBroadcaster<Event: Sendable>: Sendable {
         var nextID = 0
         var finished = false
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// A new listener's stream: the events sent from now on.
     func stream() -> AsyncStream<Event> {

@@ -5,7 +5,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Synchronization
 
 /// Something the loop polls: a file descriptor's owner, told when the descriptor is ready.
 protocol EventLoopSource: AnyObject {
@@ -29,7 +28,7 @@ final class LoopTimer {
 /// descriptors and timers. A sleeping loop is woken through a pipe, written only when the loop is actually
 /// asleep, so a burst of submissions costs one wake-up. Everything except `inbox` is confined to the loop thread.
 final class EventLoop: @unchecked Sendable {
-    // @unchecked Sendable because: `inbox` and `thread` are Mutexes; every other stored property is touched only
+    // @unchecked Sendable because: `inbox` and `thread` are Locked; every other stored property is touched only
     // on the loop thread (checked by `assertInLoop()`), and the pipe descriptors are immutable.
 
     /// The loop every connection of the process uses unless told otherwise. Started on first use, never stopped.
@@ -40,8 +39,8 @@ final class EventLoop: @unchecked Sendable {
         var sleeping = false
     }
 
-    private let inbox = Mutex(Inbox())
-    private let thread = Mutex<pthread_t?>(nil)
+    private let inbox = Locked(Inbox())
+    private let thread = Locked<pthread_t?>(nil)
     private let wakeReadFD: Int32
     private let wakeWriteFD: Int32
 

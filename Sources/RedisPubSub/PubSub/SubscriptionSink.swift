@@ -1,5 +1,4 @@
 import DequeModule
-import Synchronization
 
 /// The hand-off between the event loop and one subscription's consumer.
 ///
@@ -28,7 +27,7 @@ final class SubscriptionSink: Sendable {
     let ready = Pending<Void>()
     /// Gaps in this subscription: disconnected, resubscribed.
     let events = EventBroadcaster<SubscriptionEvent>()
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     init(keys: [ChannelKey], policy: BufferingPolicy) {
         self.keys = keys
