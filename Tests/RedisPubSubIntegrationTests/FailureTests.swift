@@ -33,7 +33,7 @@ struct FailureTests {
             call.cancel()
             await #expect(throws: CancellationError.self) { try await call.value }
         }
-        #expect(time < .seconds(1))
+        #expect(time < .seconds(5))  // the server stays frozen: only cancellation can end the call
         server.resume()
         #expect(try await connection.send("ECHO", "after").string == "after")
         await connection.close()

@@ -255,8 +255,9 @@ final class HiredisContext: EventLoopSource {
 
     private static func ioError(_ c: UnsafeMutablePointer<redisContext>) -> RedisError {
         let text = String(cString: chiredis_errstr(c))
+        let reset = c.pointee.err == REDIS_ERR_IO && text.contains(String(cString: strerror(ECONNRESET)))
         switch c.pointee.err {
-        case REDIS_ERR_EOF where chiredis_reader_mid_reply(c) != 0:
+        case REDIS_ERR_EOF where chiredis_reader_mid_reply(c) != 0, REDIS_ERR_IO where reset && chiredis_reader_mid_reply(c) != 0:
             // An orderly close happens between replies. Cutting one in half is what Redis does to a client whose
             // backlog passed its output buffer limit (for subscribers: `client-output-buffer-limit pubsub`).
             return RedisError(
