@@ -1,5 +1,6 @@
 import Foundation
 @testable import RedisPubSub
+import ServiceLifecycle
 import Testing
 
 /// Records a stream's events as they come, for tests to wait on with a deadline (a stream's iterator cannot be
@@ -211,6 +212,49 @@ struct ResilienceTests {
         let attempts = try await connectionsReceived() - before
         #expect(attempts <= 2, "\(attempts) reconnect attempts after a failed AUTH")
         await admin.close()
+    }
+
+    @Test func aChannelRefusedOnResubscribeFailsThatSubscriptionOnly() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        try await admin.send("ACL", "SETUSER", "reader", "on", ">pw", "resetchannels", "&news:*", "&sport:*", "+@all")
+        let subscriber = try await Subscriber.connect(to: .init(url: "redis://reader:pw@127.0.0.1:\(server.port)"))
+        let news = try await subscriber.subscribe(to: "news:today")
+        let sport = try await subscriber.subscribe(to: "sport:today")
+        let newsGaps = EventRecorder(news.events)
+        // The user loses access to sport:* (Redis disconnects it), and the reconnect's resubscribe is refused there.
+        try await admin.send("ACL", "SETUSER", "reader", "resetchannels", "&news:*")
+        await #expect {
+            for try await _ in sport {}
+        } throws: { isRedisError($0, .permissionDenied) }
+        _ = await newsGaps.next { if case .resubscribed = $0 { true } else { false } }
+        #expect(try await admin.publish("still allowed", to: "news:today") == 1)
+        #expect(try await collect(news, 1).map(\.string) == ["still allowed"])
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func aServiceGroupsGracefulShutdownClosesSubscriberAndPublisher() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try await Subscriber.connect(to: .init(url: server.url))
+        let publisher = try await Publisher.connect(to: .init(url: server.url))
+        let subscription = try await subscriber.subscribe(to: "lifecycle")
+        try await publisher.publish("before shutdown", to: "lifecycle")
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: subscriber), .init(service: publisher)], logger: RedisConnection.disabledLogger))
+        let running = Task { try await group.run() }
+        let consumer = Task { () throws -> [String] in
+            var received: [String] = []
+            for try await message in subscription { received.append(message.string) }
+            return received  // ends normally
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        await group.triggerGracefulShutdown()
+        try await running.value
+        #expect(try await consumer.value == ["before shutdown"])
+        await #expect { try await publisher.publish("after", to: "lifecycle") } throws: { isRedisError($0, .connectionClosed) }
     }
 
     @Test func inFlightCommandsFailPromptlyAndPublishesAreRetriedOnlyWhenAskedTo() async throws {
