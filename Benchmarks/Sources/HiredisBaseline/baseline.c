@@ -1,0 +1,217 @@
+// Raw hiredis async with a poll(2) loop: the yardstick the Swift layer is measured against.
+#define _POSIX_C_SOURCE 200809L
+#include "baseline.h"
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t baseline_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+// ---- the adapter: interest flags polled by `run_loop` ----
+typedef struct { int reading, writing; } interest;
+static void add_read(void *p) { ((interest *)p)->reading = 1; }
+static void del_read(void *p) { ((interest *)p)->reading = 0; }
+static void add_write(void *p) { ((interest *)p)->writing = 1; }
+static void del_write(void *p) { ((interest *)p)->writing = 0; }
+static void cleanup(void *p) { ((interest *)p)->reading = ((interest *)p)->writing = 0; }
+
+typedef struct {
+    redisAsyncContext *ac;
+    interest io;
+    int done;
+    int failed;
+    baseline_result result;
+} session;
+
+static void connected(const redisAsyncContext *ac, int status) {
+    session *s = ac->data;
+    if (status != REDIS_OK) {
+        s->failed = 1;
+        s->result.error = 1;
+        snprintf(s->result.message, sizeof s->result.message, "connect: %s", ac->c.errstr);
+        s->ac = NULL;  // hiredis frees it after this callback
+    }
+}
+
+static int open_session(session *s, const char *host, int port) {
+    memset(s, 0, sizeof *s);
+    signal(SIGPIPE, SIG_IGN);
+    s->ac = redisAsyncConnect(host, port);
+    if (!s->ac || s->ac->err) {
+        s->result.error = 1;
+        snprintf(s->result.message, sizeof s->result.message, "connect: %s", s->ac ? s->ac->errstr : "out of memory");
+        return -1;
+    }
+    s->ac->data = s;
+    s->ac->ev.data = &s->io;
+    s->ac->ev.addRead = add_read;
+    s->ac->ev.delRead = del_read;
+    s->ac->ev.addWrite = add_write;
+    s->ac->ev.delWrite = del_write;
+    s->ac->ev.cleanup = cleanup;
+    redisAsyncSetConnectCallback(s->ac, connected);
+    return 0;
+}
+
+// Polls the context until `s->done` or failure.
+static void run_loop(session *s) {
+    while (!s->done && !s->failed && s->ac) {
+        struct pollfd fd = { .fd = s->ac->c.fd, .events = 0, .revents = 0 };
+        if (s->io.reading) fd.events |= POLLIN;
+        if (s->io.writing) fd.events |= POLLOUT;
+        if (poll(&fd, 1, 1000) <= 0) continue;
+        if (fd.revents & (POLLOUT | POLLERR | POLLHUP)) redisAsyncHandleWrite(s->ac);
+        if (!s->ac || s->done || s->failed) break;
+        if (fd.revents & (POLLIN | POLLERR | POLLHUP)) redisAsyncHandleRead(s->ac);
+    }
+}
+
+// ---- subscriber ----
+typedef struct {
+    session base;
+    long count, received;
+    int fanout;
+    long *counters;
+    uint64_t first, last;
+    void (*ready)(void);
+    int acknowledged;
+    uint64_t *latencies;
+} subscriber;
+
+static void on_message(redisAsyncContext *ac, void *r, void *privdata) {
+    subscriber *s = privdata;
+    redisReply *reply = r;
+    (void)ac;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return;
+    if (strcmp(reply->element[0]->str, "subscribe") == 0) {
+        if (!s->acknowledged) { s->acknowledged = 1; if (s->ready) s->ready(); }
+        return;
+    }
+    if (strcmp(reply->element[0]->str, "message") != 0) return;
+    uint64_t now = baseline_now_ns();
+    if (s->received == 0) s->first = now;
+    if (s->latencies) s->latencies[s->received] = now - strtoull(reply->element[2]->str, NULL, 10);
+    for (int i = 0; i < s->fanout; i++) s->counters[i]++;
+    s->received++;
+    s->last = now;
+    if (s->received >= s->count) s->base.done = 1;
+}
+
+baseline_result baseline_subscribe(const char *host, int port, const char *channel, long count, int fanout,
+                                   void (*ready)(void), uint64_t *latencies) {
+    subscriber s;
+    memset(&s, 0, sizeof s);
+    s.count = count;
+    s.fanout = fanout < 1 ? 1 : fanout;
+    s.counters = calloc((size_t)s.fanout, sizeof(long));
+    s.ready = ready;
+    s.latencies = latencies;
+    if (open_session(&s.base, host, port) != 0) { free(s.counters); return s.base.result; }
+    s.base.ac->data = &s.base;
+    const char *argv[2] = { "SUBSCRIBE", channel };
+    size_t lens[2] = { 9, strlen(channel) };
+    redisAsyncCommandArgv(s.base.ac, on_message, &s, 2, argv, lens);
+    run_loop(&s.base);
+    baseline_result result = s.base.result;
+    result.messages = s.received;
+    result.seconds = (double)(s.last - s.first) / 1e9;
+    if (s.base.ac) redisAsyncFree(s.base.ac);
+    free(s.counters);
+    return result;
+}
+
+// ---- publisher ----
+typedef struct {
+    session base;
+    long count, sent, answered;
+    int window;
+    char *payload;
+    size_t size;
+    const char *channel;
+    long rate;  // 0: as fast as the window allows
+    uint64_t start;
+} publisher;
+
+static void send_more(publisher *p);
+
+static void on_published(redisAsyncContext *ac, void *r, void *privdata) {
+    publisher *p = privdata;
+    (void)ac;
+    if (!r) return;
+    p->answered++;
+    if (p->answered >= p->count) { p->base.done = 1; return; }
+    if (p->rate == 0) send_more(p);
+}
+
+static void publish_one(publisher *p) {
+    if (p->rate) {  // the send time leads the payload
+        int n = snprintf(p->payload, p->size, "%llu", (unsigned long long)baseline_now_ns());
+        if ((size_t)n < p->size) p->payload[n] = ' ';
+    }
+    const char *argv[3] = { "PUBLISH", p->channel, p->payload };
+    size_t lens[3] = { 7, strlen(p->channel), p->size };
+    redisAsyncCommandArgv(p->base.ac, on_published, p, 3, argv, lens);
+    p->sent++;
+}
+
+static void send_more(publisher *p) {
+    while (p->sent < p->count && p->sent - p->answered < p->window) publish_one(p);
+}
+
+static baseline_result publish(const char *host, int port, const char *channel, long count, long size, int window, long rate) {
+    publisher p;
+    memset(&p, 0, sizeof p);
+    p.count = count;
+    p.window = window < 1 ? 1 : window;
+    p.size = (size_t)(size < 24 && rate ? 24 : size);
+    p.payload = malloc(p.size);
+    memset(p.payload, 'x', p.size);
+    p.channel = channel;
+    p.rate = rate;
+    if (open_session(&p.base, host, port) != 0) { free(p.payload); return p.base.result; }
+    p.start = baseline_now_ns();
+    if (rate == 0) {
+        send_more(&p);
+        run_loop(&p.base);
+    } else {
+        // Paced: one message every 1/rate s, by the clock; replies are drained between sends.
+        uint64_t interval = 1000000000ull / (uint64_t)rate;
+        while (p.sent < p.count && !p.base.failed && p.base.ac) {
+            uint64_t due = p.start + (uint64_t)p.sent * interval, now;
+            while ((now = baseline_now_ns()) < due) {
+                if (due - now > 200000) {  // sleep most of a long wait, spin the rest
+                    struct timespec pause = { 0, (long)(due - now - 100000) };
+                    nanosleep(&pause, NULL);
+                }
+            }
+            publish_one(&p);
+            redisAsyncHandleWrite(p.base.ac);
+            struct pollfd fd = { .fd = p.base.ac->c.fd, .events = POLLIN, .revents = 0 };
+            if (poll(&fd, 1, 0) > 0) redisAsyncHandleRead(p.base.ac);
+        }
+        run_loop(&p.base);
+    }
+    baseline_result result = p.base.result;
+    result.messages = p.answered;
+    result.seconds = (double)(baseline_now_ns() - p.start) / 1e9;
+    if (p.base.ac) redisAsyncFree(p.base.ac);
+    free(p.payload);
+    return result;
+}
+
+baseline_result baseline_publish(const char *host, int port, const char *channel, long count, long size, int window) {
+    return publish(host, port, channel, count, size, window, 0);
+}
+
+baseline_result baseline_publish_paced(const char *host, int port, const char *channel, long count, long size, long rate) {
+    return publish(host, port, channel, count, size, 1000000, rate);
+}

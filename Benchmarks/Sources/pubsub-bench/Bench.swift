@@ -1,0 +1,237 @@
+import ArgumentParser
+import Foundation
+import Histogram
+import HiredisBaseline
+import RedisPubSub
+
+@main
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pubsub-bench",
+        abstract: "Pub/Sub throughput, CPU and latency of RedisPubSub, side by side with raw hiredis (C).",
+        subcommands: [Compare.self, Subscribe.self, Publish.self, PublishPaced.self]
+    )
+}
+
+/// Which client does the work: this package through its public API, or the C baseline built from the same libhiredis.
+enum Engine: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case swift, c
+}
+
+struct Common: ParsableArguments {
+    @Option(help: "Redis URL.")
+    var url = "redis://127.0.0.1:6379"
+
+    @Option(help: "The channel.")
+    var channel = "bench"
+
+    @Option(help: "Seconds after which the run is abandoned (exit status 1).")
+    var timeout: UInt32 = 300
+
+    var endpoint: (host: String, port: Int32) {
+        get throws {
+            guard case .tcp(let host, let port) = try RedisConfiguration(url: url).endpoint else {
+                throw ValidationError("the benchmark needs a TCP URL")
+            }
+            return (host, Int32(port))
+        }
+    }
+}
+
+// MARK: subscribe
+
+struct Subscribe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Subscribes, prints `ready` once acknowledged, and `received N messages in S s` after N messages.")
+
+    @OptionGroup var common: Common
+
+    @Option(help: "Messages to receive.")
+    var count: Int
+
+    @Option(help: "swift: `for try await` over this package's Subscription; c: raw hiredis.")
+    var engine = Engine.swift
+
+    @Option(help: "Subscriptions (Swift) or counters (C) each message is delivered to.")
+    var fanout = 1
+
+    @Flag(help: "Payloads start with their send time (CLOCK_MONOTONIC ns): record publish-to-receive latency.")
+    var latency = false
+
+    func run() async throws {
+        alarm(common.timeout)
+        let (host, port) = try common.endpoint
+        switch engine {
+        case .c:
+            let start = cpuSeconds()
+            var latencies = [UInt64](repeating: 0, count: latency ? count : 0)
+            let result = latencies.withUnsafeMutableBufferPointer { buffer in
+                baseline_subscribe(host, port, common.channel, count, Int32(fanout), { printFlushed("ready") },
+                                   latency ? buffer.baseAddress : nil)
+            }
+            guard result.error == 0 else { throw failure(result) }
+            report(received: result.messages, seconds: result.seconds, cpu: cpuSeconds() - start, latencies: latencies)
+        case .swift:
+            var configuration = try RedisConfiguration(url: common.url)
+            configuration.healthCheckInterval = nil
+            let subscriber = try await Subscriber.connect(to: configuration)
+            var subscriptions: [Subscription] = []
+            for _ in 0..<fanout {
+                // Unbounded: the benchmark counts every message; a bounded buffer would drop under bursts by design.
+                subscriptions.append(try await subscriber.subscribe(to: common.channel, bufferingPolicy: .unbounded))
+            }
+            printFlushed("ready")
+            let start = cpuSeconds()
+            let count = self.count, latency = self.latency
+            let results = try await withThrowingTaskGroup(of: (UInt64, UInt64, [UInt64]).self) { group in
+                for subscription in subscriptions {
+                    group.addTask {
+                        var received = 0
+                        var first: UInt64 = 0
+                        var latencies: [UInt64] = []
+                        if latency { latencies.reserveCapacity(count) }
+                        for try await message in subscription {
+                            let now = baseline_now_ns()
+                            if received == 0 { first = now }
+                            if latency { latencies.append(now &- sendTime(message.payload)) }
+                            received += 1
+                            if received == count { return (first, now, latencies) }
+                        }
+                        throw ValidationError("the subscription ended after \(received) messages")
+                    }
+                }
+                var all: [(UInt64, UInt64, [UInt64])] = []
+                for try await result in group { all.append(result) }
+                return all
+            }
+            let first = results.map(\.0).min() ?? 0
+            let last = results.map(\.1).max() ?? 0
+            report(received: count, seconds: Double(last - first) / 1e9, cpu: cpuSeconds() - start,
+                   latencies: results.first?.2 ?? [])
+            await subscriber.close()
+        }
+    }
+
+    private func report(received: Int, seconds: Double, cpu: Double, latencies: [UInt64]) {
+        printFlushed("received \(received) messages in \(String(format: "%.6f", seconds)) s")
+        printFlushed("cpu \(String(format: "%.6f", cpu)) s")
+        guard !latencies.isEmpty else { return }
+        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000)
+        for value in latencies { _ = histogram.record(max(1, value)) }
+        func us(_ percentile: Double) -> String { String(format: "%.1f", Double(histogram.valueAtPercentile(percentile)) / 1000) }
+        printFlushed("latency p50 \(us(50)) us p99 \(us(99)) us p99.9 \(us(99.9)) us")
+    }
+}
+
+/// The decimal CLOCK_MONOTONIC nanoseconds a paced publisher put at the front of the payload.
+func sendTime(_ payload: [UInt8]) -> UInt64 {
+    var value: UInt64 = 0
+    for byte in payload {
+        guard byte >= 48 && byte <= 57 else { break }
+        value = value &* 10 &+ UInt64(byte - 48)
+    }
+    return value
+}
+
+// MARK: publish
+
+struct Publish: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Publishes N messages from K concurrent tasks (Swift) or with K commands in flight (C).")
+
+    @OptionGroup var common: Common
+
+    @Option(help: "Messages to publish in total.")
+    var count: Int
+
+    @Option(help: "Payload size in bytes.")
+    var size = 64
+
+    @Option(help: "Swift: publishing tasks sharing one Publisher. C: commands in flight.")
+    var concurrency = 1
+
+    @Option(help: "swift: this package's Publisher; c: raw hiredis.")
+    var engine = Engine.swift
+
+    func run() async throws {
+        alarm(common.timeout)
+        let (host, port) = try common.endpoint
+        let start = cpuSeconds()
+        switch engine {
+        case .c:
+            let result = baseline_publish(host, port, common.channel, count, size, Int32(concurrency))
+            guard result.error == 0 else { throw failure(result) }
+            printFlushed("published \(result.messages) messages in \(String(format: "%.6f", result.seconds)) s")
+        case .swift:
+            var configuration = try RedisConfiguration(url: common.url)
+            configuration.commandTimeout = .seconds(60)
+            let publisher = try await Publisher.connect(to: configuration)
+            let payload = [UInt8](repeating: 120, count: size)
+            let channel = common.channel, count = self.count, concurrency = self.concurrency
+            let clock = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for task in 0..<concurrency {
+                    let share = count / concurrency + (task < count % concurrency ? 1 : 0)
+                    group.addTask {
+                        for _ in 0..<share { try await publisher.publish(payload, to: channel) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let elapsed = ContinuousClock.now - clock
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            printFlushed("published \(count) messages in \(String(format: "%.6f", seconds)) s")
+            await publisher.close()
+        }
+        printFlushed("cpu \(String(format: "%.6f", cpuSeconds() - start)) s")
+    }
+}
+
+struct PublishPaced: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish-paced",
+        abstract: "Raw hiredis publisher at a fixed rate, each payload starting with its send time (for latency).")
+
+    @OptionGroup var common: Common
+
+    @Option(help: "Messages to publish.")
+    var count: Int
+
+    @Option(help: "Messages per second.")
+    var rate: Int
+
+    @Option(help: "Payload size in bytes (at least 24).")
+    var size = 64
+
+    func run() async throws {
+        alarm(common.timeout)
+        let (host, port) = try common.endpoint
+        let result = baseline_publish_paced(host, port, common.channel, count, size, rate)
+        guard result.error == 0 else { throw failure(result) }
+        printFlushed("published \(result.messages) messages in \(String(format: "%.6f", result.seconds)) s")
+    }
+}
+
+// MARK: helpers
+
+func printFlushed(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// User plus system CPU time of this process.
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    #if canImport(Darwin)
+    getrusage(RUSAGE_SELF, &usage)
+    #else
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    #endif
+    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+        + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+}
+
+func failure(_ result: baseline_result) -> ValidationError {
+    var message = result.message
+    let text = withUnsafeBytes(of: &message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    return ValidationError("hiredis baseline: \(text)")
+}

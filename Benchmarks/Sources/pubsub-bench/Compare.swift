@@ -1,0 +1,307 @@
+import ArgumentParser
+import Foundation
+
+/// Runs the whole suite against a private redis-server, alternating the C baseline and this package, and prints a
+/// table of medians with the ratio to C.
+struct Compare: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Starts a private redis-server and runs every workload, C and Swift alternately; prints medians.")
+
+    @Option(help: "Alternating C/Swift pairs per workload (medians are reported).")
+    var runs = 3
+
+    @Option(help: "Multiplies every message count (0.1 for a quick look).")
+    var scale = 1.0
+
+    func run() async throws {
+        let server = try PrivateRedis.start()
+        defer { server.stop() }
+        let url = "redis://127.0.0.1:\(server.port)"
+        let bench = try Self.executablePath()
+        let started = Date()
+        var rows: [Row] = []
+        func count(_ base: Int) -> Int { max(1000, Int(Double(base) * scale)) }
+
+        // Subscriber throughput and CPU: the same C publisher (1,000 in flight) feeds either subscriber.
+        for (size, messages) in [(16, 1_000_000), (64, 1_000_000), (1024, 500_000), (65536, 20_000)] {
+            var rates: [Engine: [Double]] = [:], cpu: [Engine: [Double]] = [:]
+            for run in 0..<runs {
+                for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    let sample = try await subscriberRun(bench, url, engine: engine, size: size, count: count(messages))
+                    rates[engine, default: []].append(sample.rate)
+                    cpu[engine, default: []].append(sample.cpuPerMillion)
+                }
+            }
+            rows.append(Row("subscriber, \(size) B payloads", "msgs/s", rates, higherIsBetter: true))
+            rows.append(Row("subscriber CPU, \(size) B payloads", "CPU s per 1M msgs", cpu, higherIsBetter: false))
+        }
+
+        // Publisher throughput, no subscribers: C with 1,000 in flight; Swift with 1 and 100 tasks on one Publisher.
+        for concurrency in [1, 100] {
+            var rates: [Engine: [Double]] = [:]
+            let messages = count(concurrency == 1 ? 100_000 : 1_000_000)
+            for run in 0..<runs {
+                for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    let output = try await Child.run(bench, [
+                        "publish", "--url", url, "--channel", "nobody", "--engine", engine.rawValue,
+                        "--count", "\(messages)", "--size", "64",
+                        "--concurrency", engine == .c ? "1000" : "\(concurrency)",
+                    ])
+                    rates[engine, default: []].append(try Self.rate(output, "published"))
+                }
+            }
+            rows.append(Row("publisher, 64 B, Swift with \(concurrency) task(s) vs C with 1,000 in flight", "msgs/s", rates, higherIsBetter: true))
+        }
+
+        // Fan-out: one connection, 50 subscriptions (Swift) or 50 counters per message (C).
+        do {
+            var rates: [Engine: [Double]] = [:]
+            for run in 0..<runs {
+                for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    let sample = try await subscriberRun(bench, url, engine: engine, size: 64, count: count(200_000), fanout: 50)
+                    rates[engine, default: []].append(sample.rate * 50)
+                }
+            }
+            rows.append(Row("fan-out to 50 subscriptions on one connection", "deliveries/s", rates, higherIsBetter: true))
+        }
+
+        // Publish-to-receive latency at a fixed rate from the C paced publisher.
+        for rate in [10_000, 100_000] {
+            var p50: [Engine: [Double]] = [:], p99: [Engine: [Double]] = [:], p999: [Engine: [Double]] = [:]
+            for run in 0..<runs {
+                for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    let sample = try await subscriberRun(
+                        bench, url, engine: engine, size: 64, count: count(rate * 2), pacedRate: rate)
+                    p50[engine, default: []].append(sample.latency?.p50 ?? .nan)
+                    p99[engine, default: []].append(sample.latency?.p99 ?? .nan)
+                    p999[engine, default: []].append(sample.latency?.p999 ?? .nan)
+                }
+            }
+            rows.append(Row("latency p50 at \(rate / 1000)k msgs/s", "µs", p50, higherIsBetter: false))
+            rows.append(Row("latency p99 at \(rate / 1000)k msgs/s", "µs", p99, higherIsBetter: false))
+            rows.append(Row("latency p99.9 at \(rate / 1000)k msgs/s", "µs", p999, higherIsBetter: false))
+        }
+
+        let elapsed = Date().timeIntervalSince(started)
+        print("")
+        print("pubsub-bench compare: \(runs) alternating pair(s) per row, medians; redis-server \(server.version) on loopback; "
+            + "\(ProcessInfo.processInfo.activeProcessorCount) cores; \(Int(elapsed)) s; scale \(scale)")
+        print("")
+        print("| workload | unit | raw hiredis (C) | RedisPubSub (Swift) | Swift / C |")
+        print("|---|---|---:|---:|---:|")
+        for row in rows { print(row.markdown) }
+    }
+
+    // MARK: One subscriber run
+
+    struct SubscriberSample {
+        var rate: Double
+        var cpuPerMillion: Double
+        var latency: (p50: Double, p99: Double, p999: Double)?
+    }
+
+    private func subscriberRun(
+        _ bench: String, _ url: String, engine: Engine, size: Int, count: Int, fanout: Int = 1, pacedRate: Int? = nil
+    ) async throws -> SubscriberSample {
+        let channel = "bench-\(UUID().uuidString.prefix(8))"
+        var arguments = ["subscribe", "--url", url, "--channel", channel, "--engine", engine.rawValue,
+                         "--count", "\(count)", "--fanout", "\(fanout)"]
+        if pacedRate != nil { arguments.append("--latency") }
+        let subscriber = try Child(bench, arguments)
+        try await subscriber.waitForLine(containing: "ready")
+        let publisherArguments: [String]
+        if let pacedRate {
+            publisherArguments = ["publish-paced", "--url", url, "--channel", channel, "--count", "\(count)",
+                                  "--rate", "\(pacedRate)", "--size", "\(size)"]
+        } else {
+            publisherArguments = ["publish", "--url", url, "--channel", channel, "--engine", "c", "--count", "\(count)",
+                                  "--size", "\(size)", "--concurrency", "1000"]
+        }
+        _ = try await Child.run(bench, publisherArguments)
+        let output = try await subscriber.finish()
+        let rate = try Self.rate(output, "received")
+        let cpu = try Self.number(after: "cpu ", in: output)
+        var sample = SubscriberSample(rate: rate, cpuPerMillion: cpu / Double(count) * 1_000_000)
+        if pacedRate != nil {
+            sample.latency = (try Self.number(after: "p50 ", in: output), try Self.number(after: "p99 ", in: output),
+                              try Self.number(after: "p99.9 ", in: output))
+        }
+        return sample
+    }
+
+    // MARK: Parsing
+
+    /// Messages per second from a `received|published N messages in S s` line.
+    static func rate(_ output: String, _ verb: String) throws -> Double {
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix(verb + " ") }) else {
+            throw ValidationError("no `\(verb)` line in: \(output)")
+        }
+        let words = line.split(separator: " ")
+        guard words.count >= 6, let messages = Double(words[1]), let seconds = Double(words[4]), seconds > 0 else {
+            throw ValidationError("cannot read: \(line)")
+        }
+        return messages / seconds
+    }
+
+    static func number(after prefix: String, in output: String) throws -> Double {
+        guard let range = output.range(of: prefix) else { throw ValidationError("no `\(prefix)` in: \(output)") }
+        let digits = output[range.upperBound...].prefix { $0.isNumber || $0 == "." }
+        guard let value = Double(digits) else { throw ValidationError("cannot read a number after `\(prefix)`") }
+        return value
+    }
+
+    static func executablePath() throws -> String {
+        let path = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: path).standardizedFileURL.path
+    }
+}
+
+/// A table row: medians per engine and the Swift/C ratio.
+struct Row {
+    let name: String
+    let unit: String
+    let c: Double
+    let swift: Double
+    let higherIsBetter: Bool
+
+    init(_ name: String, _ unit: String, _ samples: [Engine: [Double]], higherIsBetter: Bool) {
+        self.name = name
+        self.unit = unit
+        self.c = median(samples[.c] ?? [])
+        self.swift = median(samples[.swift] ?? [])
+        self.higherIsBetter = higherIsBetter
+    }
+
+    var markdown: String {
+        func format(_ value: Double) -> String {
+            if value.isNaN { return "-" }
+            if value >= 10_000 { return String(format: "%.2fM", value / 1_000_000).replacingOccurrences(of: "0.00M", with: "<0.01M") }
+            return String(format: value >= 100 ? "%.0f" : "%.2f", value)
+        }
+        let ratio = c > 0 ? String(format: "%.2fx", swift / c) : "-"
+        return "| \(name) | \(unit) | \(format(c)) | \(format(swift)) | \(ratio) |"
+    }
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.filter { !$0.isNaN }.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+/// A child process of this benchmark, its standard output collected.
+final class Child: @unchecked Sendable {
+    // @unchecked Sendable because: `output` is only touched under `lock`.
+    private let process = Process()
+    private let lock = NSLock()
+    private var output = ""
+    private var errors = ""
+
+    init(_ executable: String, _ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        out.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.lock(); self.output += String(decoding: data, as: UTF8.self); self.lock.unlock()
+        }
+        err.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.lock(); self.errors += String(decoding: data, as: UTF8.self); self.lock.unlock()
+        }
+        try process.run()
+    }
+
+    private var collected: (String, String) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (output, errors)
+    }
+
+    func waitForLine(containing text: String, timeout: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if collected.0.contains(text) { return }
+            guard process.isRunning else { break }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        throw ValidationError("\(process.arguments?.first ?? "") did not print `\(text)`: \(collected.1)")
+    }
+
+    /// Waits for the exit; the output, or an error with standard error's text.
+    func finish() async throws -> String {
+        while process.isRunning { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(20))  // let the pipes drain
+        let (out, err) = collected
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("`pubsub-bench \(process.arguments?.joined(separator: " ") ?? "")` failed: \(err)")
+        }
+        return out
+    }
+
+    static func run(_ executable: String, _ arguments: [String]) async throws -> String {
+        try await Child(executable, arguments).finish()
+    }
+}
+
+/// A redis-server of the benchmark's own on a free loopback port, with no output-buffer limit for subscribers
+/// (a slower subscriber must fall behind, not be disconnected, or it never reaches its count).
+struct PrivateRedis {
+    let port: Int
+    let process: Process
+    let directory: URL
+    let version: String
+
+    static func start() throws -> PrivateRedis {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pubsub-bench-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let executable = ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server"]
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let executable else { throw ValidationError("redis-server is not installed") }
+        for _ in 0..<10 {
+            let port = Int.random(in: 20000..<60000)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", directory.path, "--client-output-buffer-limit", "pubsub 0 0 0",
+                                 "--logfile", directory.appendingPathComponent("redis.log").path]
+            try process.run()
+            for _ in 0..<200 {
+                if !process.isRunning { break }
+                if let version = ping(port: port) {
+                    return PrivateRedis(port: port, process: process, directory: directory, version: version)
+                }
+                usleep(10_000)
+            }
+            process.terminate()
+            process.waitUntilExit()
+        }
+        throw ValidationError("could not start redis-server")
+    }
+
+    func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// The server's version once it answers on `port`.
+    private static func ping(port: Int) -> String? {
+        let cli = Process()
+        cli.executableURL = URL(fileURLWithPath: "/bin/sh")
+        cli.arguments = ["-c", "redis-cli -p \(port) INFO server 2>/dev/null | tr -d '\\r' | grep '^redis_version:' | cut -d: -f2"]
+        let pipe = Pipe()
+        cli.standardOutput = pipe
+        guard (try? cli.run()) != nil else { return nil }
+        cli.waitUntilExit()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? nil : text
+    }
+}
