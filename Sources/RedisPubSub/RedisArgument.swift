@@ -60,6 +60,20 @@ enum RESP {
         return out
     }
 
+    /// `*3 $verb $channel $message` in one exact-size allocation (the publish fast path).
+    static func encode(_ verb: StaticString, _ first: RedisArgument, _ second: RedisArgument) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(4 + 3 * 24 + verb.utf8CodeUnitCount + first.count + second.count)
+        out.append(contentsOf: [UInt8(ascii: "*"), UInt8(ascii: "3"), 13, 10, UInt8(ascii: "$")])
+        appendDecimal(verb.utf8CodeUnitCount, to: &out)
+        out.append(13); out.append(10)
+        verb.withUTF8Buffer { out.append(contentsOf: $0) }
+        out.append(13); out.append(10)
+        append(first, to: &out)
+        append(second, to: &out)
+        return out
+    }
+
     static func append(_ argument: RedisArgument, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "$"))
         appendDecimal(argument.count, to: &out)

@@ -14,7 +14,7 @@ extension RedisConnection {
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func publish(_ message: some RedisArgumentConvertible, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await integer("PUBLISH", try await send(["PUBLISH", channel.redisArgument, message.redisArgument]))
+        try await integer("PUBLISH", try await send(encoded: RESP.encode("PUBLISH", channel.redisArgument, message.redisArgument)))
     }
 
     /// `SPUBLISH`: sends `message` to the subscribers of the sharded channel `channel` (Redis 7).
@@ -23,7 +23,7 @@ extension RedisConnection {
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func publish(_ message: some RedisArgumentConvertible, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await integer("SPUBLISH", try await send(["SPUBLISH", channel.redisArgument, message.redisArgument]))
+        try await integer("SPUBLISH", try await send(encoded: RESP.encode("SPUBLISH", channel.redisArgument, message.redisArgument)))
     }
 
     /// `PUBSUB CHANNELS [pattern]`: the channels with at least one subscriber (patterns not counted), optionally

@@ -132,7 +132,16 @@ public final class RedisConnection: Sendable {
         guard let name = command.first else {
             throw RedisError(.invalidArgument, "empty command")
         }
-        let upper = String(decoding: name.bytes.prefix(16), as: UTF8.self).uppercased()
+        // Cheap first: every reserved name is 5 to 12 bytes long and starts with one of these letters.
+        let count = name.count
+        guard (5...12).contains(count) else { return }
+        let first: UInt8
+        switch name.storage {
+        case .string(let string): first = string.utf8.first ?? 0
+        case .bytes(let bytes): first = bytes.first ?? 0
+        }
+        guard "CHMPRSUchmprsu".utf8.contains(first) else { return }
+        let upper = String(decoding: name.bytes, as: UTF8.self).uppercased()
         switch upper {
         case "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE":
             throw RedisError(.invalidArgument, "\(upper) is not available through send(_:): use Subscriber, which routes messages")

@@ -3,7 +3,8 @@ import Synchronization
 /// A one-shot result that an async caller awaits, fulfilled from the event loop or failed by cancellation,
 /// whichever comes first; the other is ignored. Cancellation that arrives before the caller suspends still wins.
 ///
-/// Lock-free: an atomic state (initial → waiting → finished) decides who resumes; one allocation per request.
+/// Lock-free: an atomic state (initial → waiting → finished) decides who resumes; one allocation per request. The
+/// continuation is unsafe (unchecked) because that state already guarantees it is resumed exactly once.
 final class Pending<Value: Sendable>: Sendable {
     private static var initial: UInt8 { 0 }
     private static var waiting: UInt8 { 1 }
@@ -12,7 +13,7 @@ final class Pending<Value: Sendable>: Sendable {
     private let state = Atomic<UInt8>(0)
     // nonisolated(unsafe) because: written only by the waiter before it publishes `waiting` (release), and read and
     // cleared only by the single party whose compare-exchange moves `waiting` to `finished` (acquire).
-    private nonisolated(unsafe) var continuation: CheckedContinuation<Value, any Error>?
+    private nonisolated(unsafe) var continuation: UnsafeContinuation<Value, any Error>?
     /// The command's RESP bytes, for requests; empty for other waits.
     let bytes: [UInt8]
 
@@ -27,7 +28,7 @@ final class Pending<Value: Sendable>: Sendable {
     /// installed, unless the task was cancelled already.
     func wait(start: () -> Void) async throws -> Value {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Value, any Error>) in
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Value, any Error>) in
                 self.continuation = continuation
                 let installed = state.compareExchange(
                     expected: Self.initial, desired: Self.waiting, ordering: .acquiringAndReleasing
