@@ -17,6 +17,8 @@ protocol PushHandler: AnyObject {
     /// Takes `reply` if it is a push (a message, or an unsubscribe the server decided on); returns `false` for
     /// replies to requests. `awaited` is the acknowledgement the oldest command in flight waits for, if any.
     func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool
+    /// A message recognised in the raw reply (the fast path of ``handlePush(_:awaited:)``).
+    func handleMessage(_ push: RawPush)
     /// The end of one read from the socket: hand what was routed to the consumers.
     func flush()
     /// The connection was lost at `date` and will be retried: nothing arrives until ``connectionRestored(at:downtime:)``.
@@ -189,7 +191,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         while let address = remaining.popFirst() {
             logger.debug("connecting", metadata: ["redis.address": "\(address)"])
             do {
-                context = try HiredisContext(address: address, loop: loop, delegate: self)
+                let created = try HiredisContext(address: address, loop: loop, delegate: self)
+                created.decodesPushes = pushHandler != nil
+                context = created
                 state = .connecting(remaining: Array(remaining))
                 return
             } catch let failure {
@@ -395,6 +399,10 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             }
         }
         closeIfDrained()
+    }
+
+    func hiredisContextDidReceivePush(_ push: RawPush) {
+        pushHandler?.handleMessage(push)
     }
 
     func hiredisContextDidFinishReading() {

@@ -13,11 +13,22 @@ protocol HiredisContextDelegate: AnyObject {
     func hiredisContextDidConnect()
     /// One complete reply, copied out of hiredis. Top-level error replies arrive as ``RedisValue/error(_:)``.
     func hiredisContextDidReceive(_ reply: RedisValue)
+    /// A Pub/Sub message, recognised in the raw reply (only when ``HiredisContext/decodesPushes`` is set). The buffers
+    /// point into hiredis's reply and are valid only during the call.
+    func hiredisContextDidReceivePush(_ push: RawPush)
     /// The replies of one read from the socket were all delivered.
     func hiredisContextDidFinishReading()
     /// The context is gone: a connect failure, a network or protocol error, end of stream, or ``HiredisContext/close()``.
     /// Called exactly once, last.
     func hiredisContextDidClose(_ error: RedisError)
+}
+
+/// A `message`, `pmessage` or `smessage` push, borrowed from hiredis's reply for the duration of one call.
+struct RawPush {
+    let kind: SubscriptionKind
+    let channel: UnsafeRawBufferPointer
+    let pattern: UnsafeRawBufferPointer?
+    let payload: UnsafeRawBufferPointer
 }
 
 /// Owns one `redisAsyncContext` and drives it from an ``EventLoop``. Loop-confined: every method runs on the loop.
@@ -59,6 +70,9 @@ final class HiredisContext: EventLoopSource {
     /// Depth of hiredis calls and reply deliveries in progress: events wait until the outermost one returns, so a
     /// close never reaches the delegate in the middle of its own code.
     private var dispatching = 0
+    /// Recognise Pub/Sub messages in raw replies and hand them over without building a ``RedisValue``
+    /// (Subscriber connections).
+    var decodesPushes = false
     /// Keeps this object alive while hiredis holds pointers to it (`ac->data`, `ac->ev.data`); cleared by `cleanup`.
     private var retainedByContext: HiredisContext?
 
@@ -181,7 +195,14 @@ final class HiredisContext: EventLoopSource {
                 delegate?.hiredisContextDidFinishReading()
                 return
             }
-            let value = RedisValue(reply: reply.assumingMemoryBound(to: redisReply.self))
+            let typed = reply.assumingMemoryBound(to: redisReply.self)
+            if decodesPushes, let push = Self.push(typed) {
+                delegate?.hiredisContextDidReceivePush(push)
+                freeReplyObject(reply)
+                raw = nil
+                continue
+            }
+            let value = RedisValue(reply: typed)
             freeReplyObject(reply)
             raw = nil
             delegate?.hiredisContextDidReceive(value)  // may close: the loop condition re-checks `context`
@@ -249,6 +270,31 @@ final class HiredisContext: EventLoopSource {
                 _ = keepAlive
             }
         }
+    }
+
+    // MARK: Pushes
+
+    /// `["message", channel, payload]`, `["smessage", channel, payload]` or `["pmessage", pattern, channel, payload]`,
+    /// all bulk strings; `nil` for anything else.
+    private static func push(_ reply: UnsafePointer<redisReply>) -> RawPush? {
+        let r = reply.pointee
+        guard r.type == REDIS_REPLY_ARRAY, r.elements == 3 || r.elements == 4, let elements = r.element else { return nil }
+        func bytes(_ index: Int) -> UnsafeRawBufferPointer? {
+            guard let element = elements[index], element.pointee.type == REDIS_REPLY_STRING else { return nil }
+            return UnsafeRawBufferPointer(start: element.pointee.str, count: Int(element.pointee.len))
+        }
+        guard let type = bytes(0) else { return nil }
+        if r.elements == 3, type.count == 7, type.elementsEqual("message".utf8), let channel = bytes(1), let payload = bytes(2) {
+            return RawPush(kind: .channel, channel: channel, pattern: nil, payload: payload)
+        }
+        if r.elements == 3, type.count == 8, type.elementsEqual("smessage".utf8), let channel = bytes(1), let payload = bytes(2) {
+            return RawPush(kind: .shardChannel, channel: channel, pattern: nil, payload: payload)
+        }
+        if r.elements == 4, type.count == 8, type.elementsEqual("pmessage".utf8),
+           let pattern = bytes(1), let channel = bytes(2), let payload = bytes(3) {
+            return RawPush(kind: .pattern, channel: channel, pattern: pattern, payload: payload)
+        }
+        return nil
     }
 
     // MARK: Errors

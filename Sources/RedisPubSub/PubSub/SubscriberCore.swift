@@ -17,6 +17,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// Why the connection is down right now (reconnecting), if it is.
     private var lostError: RedisError?
     private var closedError: RedisError?
+    /// The last routed channel (or pattern): its interned name and recipients, so a burst on one channel costs no
+    /// hashing and no channel-name allocation. Cleared whenever the registry changes.
+    private var routeCache: (kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
 
     init(connection: ConnectionCore) {
         self.connection = connection
@@ -36,6 +39,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             sink.finish(.failed(error))
             return
         }
+        routeCache = nil
         let (commands, confirmed) = machine.add(sink, to: sink.keys)
         send(commands)
         if confirmed { sink.ready.succeed(()) }
@@ -43,6 +47,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func remove(_ sink: SubscriptionSink) {
         connection.loop.assertInLoop()
+        routeCache = nil
         send(machine.remove(sink, from: sink.keys))
     }
 
@@ -52,6 +57,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// `close()`: unsubscribe everything, let the acknowledgements (and the messages before them) arrive, close.
     func close(_ completion: @escaping @Sendable () -> Void) {
         connection.loop.assertInLoop()
+        routeCache = nil
         send(machine.unsubscribeAll())
         connection.close(completion)
     }
@@ -71,6 +77,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         of command: PubSubStateMachine<SubscriptionSink>.Command,
         _ result: Result<RedisValue, RedisError>
     ) {
+        routeCache = nil
         switch result {
         case .success(let reply):
             guard case .array(let elements) = reply, elements.count == 3,
@@ -99,6 +106,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     }
 
     private func fail(_ sink: SubscriptionSink, _ error: RedisError) {
+        routeCache = nil
         sink.ready.fail(error)
         sink.finish(.failed(error))
         send(machine.remove(sink, from: sink.keys))
@@ -132,6 +140,30 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         return true
     }
 
+    func handleMessage(_ push: RawPush) {
+        let route = push.pattern ?? push.channel
+        let name: [UInt8]
+        let sinks: [SubscriptionSink]
+        if let cache = routeCache, cache.kind == push.kind, cache.name.elementsEqual(route) {
+            name = cache.name
+            sinks = cache.sinks
+        } else {
+            name = Array(route)
+            sinks = machine.recipients(ChannelKey(kind: push.kind, name: name))
+            routeCache = (push.kind, name, sinks)
+        }
+        guard !sinks.isEmpty else { return }
+        let message: Message
+        switch push.kind {
+        case .channel: message = Message(channel: name, payload: Array(push.payload))
+        case .shardChannel: message = Message(channel: name, isSharded: true, payload: Array(push.payload))
+        case .pattern: message = Message(channel: Array(push.channel), pattern: name, payload: Array(push.payload))
+        }
+        for sink in sinks where sink.append(message) {
+            toWake.append(sink)
+        }
+    }
+
     private func route(_ key: ChannelKey, _ message: Message) {
         for sink in machine.recipients(key) where sink.append(message) {
             toWake.append(sink)
@@ -145,6 +177,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         guard let kind = kinds.first(where: { $0.acknowledgement(subscribe: false) == type }) else { return false }
         let key = ChannelKey(kind: kind, name: name)
         guard machine.isUnsolicitedUnsubscribe(key) else { return false }
+        routeCache = nil
         let error = RedisError(.connectionClosed, "the server ended the subscription to '\(String(decoding: name, as: UTF8.self))'")
         for sink in machine.serverUnsubscribed(key) { fail(sink, error) }
         return true
@@ -159,6 +192,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func connectionLost(_ error: RedisError, at date: Date) {
         flush()
+        routeCache = nil
         lostError = error
         lostAt = .now
         // Subscriptions not yet confirmed fail (their `subscribe` call throws); the others wait for the reconnect.
@@ -176,11 +210,13 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func connectionRestored(at date: Date, downtime: Duration) {
         lostError = nil
+        routeCache = nil
         send(machine.resubscribeAll())
     }
 
     func connectionClosed(_ error: RedisError?) {
         flush()
+        routeCache = nil
         closedError = error ?? RedisError(.connectionClosed, "the subscriber was closed by close()")
         for sink in machine.removeAll() {
             sink.ready.fail(closedError!)
