@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build demo test test-sanitize test-hiredis1 lint-docker clean
+.PHONY: deps build demo bench test test-sanitize test-hiredis1 lint-docker clean
 
 deps:
 	@scripts/install-deps.sh
@@ -15,6 +15,10 @@ demo: deps
 	$(SWIFT) build --product subscriber
 	$(SWIFT) build --product publisher
 	scripts/demo.sh
+
+## Throughput, CPU and latency side by side with raw hiredis (needs redis-server; a few minutes).
+bench: deps
+	$(SWIFT) run -c release --package-path Benchmarks pubsub-bench compare
 
 ## Unit and integration tests against a private redis-server on a free loopback port.
 test: deps lint-docker
