@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build demo bench test test-sanitize test-hiredis1 lint-docker clean
+.PHONY: deps build demo bench bench-smoke test test-sanitize test-hiredis1 lint-docker clean
 
 deps:
 	@scripts/install-deps.sh
@@ -19,6 +19,10 @@ demo: deps
 ## Throughput, CPU and latency side by side with raw hiredis (needs redis-server; a few minutes).
 bench: deps
 	$(SWIFT) run -c release --package-path Benchmarks pubsub-bench compare
+
+## The benchmark pipeline end to end at 2% of its message counts (a check that it runs, not a measurement).
+bench-smoke: deps
+	$(SWIFT) run --package-path Benchmarks pubsub-bench compare --runs 1 --scale 0.02
 
 ## Unit and integration tests against a private redis-server on a free loopback port.
 test: deps lint-docker

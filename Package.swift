@@ -41,7 +41,12 @@ let package = Package(
         // The notifications demo: `swift run subscriber`, `swift run publisher`.
         .target(
             name: "DemoSupport",
-            dependencies: ["RedisPubSub", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "RedisPubSub",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             path: "Examples/DemoSupport",
             swiftSettings: swiftSettings
         ),
@@ -51,7 +56,6 @@ let package = Package(
                 "RedisPubSub", "DemoSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Examples/Subscriber",
             swiftSettings: swiftSettings
@@ -62,7 +66,6 @@ let package = Package(
                 "RedisPubSub", "DemoSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Examples/Publisher",
             swiftSettings: swiftSettings

@@ -4,6 +4,8 @@ import Dispatch
 public import Foundation
 public import Logging
 public import RedisPubSub
+public import ServiceLifecycle
+import UnixSignals
 
 /// The JSON message of the notifications demo: `{"id": 1, "text": "Hello", "sentAt": "2026-11-21T16:00:00Z"}`.
 public struct Notification: Codable, Sendable, Equatable {
@@ -110,4 +112,25 @@ public func serviceLogger(_ label: String) -> Logger {
     var logger = Logger(label: label, factory: { StreamLogHandler.standardError(label: $0) })
     logger.logLevel = .warning
     return logger
+}
+
+/// Runs the connection and the worker as a service group until the worker finishes (then the connection closes
+/// gracefully) or SIGINT/SIGTERM shuts both down gracefully. Returns whether everything ended cleanly.
+public func runServices(connection: some Service, worker: some Service, name: String) async -> Bool {
+    let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(
+            services: [
+                .init(service: connection),
+                .init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: serviceLogger(name)
+        ))
+    do {
+        try await group.run()
+        return true
+    } catch {
+        Console.error("error: \(error)")
+        return false
+    }
 }

@@ -3,7 +3,6 @@ import DemoSupport
 import Foundation
 import RedisPubSub
 import ServiceLifecycle
-import UnixSignals
 
 @main
 struct PublisherCommand: AsyncParsableCommand {
@@ -56,21 +55,7 @@ struct PublisherCommand: AsyncParsableCommand {
         let eventLog = logConnectionEvents(publisher.events, name: "publisher")
         let loop = PublishLoop(
             publisher: publisher, channel: channel, interval: interval, count: count, message: message, json: json)
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: [
-                    .init(service: publisher),
-                    .init(service: loop, successTerminationBehavior: .gracefullyShutdownGroup),
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: serviceLogger("publisher")
-            ))
-        do {
-            try await group.run()
-        } catch {
-            Console.error("error: \(error)")
-            throw ExitCode(1)
-        }
+        guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
         eventLog.cancel()
     }
 }

@@ -3,7 +3,6 @@ import DemoSupport
 import Foundation
 import RedisPubSub
 import ServiceLifecycle
-import UnixSignals
 
 @main
 struct SubscriberCommand: AsyncParsableCommand {
@@ -62,21 +61,7 @@ struct SubscriberCommand: AsyncParsableCommand {
         Console.out("Subscribed to " + (channels + patterns).joined(separator: ", "))
 
         let printer = Printer(subscription: subscription, json: json, count: count)
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: [
-                    .init(service: subscriber),
-                    .init(service: printer, successTerminationBehavior: .gracefullyShutdownGroup),
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: serviceLogger("subscriber")
-            ))
-        do {
-            try await group.run()
-        } catch {
-            Console.error("error: \(error)")
-            throw ExitCode(1)
-        }
+        guard await runServices(connection: subscriber, worker: printer, name: "subscriber") else { throw ExitCode(1) }
         eventLog.cancel()
     }
 }
