@@ -14,7 +14,9 @@ public import Logging
 /// await connection.close()
 /// ```
 ///
-/// A connection that is released without ``close()`` closes itself.
+/// A lost connection is re-established per ``RedisConfiguration/reconnect`` (commands in flight at that moment fail
+/// with ``RedisError/Code/connectionClosed``; ``events`` reports the changes). A connection that is released without
+/// ``close()`` closes itself.
 public final class RedisConnection: Sendable {
     let core: ConnectionCore
 
