@@ -7,7 +7,19 @@ set -euo pipefail
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/redis-pubsub.XXXXXX")
 pid=""
+# Servers the test suite started for itself live in ${TMPDIR}/redis-pubsub-test-*; if the suite crashed, they are
+# orphans (parent PID 1). Only those are swept: never a server this project did not start.
+sweep_orphans() {
+  local p cwd
+  for p in $(pgrep -x redis-server 2>/dev/null || true); do
+    [ "$(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ')" = 1 ] || continue
+    cwd=$(readlink "/proc/$p/cwd" 2>/dev/null || true)
+    case "$cwd" in "${TMPDIR:-/tmp}"/redis-pubsub-test-*) kill -9 "$p" 2>/dev/null && rm -rf "$cwd" ;; esac
+  done
+}
+
 cleanup() {
+  sweep_orphans
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
