@@ -39,6 +39,7 @@ struct PubSubStateMachineTests {
         let (commands, _) = machine.add(first, to: [a])
         let (more, confirmed) = machine.add(second, to: [a])
         #expect(more.isEmpty && !confirmed)
+        #expect(machine.recipients(a).isEmpty)  // nothing before the acknowledgement
         let ready = machine.acknowledged(commands[0]).ready
         #expect(ready.count == 2)
     }
@@ -72,9 +73,12 @@ struct PubSubStateMachineTests {
         let unsubscribe = machine.remove(first, from: [a])
         let (subscribe2, confirmed) = machine.add(second, to: [a])
         #expect(subscribe2.count == 1 && subscribe2[0].subscribe && !confirmed)
+        // A message published before the server saw the new SUBSCRIBE is not the new subscription's.
+        #expect(machine.recipients(a).isEmpty)
         // The server answers in order: the unsubscribe's ack, then the new subscribe's.
         #expect(machine.acknowledged(unsubscribe[0]).ready.isEmpty)
         #expect(machine.acknowledged(subscribe2[0]).ready.map { $0 === second } == [true])
+        #expect(machine.recipients(a).map { $0 === second } == [true])
     }
 
     @Test func aLateAckOfASupersededSubscribeConfirmsNothing() {

@@ -68,6 +68,9 @@ struct PubSubStateMachine<Sink: AnyObject> {
     struct Channel {
         /// The subscriptions listening, in the order they joined.
         var sinks: [Sink] = []
+        /// Subscriptions waiting for this channel's SUBSCRIBE to be acknowledged: they get no messages until then,
+        /// because what arrives before the acknowledgement was published before the server saw their SUBSCRIBE.
+        var joining: [Sink] = []
         /// What the server will be subscribed to once it has processed every command sent so far.
         var subscribedAfterLastCommand = false
         /// The sequence number of the last command sent for this channel.
@@ -77,7 +80,10 @@ struct PubSubStateMachine<Sink: AnyObject> {
         /// UNSUBSCRIBE commands sent and not yet acknowledged.
         var unsubscribesInFlight = 0
 
-        var isIdle: Bool { sinks.isEmpty && !subscribedAfterLastCommand && unsubscribesInFlight == 0 }
+        var isIdle: Bool { sinks.isEmpty && joining.isEmpty && !subscribedAfterLastCommand && unsubscribesInFlight == 0 }
+
+        /// Everyone registered, listening or joining.
+        var everyone: [Sink] { sinks + joining }
     }
 
     private(set) var channels: [ChannelKey: Channel] = [:]
@@ -89,7 +95,7 @@ struct PubSubStateMachine<Sink: AnyObject> {
     /// Subscriptions currently registered on at least one channel.
     var sinkCount: Int {
         var seen = Set<ObjectIdentifier>()
-        for channel in channels.values { for sink in channel.sinks { seen.insert(ObjectIdentifier(sink)) } }
+        for channel in channels.values { for sink in channel.everyone { seen.insert(ObjectIdentifier(sink)) } }
         return seen.count
     }
 
@@ -101,7 +107,6 @@ struct PubSubStateMachine<Sink: AnyObject> {
         var seen = Set<ChannelKey>()
         for key in keys where seen.insert(key).inserted {
             var channel = channels[key] ?? Channel()
-            channel.sinks.append(sink)
             if !channel.subscribedAfterLastCommand {
                 sequence += 1
                 channel.subscribedAfterLastCommand = true
@@ -109,7 +114,12 @@ struct PubSubStateMachine<Sink: AnyObject> {
                 channel.confirmed = false
                 commands.append(Command(key: key, subscribe: true, sequence: sequence))
             }
-            if !channel.confirmed { pending.insert(key) }
+            if channel.confirmed {
+                channel.sinks.append(sink)
+            } else {
+                channel.joining.append(sink)
+                pending.insert(key)
+            }
             channels[key] = channel
         }
         if pending.isEmpty { return (commands, true) }
@@ -124,9 +134,14 @@ struct PubSubStateMachine<Sink: AnyObject> {
         var seen = Set<ChannelKey>()
         for key in keys where seen.insert(key).inserted {
             guard var channel = channels[key] else { continue }
-            guard let index = channel.sinks.firstIndex(where: { $0 === sink }) else { continue }
-            channel.sinks.remove(at: index)
-            if channel.sinks.isEmpty && channel.subscribedAfterLastCommand {
+            if let index = channel.sinks.firstIndex(where: { $0 === sink }) {
+                channel.sinks.remove(at: index)
+            } else if let index = channel.joining.firstIndex(where: { $0 === sink }) {
+                channel.joining.remove(at: index)
+            } else {
+                continue
+            }
+            if channel.sinks.isEmpty && channel.joining.isEmpty && channel.subscribedAfterLastCommand {
                 sequence += 1
                 channel.subscribedAfterLastCommand = false
                 channel.lastSequence = sequence
@@ -150,6 +165,8 @@ struct PubSubStateMachine<Sink: AnyObject> {
         }
         guard command.sequence == channel.lastSequence else { return ([], []) }  // superseded by a later UNSUBSCRIBE
         channel.confirmed = true
+        channel.sinks += channel.joining  // from now on, messages are theirs too
+        channel.joining = []
         store(channel, at: command.key)
         var ready: [Sink] = []
         var resubscribed: [Sink] = []
@@ -175,6 +192,7 @@ struct PubSubStateMachine<Sink: AnyObject> {
         let droppedIDs = Set(dropped.map(ObjectIdentifier.init))
         for (key, var channel) in channels {
             channel.sinks.removeAll { droppedIDs.contains(ObjectIdentifier($0)) }
+            channel.joining.removeAll { droppedIDs.contains(ObjectIdentifier($0)) }
             channel.subscribedAfterLastCommand = false
             channel.confirmed = false
             channel.unsubscribesInFlight = 0
@@ -220,8 +238,9 @@ struct PubSubStateMachine<Sink: AnyObject> {
         guard command.sequence == channel.lastSequence else { return [] }
         channel.subscribedAfterLastCommand = false
         channel.confirmed = false
-        let failed = channel.sinks
+        let failed = channel.everyone
         channel.sinks = []
+        channel.joining = []
         store(channel, at: command.key)
         return failed
     }
@@ -252,15 +271,16 @@ struct PubSubStateMachine<Sink: AnyObject> {
     /// The server dropped `key` by itself. Returns the subscriptions that lost it.
     mutating func serverUnsubscribed(_ key: ChannelKey) -> [Sink] {
         guard var channel = channels[key] else { return [] }
-        let lost = channel.sinks
+        let lost = channel.everyone
         channel.sinks = []
+        channel.joining = []
         channel.subscribedAfterLastCommand = false
         channel.confirmed = false
         store(channel, at: key)
         return lost
     }
 
-    /// The subscriptions a message on `key` goes to, and the channel's name as stored (shared, not copied).
+    /// The subscriptions a message on `key` goes to (not those still joining).
     func recipients(_ key: ChannelKey) -> [Sink] {
         channels[key]?.sinks ?? []
     }
@@ -270,7 +290,7 @@ struct PubSubStateMachine<Sink: AnyObject> {
         var seen = Set<ObjectIdentifier>()
         var all: [Sink] = []
         for channel in channels.values {
-            for sink in channel.sinks where seen.insert(ObjectIdentifier(sink)).inserted { all.append(sink) }
+            for sink in channel.everyone where seen.insert(ObjectIdentifier(sink)).inserted { all.append(sink) }
         }
         for entry in waiting.values where seen.insert(ObjectIdentifier(entry.sink)).inserted { all.append(entry.sink) }
         channels = [:]
