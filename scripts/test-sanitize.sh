@@ -9,6 +9,8 @@ for sanitizer in "${sanitizers[@]}"; do
   echo "== swift test --sanitize=$sanitizer" >&2
   swift build --build-tests --sanitize="$sanitizer" --scratch-path ".build-$sanitizer"
   # halt_on_error: a report fails the run. detect_leaks stays off: the Swift runtime's own caches look like leaks.
-  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ASAN_OPTIONS="halt_on_error=1 detect_leaks=0" \
+  # The TSan suppressions file names the upstream issue behind each entry.
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/scripts/tsan-suppressions.txt" \
+    ASAN_OPTIONS="halt_on_error=1 detect_leaks=0" \
     scripts/with-redis.sh swift test --skip-build --sanitize="$sanitizer" --scratch-path ".build-$sanitizer"
 done
