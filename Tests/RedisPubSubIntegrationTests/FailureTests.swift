@@ -39,6 +39,17 @@ struct FailureTests {
         await connection.close()
     }
 
+    @Test func hugeTimeoutsMeanNoTimeoutAndDoNotOverflow() async throws {
+        // "No timeout" is commonly written as an enormous duration; the loop's poll timeout must not overflow on it.
+        let connection = try await SharedServer.connect {
+            $0.connectTimeout = .seconds(Int64.max / 4)
+            $0.commandTimeout = .seconds(Int64.max / 4)
+        }
+        #expect(try await connection.ping() == "PONG")
+        #expect(try await connection.send("ECHO", "still here").string == "still here")
+        await connection.close()
+    }
+
     @Test func alreadyCancelledTaskNeverSends() async throws {
         let connection = try await SharedServer.connect()
         let key = uniqueName()

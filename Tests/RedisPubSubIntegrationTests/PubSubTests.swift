@@ -278,6 +278,21 @@ struct PubSubTests {
         await publisher.close()
     }
 
+    @Test func aSecondIteratorEndsAtOnceInsteadOfStealingMessages() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let channel = uniqueName("unicast")
+        let subscription = try await subscriber.subscribe(to: channel)
+        let first = Task { try await collect(subscription, 2).map(\.string) }
+        try await Task.sleep(for: .milliseconds(50))
+        var second = subscription.makeAsyncIterator()
+        #expect(try await second.next() == nil)  // ends at once, never waits
+        try await publisher.publish("a", to: channel)
+        try await publisher.publish("b", to: channel)
+        #expect(try await first.value == ["a", "b"])  // the first consumer got everything
+        await subscriber.close()
+        await publisher.close()
+    }
+
     @Test func decodedMessagesSkipOrThrowPerMessage() async throws {
         struct Event: Codable, Equatable { let id: Int }
         let (subscriber, publisher) = try await pubSubPair()

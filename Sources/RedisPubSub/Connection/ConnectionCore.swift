@@ -14,7 +14,7 @@ struct Acknowledgement: Hashable {
 
 /// Receives the Pub/Sub pushes and connection changes of a Subscriber connection. Loop-confined.
 protocol PushHandler: AnyObject {
-    /// Takes `reply` if it is a push (a message, or an unsubscribe the server decided on); returns `false` for
+    /// Takes `reply` if it is a push other than a message (an unsubscribe the server decided on); returns `false` for
     /// replies to requests. `awaited` is the acknowledgement the oldest command in flight waits for, if any.
     func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool
     /// A message recognised in the raw reply (the fast path of ``handlePush(_:awaited:)``).

@@ -114,30 +114,13 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     // MARK: PushHandler
 
-    private static let message = Array("message".utf8)
-    private static let pmessage = Array("pmessage".utf8)
-    private static let smessage = Array("smessage".utf8)
-
+    /// Messages never get here (the context recognises them in the raw reply: ``handleMessage(_:)``); what remains is an
+    /// unsubscribe the server decided on by itself.
     func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool {
-        guard case .array(let elements) = reply, elements.count >= 3, case .bulkString(let type) = elements[0] else {
+        guard case .array(let elements) = reply, elements.count == 3, case .bulkString(let type) = elements[0] else {
             return false
         }
-        switch (type, elements.count) {
-        case (Self.message, 3):
-            guard case .bulkString(let channel) = elements[1], case .bulkString(let payload) = elements[2] else { return false }
-            route(ChannelKey(kind: .channel, name: channel), Message(channel: channel, payload: payload))
-        case (Self.smessage, 3):
-            guard case .bulkString(let channel) = elements[1], case .bulkString(let payload) = elements[2] else { return false }
-            route(ChannelKey(kind: .shardChannel, name: channel), Message(channel: channel, isSharded: true, payload: payload))
-        case (Self.pmessage, 4):
-            guard case .bulkString(let pattern) = elements[1], case .bulkString(let channel) = elements[2],
-                  case .bulkString(let payload) = elements[3]
-            else { return false }
-            route(ChannelKey(kind: .pattern, name: pattern), Message(channel: channel, pattern: pattern, payload: payload))
-        default:
-            return handleUnsolicitedUnsubscribe(type, elements, awaited: awaited)
-        }
-        return true
+        return handleUnsolicitedUnsubscribe(type, elements, awaited: awaited)
     }
 
     func handleMessage(_ push: RawPush) {
@@ -160,12 +143,6 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         case .pattern: message = Message(channel: Array(push.channel), pattern: name, payload: Array(push.payload))
         }
         for sink in sinks where sink.append(message) {
-            toWake.append(sink)
-        }
-    }
-
-    private func route(_ key: ChannelKey, _ message: Message) {
-        for sink in machine.recipients(key) where sink.append(message) {
             toWake.append(sink)
         }
     }

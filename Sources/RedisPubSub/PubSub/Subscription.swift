@@ -3,9 +3,11 @@ import Synchronization
 
 /// The messages of one `subscribe` call, in the order the server sent them.
 ///
-/// Iterate it once, with `for try await`: a subscription has one consumer, and a second iterator ends at once. The loop ends normally after ``Subscriber/close()``, and throws a
-/// ``RedisError`` when the connection is lost or the server refuses or drops the subscription. Leaving the loop,
-/// cancelling its task or releasing the subscription unsubscribes (when no other subscription needs the channel).
+/// Iterate it once, with `for try await`: a subscription has one consumer, and a second iterator ends at once.
+/// The loop ends normally after ``Subscriber/close()``, and throws a ``RedisError`` when the connection closes for good
+/// (a lost connection is re-established and resubscribed; see ``events``) or the server refuses or drops the
+/// subscription. Leaving the loop, cancelling its task or releasing the subscription unsubscribes (when no other
+/// subscription needs the channel).
 public struct Subscription: AsyncSequence, Sendable {
     /// Each element is one message.
     public typealias Element = Message
@@ -49,7 +51,7 @@ public struct Subscription: AsyncSequence, Sendable {
 
         /// The next message; `nil` when the subscription ended normally or the task was cancelled.
         ///
-        /// - Throws: ``RedisError`` when the connection was lost or the server refused or dropped the subscription.
+        /// - Throws: ``RedisError`` when the connection closed for good or the server refused or dropped the subscription.
         public mutating func next() async throws -> Message? {
             try await next(isolation: nil)
         }
