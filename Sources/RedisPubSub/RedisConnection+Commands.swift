@@ -10,20 +10,28 @@ extension RedisConnection {
 
     /// `PUBLISH`: sends `message` to every subscriber of `channel`.
     ///
+    /// Cancellation is checked before the command is sent. A publish already sent is delivered by the server
+    /// whatever the caller does, so it is not interrupted: the call returns the count (or fails at the command
+    /// timeout).
+    ///
     /// - Returns: the number of clients that received it, as the server counts them (on a cluster: on this node).
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func publish(_ message: some RedisArgumentConvertible, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await integer("PUBLISH", try await send(encoded: RESP.encode("PUBLISH", channel.redisArgument, message.redisArgument)))
+        try integer("PUBLISH", try await sendUninterruptible(
+            encoded: RESP.encode("PUBLISH", channel.redisArgument, message.redisArgument)))
     }
 
     /// `SPUBLISH`: sends `message` to the subscribers of the sharded channel `channel` (Redis 7).
+    ///
+    /// Cancellation works as for ``publish(_:to:)``.
     ///
     /// - Returns: the number of clients that received it.
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func publish(_ message: some RedisArgumentConvertible, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await integer("SPUBLISH", try await send(encoded: RESP.encode("SPUBLISH", channel.redisArgument, message.redisArgument)))
+        try integer("SPUBLISH", try await sendUninterruptible(
+            encoded: RESP.encode("SPUBLISH", channel.redisArgument, message.redisArgument)))
     }
 
     /// `PUBSUB CHANNELS [pattern]`: the channels with at least one subscriber (patterns not counted), optionally
@@ -32,28 +40,28 @@ extension RedisConnection {
     ///
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     public func pubsubChannels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
-        try await strings("PUBSUB CHANNELS", try await send(pattern.map { ["PUBSUB", "CHANNELS", $0.redisArgument] } ?? ["PUBSUB", "CHANNELS"]))
+        try strings("PUBSUB CHANNELS", try await send(pattern.map { ["PUBSUB", "CHANNELS", $0.redisArgument] } ?? ["PUBSUB", "CHANNELS"]))
     }
 
     /// `PUBSUB NUMSUB channel...`: the number of subscribers of each channel (pattern subscribers not counted).
     ///
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     public func pubsubNumberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
-        try await counts("PUBSUB NUMSUB", try await send(["PUBSUB", "NUMSUB"] + channels.map(\.redisArgument)))
+        try counts("PUBSUB NUMSUB", try await send(["PUBSUB", "NUMSUB"] + channels.map(\.redisArgument)))
     }
 
     /// `PUBSUB NUMPAT`: the number of pattern subscriptions across all clients.
     ///
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     public func pubsubNumberOfPatterns() async throws -> Int {
-        try await integer("PUBSUB NUMPAT", try await send(["PUBSUB", "NUMPAT"]))
+        try integer("PUBSUB NUMPAT", try await send(["PUBSUB", "NUMPAT"]))
     }
 
     /// `PUBSUB SHARDCHANNELS [pattern]`: the sharded channels with at least one subscriber (Redis 7).
     ///
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     public func pubsubShardChannels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
-        try await strings(
+        try strings(
             "PUBSUB SHARDCHANNELS",
             try await send(pattern.map { ["PUBSUB", "SHARDCHANNELS", $0.redisArgument] } ?? ["PUBSUB", "SHARDCHANNELS"]))
     }
@@ -62,7 +70,7 @@ extension RedisConnection {
     ///
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     public func pubsubShardNumberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
-        try await counts("PUBSUB SHARDNUMSUB", try await send(["PUBSUB", "SHARDNUMSUB"] + channels.map(\.redisArgument)))
+        try counts("PUBSUB SHARDNUMSUB", try await send(["PUBSUB", "SHARDNUMSUB"] + channels.map(\.redisArgument)))
     }
 
     // MARK: Reply shapes
@@ -71,12 +79,12 @@ extension RedisConnection {
         RedisError(.protocolError, "unexpected reply to \(command): \(reply)")
     }
 
-    private func integer(_ command: String, _ reply: RedisValue) async throws -> Int {
+    private func integer(_ command: String, _ reply: RedisValue) throws -> Int {
         guard case .integer(let value) = reply else { throw Self.unexpected(command, reply) }
         return value
     }
 
-    private func strings(_ command: String, _ reply: RedisValue) async throws -> [String] {
+    private func strings(_ command: String, _ reply: RedisValue) throws -> [String] {
         guard let elements = reply.array else { throw Self.unexpected(command, reply) }
         return try elements.map { element in
             guard let text = element.string else { throw Self.unexpected(command, reply) }
@@ -84,7 +92,7 @@ extension RedisConnection {
         }
     }
 
-    private func counts(_ command: String, _ reply: RedisValue) async throws -> [String: Int] {
+    private func counts(_ command: String, _ reply: RedisValue) throws -> [String: Int] {
         guard let elements = reply.array, elements.count % 2 == 0 else { throw Self.unexpected(command, reply) }
         var result: [String: Int] = [:]
         for index in stride(from: 0, to: elements.count, by: 2) {

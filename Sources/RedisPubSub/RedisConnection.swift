@@ -23,6 +23,16 @@ public final class RedisConnection: Sendable {
     /// The configuration this connection was made with.
     public var configuration: RedisConfiguration { core.configuration }
 
+    /// The package's event-loop thread as a task executor, for tasks that issue many commands or consume many
+    /// messages: `Task(executorPreference: connection.taskExecutor) { ... }` or
+    /// `withTaskExecutorPreference(connection.taskExecutor) { ... }`.
+    ///
+    /// Such a task runs between the loop's reads and writes. A reply resumes it without waking another thread, and
+    /// the command it sends next is written in the same turn, so a busy publisher spends far less time in the
+    /// scheduler. Every connection shares the one loop thread: code that blocks it (sleeps, locks held for long,
+    /// heavy computation) delays all Redis I/O of the process. Keep such work on the default executor.
+    public var taskExecutor: any TaskExecutor { core.loop }
+
     private init(core: ConnectionCore) {
         self.core = core
     }
@@ -90,8 +100,18 @@ public final class RedisConnection: Sendable {
     }
 
     func send(encoded bytes: [UInt8]) async throws -> RedisValue {
-        let request = Pending<RedisValue>(bytes: bytes)
-        return try await request.wait { core.submit(request) }
+        let pending = Pending<RedisValue>()
+        return try await pending.wait { core.submit(.init(bytes: bytes, request: .cancellable(pending))) }
+    }
+
+    /// Sends a command whose caller waits for the reply even when its task is cancelled meanwhile (cancellation is
+    /// checked before sending). For PUBLISH: once sent it is delivered anyway, so the caller may as well learn the
+    /// count. The wait is bounded by the command timeout; it costs no lock, allocation or cancellation handler.
+    func sendUninterruptible(encoded bytes: [UInt8]) async throws -> RedisValue {
+        try Task.checkCancellation()
+        return try await withUnsafeThrowingContinuation { continuation in
+            core.submit(.init(bytes: bytes, request: .direct(continuation)))
+        }
     }
 
     /// Closes the connection. Commands already sent get their replies (or time out) first; commands sent later fail

@@ -18,6 +18,14 @@ enum Engine: String, ExpressibleByArgument, CaseIterable, Sendable {
     case swift, c
 }
 
+/// Where the Swift tasks run.
+enum ExecutorChoice: String, ExpressibleByArgument, CaseIterable, Sendable {
+    /// The global concurrent executor (what a task gets without asking).
+    case global
+    /// The connection's event-loop thread (`taskExecutor`).
+    case loop
+}
+
 struct Common: ParsableArguments {
     @Option(help: "Redis URL.")
     var url = "redis://127.0.0.1:6379"
@@ -153,6 +161,9 @@ struct Publish: AsyncParsableCommand {
     @Option(help: "swift: this package's Publisher; c: raw hiredis.")
     var engine = Engine.swift
 
+    @Option(help: "Swift: where the publishing tasks run: global (the default executor) or loop (the publisher's taskExecutor).")
+    var executor = ExecutorChoice.global
+
     func run() async throws {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
@@ -168,11 +179,12 @@ struct Publish: AsyncParsableCommand {
             let publisher = try await Publisher.connect(to: configuration)
             let payload = [UInt8](repeating: 120, count: size)
             let channel = common.channel, count = self.count, concurrency = self.concurrency
+            let preference: (any TaskExecutor)? = executor == .loop ? publisher.taskExecutor : nil
             let clock = ContinuousClock.now
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for task in 0..<concurrency {
                     let share = count / concurrency + (task < count % concurrency ? 1 : 0)
-                    group.addTask {
+                    group.addTask(executorPreference: preference) {
                         for _ in 0..<share { try await publisher.publish(payload, to: channel) }
                     }
                 }

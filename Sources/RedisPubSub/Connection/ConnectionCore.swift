@@ -38,7 +38,39 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     // @unchecked Sendable because: `inbox` is Locked, `events` is Sendable, and `loop`, `configuration` and `logger`
     // are immutable; every other stored property is touched only on the loop thread (asserted at the entry points).
 
-    typealias Request = Pending<RedisValue>
+    /// Someone awaiting a command's reply.
+    enum Request {
+        /// A caller that may stop waiting at any time (task cancellation): ``RedisConnection/send(_:)``.
+        case cancellable(Pending<RedisValue>)
+        /// A caller resumed only here on the loop, by the reply, the command timeout or the connection's end; it
+        /// cannot leave early, so it needs no lock and no cancellation handler (publishing).
+        case direct(UnsafeContinuation<RedisValue, any Error>)
+
+        /// Whether nobody waits any more (a cancelled request not yet written needs no writing).
+        var isFinished: Bool {
+            if case .cancellable(let pending) = self { pending.isFinished } else { false }
+        }
+
+        func succeed(_ value: RedisValue) {
+            switch self {
+            case .cancellable(let pending): pending.succeed(value)
+            case .direct(let continuation): continuation.resume(returning: value)
+            }
+        }
+
+        func fail(_ error: any Error) {
+            switch self {
+            case .cancellable(let pending): pending.fail(error)
+            case .direct(let continuation): continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// A command to write, with whoever awaits its reply.
+    struct Submission {
+        let bytes: [UInt8]
+        let request: Request
+    }
 
     enum Waiter {
         case request(Request)
@@ -50,7 +82,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     private struct Inbox {
-        var requests: [Request] = []
+        var submissions: [Submission] = []
         var scheduled = false
         /// Set once the connection is closed or closing: later submissions fail with it at once.
         var closedError: RedisError?
@@ -97,7 +129,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private var lostAt: ContinuousClock.Instant?
     private var closeWaiters: [@Sendable () -> Void] = []
     private var readyWaiters: [Pending<Void>] = []
-    private var spareRequests: [Request] = []
+    private var spareSubmissions: [Submission] = []
     private var random = SystemRandomNumberGenerator()
     // Health check.
     private var lastReceived = ContinuousClock.now
@@ -112,22 +144,30 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     // MARK: Any thread
 
-    /// Queues a request for writing. The loop writes every request queued before it runs in one batch.
-    func submit(_ request: Request) {
-        enum Next { case fail(RedisError), schedule, none }
+    /// Queues a command for writing. The loop writes every command queued before it runs in one batch.
+    func submit(_ submission: Submission) {
+        enum Next { case fail(RedisError), schedule, writeNow, none }
         let next = inbox.withLock { inbox -> Next in
             if let error = inbox.closedError { return .fail(error) }
-            inbox.requests.append(request)
-            if inbox.scheduled { return .none }
+            inbox.submissions.append(submission)
+            if inbox.scheduled {
+                return inbox.submissions.count >= Self.earlyWriteThreshold && loop.inLoop ? .writeNow : .none
+            }
             inbox.scheduled = true
             return .schedule
         }
         switch next {
-        case .fail(let error): request.fail(error)
+        case .fail(let error): submission.request.fail(error)
         case .schedule: loop.execute { self.drainInbox() }
+        case .writeNow: drainInbox()
         case .none: break
         }
     }
+
+    /// A task running on the loop (``RedisConnection/taskExecutor``) that submits the this-many-th command since the
+    /// last write writes them at once instead of waiting for the end of the loop's turn: the server starts on them
+    /// while the loop runs the remaining tasks, rather than everything alternating in lockstep.
+    static let earlyWriteThreshold = 32
 
     /// Closes the connection after its in-flight commands are answered or timed out; commands submitted after this
     /// fail with ``RedisError/Code/connectionClosed``. `completion` runs once the socket is closed.
@@ -331,27 +371,28 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     private func drainInbox() {
         loop.assertInLoop()
-        var requests = spareRequests
+        var submissions = spareSubmissions
         let closedError = inbox.withLock { inbox -> RedisError? in
-            swap(&requests, &inbox.requests)
+            swap(&submissions, &inbox.submissions)
             inbox.scheduled = false
             return inbox.closedError
         }
         defer {
-            requests.removeAll(keepingCapacity: true)
-            spareRequests = requests
+            submissions.removeAll(keepingCapacity: true)
+            spareSubmissions = submissions
         }
-        guard !requests.isEmpty else { return }
+        guard !submissions.isEmpty else { return }
         guard acceptsWrites, let context else {
             let error = closedError ?? RedisError(
                 .connectionClosed, "not connected: reconnecting" + (lastError.map { " after: \($0.message)" } ?? ""))
-            for request in requests { request.fail(error) }
+            for submission in submissions { submission.request.fail(error) }
             return
         }
         let deadline = ContinuousClock.now + configuration.commandTimeout
-        for request in requests where !request.isFinished {  // a request cancelled before writing is not sent
-            request.bytes.withUnsafeBytes { context.append($0) }
-            queue.append(.request(request), deadline: deadline)
+        // A request cancelled before writing is not sent.
+        for submission in submissions where !submission.request.isFinished {
+            submission.bytes.withUnsafeBytes { context.append($0) }
+            queue.append(.request(submission.request), deadline: deadline)
         }
         context.flush()
         armTimeoutTimer()
@@ -591,11 +632,11 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         timeoutTimer = nil
         stopHealthCheck()
         let failure = error ?? RedisError(.connectionClosed, "the connection was closed by close()")
-        let leftovers = inbox.withLock { inbox -> (RedisError, [Request]) in
+        let leftovers = inbox.withLock { inbox -> (RedisError, [Submission]) in
             if inbox.closedError == nil { inbox.closedError = failure }
-            let requests = inbox.requests
-            inbox.requests = []
-            return (inbox.closedError!, requests)
+            let submissions = inbox.submissions
+            inbox.submissions = []
+            return (inbox.closedError!, submissions)
         }
         let closed = failure.code == .connectionClosed ? failure : RedisError(.connectionClosed, failure.message)
         for waiter in queue.removeAll() {
@@ -605,7 +646,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             case .handshake: break
             }
         }
-        for request in leftovers.1 { request.fail(leftovers.0) }
+        for submission in leftovers.1 { submission.request.fail(leftovers.0) }
         connectWaiter?.fail(failure)
         connectWaiter = nil
         for waiter in readyWaiters { waiter.fail(failure) }

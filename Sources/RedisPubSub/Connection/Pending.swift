@@ -13,12 +13,6 @@ final class Pending<Value: Sendable>: Sendable {
     }
 
     private let state = Locked(State.initial)
-    /// The command's RESP bytes, for requests; empty for other waits.
-    let bytes: [UInt8]
-
-    init(bytes: [UInt8] = []) {
-        self.bytes = bytes
-    }
 
     /// Whether the result is already decided (for a request not yet written: then it needs no writing).
     var isFinished: Bool {

@@ -14,6 +14,14 @@ protocol EventLoopSource: AnyObject {
     func writable()
 }
 
+/// The thread-local slot where a loop thread keeps its loop's identity (for ``EventLoop/inLoop``).
+private let currentLoopKey: pthread_key_t = {
+    var key = pthread_key_t()
+    let rc = pthread_key_create(&key, nil)
+    precondition(rc == 0, "RedisPubSub: cannot create a thread-local key (error \(rc))")
+    return key
+}()
+
 /// A one-shot timer on an ``EventLoop``. Loop-confined: create, fire and cancel it on the loop.
 final class LoopTimer {
     fileprivate var body: (() -> Void)?
@@ -28,19 +36,25 @@ final class LoopTimer {
 /// descriptors and timers. A sleeping loop is woken through a pipe, written only when the loop is actually
 /// asleep, so a burst of submissions costs one wake-up. Everything except `inbox` is confined to the loop thread.
 final class EventLoop: @unchecked Sendable {
-    // @unchecked Sendable because: `inbox` and `thread` are Locked; every other stored property is touched only
+    // @unchecked Sendable because: `inbox` is Locked; every other stored property is touched only
     // on the loop thread (checked by `assertInLoop()`), and the pipe descriptors are immutable.
 
     /// The loop every connection of the process uses unless told otherwise. Started on first use, never stopped.
     static let shared = EventLoop(name: "RedisPubSub")
 
+    /// A unit of work for the loop thread: a closure from ``execute(_:)``, or a Swift task's job when the loop
+    /// serves as a task's preferred executor.
+    private enum Work {
+        case closure(@Sendable () -> Void)
+        case job(UnownedJob)
+    }
+
     private struct Inbox {
-        var tasks: [@Sendable () -> Void] = []
+        var work: [Work] = []
         var sleeping = false
     }
 
     private let inbox = Locked(Inbox())
-    private let thread = Locked<pthread_t?>(nil)
     private let wakeReadFD: Int32
     private let wakeWriteFD: Int32
 
@@ -55,7 +69,7 @@ final class EventLoop: @unchecked Sendable {
     private var timers = TimerHeap()
     private var pollDescriptors: [pollfd] = []
     private var pollOwners: [ObjectIdentifier] = []
-    private var spareTasks: [@Sendable () -> Void] = []
+    private var spareWork: [Work] = []
 
     init(name: String) {
         var fds: [Int32] = [0, 0]
@@ -79,33 +93,33 @@ final class EventLoop: @unchecked Sendable {
         // Unmanaged because: the new thread takes this +1 and releases it right away; the loop itself is
         // kept alive by the thread's `run()` frame, which never returns.
         let box = Unmanaged.passRetained(Box(self, name)).toOpaque()
-        var tid = pthread_t?.none
         #if canImport(Darwin)
+        var tid = pthread_t?.none
         let rc = pthread_create(&tid, nil, { raw in
             let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
             pthread_setname_np(box.name)
             box.loop.run()
         }, box)
         #else
-        var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { raw in
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { raw in
             // Glibc's pthread_setname_np needs _GNU_SOURCE, which Swift's Glibc module lacks: the thread stays unnamed.
             let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
             box.loop.run()
         }, box)
-        tid = handle
         #endif
         precondition(rc == 0, "RedisPubSub: cannot start the event loop thread (error \(rc))")
-        thread.withLock { $0 = tid }
     }
 
-    /// Whether the caller runs on the loop thread.
+    /// This loop's identity in the thread-local slot.
+    private var identity: UnsafeMutableRawPointer {
+        // Unmanaged because: only the address is used, as an identity; nothing is retained or released through it.
+        Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    /// Whether the caller runs on the loop thread (a thread-local read: cheap enough for hot paths).
     var inLoop: Bool {
-        let current = pthread_self()
-        return thread.withLock { stored in
-            guard let stored else { return false }
-            return pthread_equal(stored, current) != 0
-        }
+        pthread_getspecific(currentLoopKey) == identity
     }
 
     /// Traps in debug builds when called off the loop thread.
@@ -117,8 +131,12 @@ final class EventLoop: @unchecked Sendable {
     /// Runs `task` on the loop thread, after the tasks submitted before it. Callable from any thread; never blocks
     /// on the loop's work (only on a short critical section).
     func execute(_ task: @escaping @Sendable () -> Void) {
+        submit(.closure(task))
+    }
+
+    private func submit(_ work: Work) {
         let wake = inbox.withLock { inbox -> Bool in
-            inbox.tasks.append(task)
+            inbox.work.append(work)
             if inbox.sleeping {
                 inbox.sleeping = false
                 return true
@@ -163,6 +181,7 @@ final class EventLoop: @unchecked Sendable {
         sigaddset(&blocked, SIGPIPE)
         // hiredis writes with write(2): a closed peer must give EPIPE, not kill the process.
         pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        pthread_setspecific(currentLoopKey, identity)
 
         while true {
             runTasks()
@@ -175,24 +194,34 @@ final class EventLoop: @unchecked Sendable {
                 timeout = -1
             }
             let sleep = inbox.withLock { inbox -> Bool in
-                guard inbox.tasks.isEmpty else { return false }
+                guard inbox.work.isEmpty else { return false }
                 inbox.sleeping = true
                 return true
             }
-            poll(timeout: sleep ? timeout : 0)
-            if sleep {
-                inbox.withLock { $0.sleeping = false }
-            }
+            poll(timeout: sleep ? timeout : 0, wasSleeping: sleep)
         }
     }
 
+    /// Runs the work submitted so far, and what that work submits in turn (a resumed task publishing again, the
+    /// connection draining what it published), up to a few rounds: then I/O gets its turn.
     private func runTasks() {
-        // Swap buffers so the critical section is O(1) and the task array's storage is reused.
-        var tasks = spareTasks
-        inbox.withLock { inbox in swap(&tasks, &inbox.tasks) }
-        for task in tasks { task() }
-        tasks.removeAll(keepingCapacity: true)
-        spareTasks = tasks
+        for _ in 0..<4 {
+            // Swap buffers so the critical section is O(1) and the array's storage is reused.
+            var batch = spareWork
+            inbox.withLock { inbox in swap(&batch, &inbox.work) }
+            if batch.isEmpty {
+                spareWork = batch
+                return
+            }
+            for work in batch {
+                switch work {
+                case .closure(let body): body()
+                case .job(let job): job.runSynchronously(on: asUnownedTaskExecutor())
+                }
+            }
+            batch.removeAll(keepingCapacity: true)
+            spareWork = batch
+        }
     }
 
     private func fireTimers(now: ContinuousClock.Instant) {
@@ -204,7 +233,9 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
-    private func poll(timeout: Int32) {
+    /// Polls once and dispatches what is ready. `wasSleeping`: `sleeping` was set for this poll, and is cleared as
+    /// soon as it returns, so work submitted while dispatching (a resumed task, say) needs no wake-up write.
+    private func poll(timeout: Int32, wasSleeping: Bool) {
         pollDescriptors.removeAll(keepingCapacity: true)
         pollOwners.removeAll(keepingCapacity: true)
         pollDescriptors.append(pollfd(fd: wakeReadFD, events: Int16(POLLIN), revents: 0))
@@ -218,6 +249,9 @@ final class EventLoop: @unchecked Sendable {
         }
         let count = pollDescriptors.withUnsafeMutableBufferPointer { buffer in
             systemPoll(buffer.baseAddress!, nfds_t(buffer.count), timeout)
+        }
+        if wasSleeping {
+            inbox.withLock { $0.sleeping = false }
         }
         guard count > 0 else { return }  // timeout, or EINTR: the next turn re-polls.
 
@@ -259,6 +293,15 @@ final class EventLoop: @unchecked Sendable {
         guard seconds < Int64(Int32.max / 1000) else { return Int32.max }  // "no timeout" values must not overflow
         let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000  // round up
         return Int32(clamping: ms)
+    }
+}
+
+/// Tasks can prefer the loop thread as their executor (``RedisConnection/taskExecutor``): their code then runs between
+/// the loop's I/O turns, a reply resumes its waiting task without waking another thread, and the task's next command is
+/// written in the same turn.
+extension EventLoop: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        submit(.job(UnownedJob(job)))
     }
 }
 

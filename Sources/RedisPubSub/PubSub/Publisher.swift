@@ -49,6 +49,21 @@ public final class Publisher: Sendable {
     /// The connection's changes from now on; see ``RedisConnection/events``.
     public var events: AsyncStream<ConnectionEvent> { connection.events }
 
+    /// Sends a PUBLISH or SPUBLISH, and per ``retry`` sends it again after a reconnect when it failed because the
+    /// connection was down. The common case (no retry) is one call deep: every async frame on this path costs.
+    private func send(_ command: StaticString, _ channel: some RedisArgumentConvertible, _ message: RedisArgument) async throws -> Int {
+        let bytes = RESP.encode(command, channel.redisArgument, message)
+        guard case .whileReconnecting = retry.base else {
+            return try Self.count(command, try await connection.sendUninterruptible(encoded: bytes))
+        }
+        return try await retrying { try Self.count(command, try await connection.sendUninterruptible(encoded: bytes)) }
+    }
+
+    private static func count(_ command: StaticString, _ reply: RedisValue) throws -> Int {
+        guard case .integer(let value) = reply else { throw RedisConnection.unexpected("\(command)", reply) }
+        return value
+    }
+
     /// Runs `body`, and per ``retry`` runs it again after a reconnect when it failed because the connection was down.
     private func retrying(_ body: () async throws -> Int) async throws -> Int {
         guard case .whileReconnecting(let limit) = retry.base else { return try await body() }
@@ -65,6 +80,10 @@ public final class Publisher: Sendable {
     /// The configuration this publisher connected with.
     public var configuration: RedisConfiguration { connection.configuration }
 
+    /// The event-loop thread as a task executor; see ``RedisConnection/taskExecutor``. Publishing tasks that prefer
+    /// it reach several times the throughput of tasks on the default executor.
+    public var taskExecutor: any TaskExecutor { connection.taskExecutor }
+
     // MARK: PUBLISH
 
     /// Publishes text (as UTF-8).
@@ -73,19 +92,19 @@ public final class Publisher: Sendable {
     /// - Throws: ``RedisError``, `CancellationError`.
     @discardableResult
     public func publish(_ message: String, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await retrying { try await connection.publish(message, to: channel) }
+        try await send("PUBLISH", channel, message.redisArgument)
     }
 
     /// Publishes bytes as they are.
     @discardableResult
     public func publish(_ message: [UInt8], to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await retrying { try await connection.publish(message, to: channel) }
+        try await send("PUBLISH", channel, message.redisArgument)
     }
 
     /// Publishes the bytes of `message`.
     @discardableResult
     public func publish(_ message: Data, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await retrying { try await connection.publish(message, to: channel) }
+        try await send("PUBLISH", channel, message.redisArgument)
     }
 
     /// Publishes `value` encoded as JSON with `encoder` (default: the publisher's ``encoder``).
@@ -97,7 +116,7 @@ public final class Publisher: Sendable {
         to channel: some RedisArgumentConvertible,
         encoder: JSONEncoder? = nil
     ) async throws -> Int {
-        try await retrying { try await connection.publish((encoder ?? self.encoder).encode(value), to: channel) }
+        try await send("PUBLISH", channel, (encoder ?? self.encoder).encode(value).redisArgument)
     }
 
     // MARK: SPUBLISH
@@ -105,19 +124,19 @@ public final class Publisher: Sendable {
     /// Publishes text to a sharded channel (`SPUBLISH`, Redis 7).
     @discardableResult
     public func publish(_ message: String, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await retrying { try await connection.publish(message, toShard: channel) }
+        try await send("SPUBLISH", channel, message.redisArgument)
     }
 
     /// Publishes bytes to a sharded channel (`SPUBLISH`).
     @discardableResult
     public func publish(_ message: [UInt8], toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await retrying { try await connection.publish(message, toShard: channel) }
+        try await send("SPUBLISH", channel, message.redisArgument)
     }
 
     /// Publishes the bytes of `message` to a sharded channel (`SPUBLISH`).
     @discardableResult
     public func publish(_ message: Data, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await retrying { try await connection.publish(message, toShard: channel) }
+        try await send("SPUBLISH", channel, message.redisArgument)
     }
 
     /// Publishes `value` as JSON to a sharded channel (`SPUBLISH`).
@@ -127,7 +146,7 @@ public final class Publisher: Sendable {
         toShard channel: some RedisArgumentConvertible,
         encoder: JSONEncoder? = nil
     ) async throws -> Int {
-        try await retrying { try await connection.publish((encoder ?? self.encoder).encode(value), toShard: channel) }
+        try await send("SPUBLISH", channel, (encoder ?? self.encoder).encode(value).redisArgument)
     }
 
     // MARK: Introspection

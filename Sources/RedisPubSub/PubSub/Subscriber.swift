@@ -24,6 +24,10 @@ public final class Subscriber: Sendable {
     /// The configuration this subscriber connected with.
     public var configuration: RedisConfiguration { lifetime.core.connection.configuration }
 
+    /// The event-loop thread as a task executor; see ``RedisConnection/taskExecutor``. A consuming task that prefers
+    /// it is resumed by arriving messages without waking another thread, which cuts the delivery latency.
+    public var taskExecutor: any TaskExecutor { lifetime.core.connection.loop }
+
     /// Connects a subscriber connection (with the same handshake as ``RedisConnection/connect(to:logger:)``).
     ///
     /// - Throws: as ``RedisConnection/connect(to:logger:)``.

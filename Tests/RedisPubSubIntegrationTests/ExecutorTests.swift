@@ -1,0 +1,105 @@
+import Foundation
+@testable import RedisPubSub
+import Testing
+
+@Suite("Tasks on the connection's executor; what cancellation does to a publish")
+struct ExecutorTests {
+    @Test func tasksPreferringTheTaskExecutorRunOnTheLoopThread() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let onLoop = await Task(executorPreference: publisher.taskExecutor) { EventLoop.shared.inLoop }.value
+        let elsewhere = await Task { EventLoop.shared.inLoop }.value
+        #expect(onLoop)
+        #expect(!elsewhere)
+        #expect(subscriber.taskExecutor === publisher.connection.taskExecutor)
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    /// Many tasks on the loop: their commands are written in several batches per turn (early writes), and every
+    /// publish still gets its own count back, in each task's order.
+    @Test func manyPublishingTasksOnTheLoopKeepEveryTasksOrder() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let channel = uniqueName("ch")
+        let subscription = try await subscriber.subscribe(to: channel, bufferingPolicy: .unbounded)
+        let tasks = 100, perTask = 200
+        let counts = try await withThrowingTaskGroup(of: [Int].self) { group in
+            for task in 0..<tasks {
+                group.addTask(executorPreference: publisher.taskExecutor) {
+                    var counts: [Int] = []
+                    for index in 0..<perTask { counts.append(try await publisher.publish("\(task) \(index)", to: channel)) }
+                    return counts
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(counts.count == tasks * perTask && counts.allSatisfy { $0 == 1 })
+        let messages = try await withTaskExecutorPreference(subscriber.taskExecutor) {
+            try await collect(subscription, tasks * perTask)
+        }
+        var next = [Int](repeating: 0, count: tasks)
+        var inOrder = true
+        for message in messages {
+            let parts = message.string.split(separator: " ").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] < tasks, parts[1] == next[parts[0]] else { inOrder = false; break }
+            next[parts[0]] += 1
+        }
+        #expect(inOrder && next.allSatisfy { $0 == perTask })
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func aPublishFromAnAlreadyCancelledTaskIsNotSent() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let channel = uniqueName("ch")
+        let subscription = try await subscriber.subscribe(to: channel)
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await publisher.publish("should not be sent", to: channel)
+        }
+        await #expect(throws: CancellationError.self) { try await task.value }
+        try await publisher.publish("marker", to: channel)
+        #expect(try await collect(subscription, 1).map(\.string) == ["marker"])
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    /// A sent PUBLISH reaches subscribers whatever its caller does, so cancellation does not pretend otherwise:
+    /// the call waits for the server's count.
+    @Test func aSentPublishIsNotInterruptedByCancellation() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let configuration = try RedisConfiguration(url: server.url)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration)
+        let channel = uniqueName("ch")
+        let subscription = try await subscriber.subscribe(to: channel)
+        server.pause()
+        let call = Task { try await publisher.publish("sent before the cancel", to: channel) }
+        try await Task.sleep(for: .milliseconds(100))
+        call.cancel()
+        try await Task.sleep(for: .milliseconds(100))
+        server.resume()
+        #expect(try await call.value == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["sent before the cancel"])
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func aSentPublishStillEndsAtTheCommandTimeout() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(300)
+        let publisher = try await Publisher.connect(to: configuration)
+        server.pause()
+        let call = Task { try await publisher.publish("into a frozen server", to: uniqueName("ch")) }
+        try await Task.sleep(for: .milliseconds(50))
+        call.cancel()
+        let time = await elapsed {
+            await #expect { try await call.value } throws: { isRedisError($0, .timeout) }
+        }
+        #expect(time < .seconds(5))
+        server.resume()
+        await publisher.close()
+    }
+}
