@@ -9,7 +9,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pubsub-bench",
         abstract: "Pub/Sub throughput, CPU and latency of RedisPubSub, side by side with raw hiredis (C).",
-        subcommands: [Compare.self, Subscribe.self, Publish.self, PublishPaced.self]
+        subcommands: [Compare.self, Subscribe.self, Publish.self, PublishPaced.self, Burst.self]
     )
 }
 
@@ -66,6 +66,9 @@ struct Subscribe: AsyncParsableCommand {
     @Flag(help: "Payloads start with their send time (CLOCK_MONOTONIC ns): record publish-to-receive latency.")
     var latency = false
 
+    @Option(help: "Swift: where the consuming tasks run: global (the default executor) or loop (the subscriber's taskExecutor).")
+    var executor = ExecutorChoice.global
+
     func run() async throws {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
@@ -91,9 +94,10 @@ struct Subscribe: AsyncParsableCommand {
             printFlushed("ready")
             let start = cpuSeconds()
             let count = self.count, latency = self.latency
+            let preference: (any TaskExecutor)? = executor == .loop ? subscriber.taskExecutor : nil
             let results = try await withThrowingTaskGroup(of: (UInt64, UInt64, [UInt64]).self) { group in
                 for subscription in subscriptions {
-                    group.addTask {
+                    group.addTask(executorPreference: preference) {
                         var received = 0
                         var first: UInt64 = 0
                         var latencies: [UInt64] = []
@@ -222,6 +226,69 @@ struct PublishPaced: AsyncParsableCommand {
         guard result.error == 0 else { throw failure(result) }
         printFlushed("published \(result.messages) messages in \(String(format: "%.6f", result.seconds)) s")
     }
+}
+
+// MARK: burst
+
+struct Burst: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Memory under a burst: a subscription whose consumer is stalled while N messages arrive; prints the "
+            + "peak resident memory, then drains and prints what was delivered and dropped.")
+
+    @OptionGroup var common: Common
+
+    @Option(help: "Messages in the burst.")
+    var count = 1_000_000
+
+    @Option(help: "Payload size in bytes.")
+    var size = 64
+
+    @Option(help: "default: the default bounded policy (newest 10,000); unbounded: keep everything.")
+    var policy = PolicyChoice.default
+
+    enum PolicyChoice: String, ExpressibleByArgument, CaseIterable {
+        case `default`, unbounded
+    }
+
+    func run() async throws {
+        alarm(common.timeout)
+        let (host, port) = try common.endpoint
+        var configuration = try RedisConfiguration(url: common.url)
+        configuration.healthCheckInterval = nil
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(
+            to: common.channel, bufferingPolicy: policy == .default ? .default : .unbounded)
+        let before = peakResidentBytes()
+        // The burst, from raw hiredis with 1,000 in flight, while nobody consumes; then a marker.
+        let result = baseline_publish(host, port, common.channel, count, size, 1000)
+        guard result.error == 0 else { throw failure(result) }
+        try await publisher.publish("end", to: common.channel)
+        var delivered = 0
+        for try await message in subscription {
+            delivered += 1
+            if message.payload == Array("end".utf8) { break }
+        }
+        let peak = peakResidentBytes()
+        printFlushed("burst of \(count) messages of \(size) B, policy \(policy.rawValue): peak RSS \(mb(peak)) MB "
+            + "(\(mb(before)) MB before the burst), delivered \(delivered), dropped \(subscription.droppedMessageCount)")
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    private func mb(_ bytes: Int) -> String { String(format: "%.1f", Double(bytes) / 1_048_576) }
+}
+
+/// The process's peak resident memory so far, in bytes.
+func peakResidentBytes() -> Int {
+    var usage = rusage()
+    #if canImport(Darwin)
+    getrusage(RUSAGE_SELF, &usage)
+    return Int(usage.ru_maxrss)  // bytes on Darwin
+    #else
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Int(usage.ru_maxrss) * 1024  // kilobytes on Linux
+    #endif
 }
 
 // MARK: helpers

@@ -36,21 +36,30 @@ struct Compare: AsyncParsableCommand {
             rows.append(Row("subscriber CPU, \(size) B payloads", "CPU s per 1M msgs", cpu, higherIsBetter: false))
         }
 
-        // Publisher throughput, no subscribers: C with 1,000 in flight; Swift with 1 and 100 tasks on one Publisher.
-        for concurrency in [1, 100] {
+        // Publisher throughput, no subscribers. The target row: Swift tasks on the default executor against C with
+        // 1,000 commands in flight. The others separate where the difference comes from: the executor the tasks run
+        // on, and how many commands are in flight (a task has at most one).
+        let publisherRuns: [(label: String, tasks: Int, executor: ExecutorChoice, cInFlight: Int, messages: Int)] = [
+            ("Swift 1 task vs C 1 in flight", 1, .global, 1, 50_000),
+            ("Swift 100 tasks vs C 1,000 in flight", 100, .global, 1000, 1_000_000),
+            ("Swift 100 tasks on taskExecutor vs C 1,000 in flight", 100, .loop, 1000, 1_000_000),
+            ("Swift 100 tasks on taskExecutor vs C 100 in flight", 100, .loop, 100, 1_000_000),
+            ("Swift 1,000 tasks on taskExecutor vs C 1,000 in flight", 1000, .loop, 1000, 1_000_000),
+        ]
+        for publisherRun in publisherRuns {
             var rates: [Engine: [Double]] = [:]
-            let messages = count(concurrency == 1 ? 100_000 : 1_000_000)
             for run in 0..<runs {
                 for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
                     let output = try await Child.run(bench, [
                         "publish", "--url", url, "--channel", "nobody", "--engine", engine.rawValue,
-                        "--count", "\(messages)", "--size", "64",
-                        "--concurrency", engine == .c ? "1000" : "\(concurrency)",
+                        "--count", "\(count(publisherRun.messages))", "--size", "64",
+                        "--concurrency", "\(engine == .c ? publisherRun.cInFlight : publisherRun.tasks)",
+                        "--executor", publisherRun.executor.rawValue,
                     ])
                     rates[engine, default: []].append(try Self.rate(output, "published"))
                 }
             }
-            rows.append(Row("publisher, 64 B, Swift with \(concurrency) task(s) vs C with 1,000 in flight", "msgs/s", rates, higherIsBetter: true))
+            rows.append(Row("publisher, 64 B, \(publisherRun.label)", "msgs/s", rates, higherIsBetter: true))
         }
 
         // Fan-out: one connection, 50 subscriptions (Swift) or 50 counters per message (C).
@@ -65,21 +74,32 @@ struct Compare: AsyncParsableCommand {
             rows.append(Row("fan-out to 50 subscriptions on one connection", "deliveries/s", rates, higherIsBetter: true))
         }
 
-        // Publish-to-receive latency at a fixed rate from the C paced publisher.
-        for rate in [10_000, 100_000] {
+        // Publish-to-receive latency at a fixed rate from the C paced publisher; the Swift consumer on the default
+        // executor, then on the subscriber's taskExecutor.
+        for (rate, executor) in [(10_000, ExecutorChoice.global), (100_000, .global), (10_000, .loop), (100_000, .loop)] {
             var p50: [Engine: [Double]] = [:], p99: [Engine: [Double]] = [:], p999: [Engine: [Double]] = [:]
             for run in 0..<runs {
                 for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
                     let sample = try await subscriberRun(
-                        bench, url, engine: engine, size: 64, count: count(rate * 2), pacedRate: rate)
+                        bench, url, engine: engine, size: 64, count: count(rate * 2), pacedRate: rate, executor: executor)
                     p50[engine, default: []].append(sample.latency?.p50 ?? .nan)
                     p99[engine, default: []].append(sample.latency?.p99 ?? .nan)
                     p999[engine, default: []].append(sample.latency?.p999 ?? .nan)
                 }
             }
-            rows.append(Row("latency p50 at \(rate / 1000)k msgs/s", "µs", p50, higherIsBetter: false))
-            rows.append(Row("latency p99 at \(rate / 1000)k msgs/s", "µs", p99, higherIsBetter: false))
-            rows.append(Row("latency p99.9 at \(rate / 1000)k msgs/s", "µs", p999, higherIsBetter: false))
+            let label = "at \(rate / 1000)k msgs/s" + (executor == .loop ? ", Swift consumer on taskExecutor" : "")
+            rows.append(Row("latency p50 \(label)", "µs", p50, higherIsBetter: false))
+            rows.append(Row("latency p99 \(label)", "µs", p99, higherIsBetter: false))
+            rows.append(Row("latency p99.9 \(label)", "µs", p999, higherIsBetter: false))
+        }
+
+        // Memory: a burst into a stalled consumer, with the default bounded policy and with an unbounded one.
+        var memory: [String] = []
+        for policy in ["default", "unbounded"] {
+            let output = try await Child.run(bench, [
+                "burst", "--url", url, "--channel", "burst-\(policy)", "--count", "\(count(1_000_000))", "--policy", policy,
+            ])
+            memory.append(output.split(separator: "\n").first { $0.hasPrefix("burst ") }.map(String.init) ?? output)
         }
 
         let elapsed = Date().timeIntervalSince(started)
@@ -90,6 +110,9 @@ struct Compare: AsyncParsableCommand {
         print("| workload | unit | raw hiredis (C) | RedisPubSub (Swift) | Swift / C |")
         print("|---|---|---:|---:|---:|")
         for row in rows { print(row.markdown) }
+        print("")
+        print("Memory (Swift only; the consumer stalls until the burst is over):")
+        for line in memory { print("- " + line) }
     }
 
     // MARK: One subscriber run
@@ -101,11 +124,12 @@ struct Compare: AsyncParsableCommand {
     }
 
     private func subscriberRun(
-        _ bench: String, _ url: String, engine: Engine, size: Int, count: Int, fanout: Int = 1, pacedRate: Int? = nil
+        _ bench: String, _ url: String, engine: Engine, size: Int, count: Int, fanout: Int = 1, pacedRate: Int? = nil,
+        executor: ExecutorChoice = .global
     ) async throws -> SubscriberSample {
         let channel = "bench-\(UUID().uuidString.prefix(8))"
         var arguments = ["subscribe", "--url", url, "--channel", channel, "--engine", engine.rawValue,
-                         "--count", "\(count)", "--fanout", "\(fanout)"]
+                         "--count", "\(count)", "--fanout", "\(fanout)", "--executor", executor.rawValue]
         if pacedRate != nil { arguments.append("--latency") }
         let subscriber = try Child(bench, arguments)
         try await subscriber.waitForLine(containing: "ready")
