@@ -42,4 +42,25 @@ struct ReadmeExampleTests {
         #expect(greeting == "hello")
         #expect(receivers >= 0)
     }
+
+    @Test func taskExecutorExample() async throws {
+        let publisher = try await Publisher.connect(to: try SharedServer.configuration)
+        let subscriber = try await Subscriber.connect(to: try SharedServer.configuration)
+        let subscription = try await subscriber.subscribe(to: "activity")
+        let batches = [["a", "b"], ["c"], ["d", "e", "f"]]
+        // --- README: Publishing (taskExecutor) ---
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for batch in batches {
+                group.addTask(executorPreference: publisher.taskExecutor) {
+                    for event in batch { try await publisher.publish(event, to: "activity") }
+                }
+            }
+            try await group.waitForAll()
+        }
+        // ---
+        let received = try await collect(subscription, 6).map(\.string)
+        #expect(received.sorted() == ["a", "b", "c", "d", "e", "f"])
+        await subscriber.close()
+        await publisher.close()
+    }
 }

@@ -86,6 +86,47 @@ struct ResilienceTests {
         await subscriber.close()
     }
 
+    @Test func subscribeWhileReconnectingWaitsForTheReconnect() async throws {
+        var server = try RedisServer.start()
+        let port = server.port
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeout = .seconds(5)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let events = EventRecorder(subscriber.events)
+        server.stop()
+        _ = await events.next { if case .disconnected = $0 { true } else { false } }
+        let waiting = Task { try await subscriber.subscribe(to: "late") }
+        try await Task.sleep(for: .milliseconds(300))
+        server = try RedisServer.start(port: port)
+        defer { server.stop() }
+        let subscription = try await waiting.value  // returns once the new connection acknowledged it
+        let publisher = try await RedisConnection.connect(to: configuration)
+        #expect(try await publisher.publish("hello", to: "late") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["hello"])
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func subscribeWhileDownGivesUpAtTheConnectTimeoutAndCancelsCleanly() async throws {
+        let server = try RedisServer.start()
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeout = .milliseconds(500)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let events = EventRecorder(subscriber.events)
+        server.stop()
+        _ = await events.next { if case .disconnected = $0 { true } else { false } }
+        let time = await elapsed {
+            await #expect { try await subscriber.subscribe(to: "never") } throws: { isRedisError($0, .connectionClosed) }
+        }
+        #expect(time >= .milliseconds(400) && time < .seconds(5))
+        let cancelled = Task { try await subscriber.subscribe(to: "cancelled") }
+        try await Task.sleep(for: .milliseconds(100))
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        try await waitUntil { await subscriber.activeSubscriptionCount() == 0 }  // nothing left waiting
+        await subscriber.close()
+    }
+
     @Test func clientKillTypePubsubAndNormal() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
@@ -374,7 +415,7 @@ struct ResilienceTests {
                 let channel = names[Int(random.next() % 20)]
                 guard let subscription = try? await subscriber.subscribe(to: channel, bufferingPolicy: .bufferingNewest(100)) else {
                     counts.refused += 1
-                    continue  // reconnecting: subscribe fails at once, by design
+                    continue  // still reconnecting when the connect timeout passed
                 }
                 counts.subscribed += 1
                 created.append(Weak(subscription.handle))

@@ -52,6 +52,9 @@ public final class Subscriber: Sendable {
 
     /// Subscribes to one or more channels (`SUBSCRIBE`) and returns once the server acknowledged all of them.
     ///
+    /// While the connection is down (reconnecting), the call waits for the reconnect, up to
+    /// ``RedisConfiguration/connectTimeout``, then throws ``RedisError/Code/connectionClosed``.
+    ///
     /// - Parameters:
     ///   - channels: channel names; text or bytes.
     ///   - bufferingPolicy: what to drop when the consumer falls behind; ``BufferingPolicy/default`` keeps the

@@ -17,6 +17,8 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// Why the connection is down right now (reconnecting), if it is.
     private var lostError: RedisError?
     private var closedError: RedisError?
+    /// Subscriptions waiting for the connection to come back (see ``park(_:)``), in the order they were made.
+    private var parked: [(sink: SubscriptionSink, timer: LoopTimer)] = []
     /// The last routed channel (or pattern): its interned name and recipients, so a burst on one channel costs no
     /// hashing and no channel-name allocation. Cleared whenever the registry changes.
     private var routeCache: (kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
@@ -34,9 +36,13 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func add(_ sink: SubscriptionSink) {
         connection.loop.assertInLoop()
-        if let error = closedError ?? lostError.map({ RedisError(.connectionClosed, "not connected: reconnecting after: \($0.message)") }) {
-            sink.ready.fail(error)
-            sink.finish(.failed(error))
+        if let closedError {
+            sink.ready.fail(closedError)
+            sink.finish(.failed(closedError))
+            return
+        }
+        if lostError != nil {
+            park(sink)
             return
         }
         routeCache = nil
@@ -47,12 +53,31 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func remove(_ sink: SubscriptionSink) {
         connection.loop.assertInLoop()
+        if let index = parked.firstIndex(where: { $0.sink === sink }) {
+            parked.remove(at: index).timer.cancel()
+            return
+        }
         routeCache = nil
         send(machine.remove(sink, from: sink.keys))
     }
 
-    /// Subscriptions registered right now (for tests and introspection).
-    var subscriptionCount: Int { machine.sinkCount }
+    /// Subscriptions registered right now (for tests and introspection), counting those waiting for a reconnect.
+    var subscriptionCount: Int { machine.sinkCount + parked.count }
+
+    /// A subscription made (or not yet confirmed) while the connection is down waits for the reconnect, up to the
+    /// connect timeout; then its `subscribe` call fails.
+    private func park(_ sink: SubscriptionSink) {
+        let limit = connection.configuration.connectTimeout
+        let timer = connection.loop.scheduleTimer(at: .now + limit) { [self] in
+            guard let index = parked.firstIndex(where: { $0.sink === sink }) else { return }
+            parked.remove(at: index)
+            let cause = lostError.map { ": \($0.message)" } ?? ""
+            let error = RedisError(.connectionClosed, "not connected: still reconnecting after \(limit)\(cause)")
+            sink.ready.fail(error)
+            sink.finish(.failed(error))
+        }
+        parked.append((sink, timer))
+    }
 
     /// `close()`: unsubscribe everything, let the acknowledgements (and the messages before them) arrive, close.
     func close(_ completion: @escaping @Sendable () -> Void) {
@@ -172,11 +197,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         routeCache = nil
         lostError = error
         lostAt = .now
-        // Subscriptions not yet confirmed fail (their `subscribe` call throws); the others wait for the reconnect.
-        for sink in machine.connectionLost() {
-            sink.ready.fail(error)
-            sink.finish(.failed(error))
-        }
+        // Subscriptions not yet confirmed start again after the reconnect (their `subscribe` call still waits); the
+        // others are resubscribed then.
+        for sink in machine.connectionLost() { park(sink) }
         var notified = Set<ObjectIdentifier>()
         for key in machine.channels.keys {
             for sink in machine.recipients(key) where notified.insert(ObjectIdentifier(sink)).inserted {
@@ -189,12 +212,25 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         lostError = nil
         routeCache = nil
         send(machine.resubscribeAll())
+        let waiting = parked
+        parked = []
+        for (sink, timer) in waiting {
+            timer.cancel()
+            add(sink)
+        }
     }
 
     func connectionClosed(_ error: RedisError?) {
         flush()
         routeCache = nil
         closedError = error ?? RedisError(.connectionClosed, "the subscriber was closed by close()")
+        let waiting = parked
+        parked = []
+        for (sink, timer) in waiting {
+            timer.cancel()
+            sink.ready.fail(closedError!)
+            sink.finish(.failed(closedError!))
+        }
         for sink in machine.removeAll() {
             sink.ready.fail(closedError!)
             sink.finish(error.map { .failed($0) } ?? .finished)
