@@ -63,7 +63,18 @@ enum RESP {
     /// `*3 $verb $channel $message` in one exact-size allocation (the publish fast path).
     static func encode(_ verb: StaticString, _ first: RedisArgument, _ second: RedisArgument) -> [UInt8] {
         var out = [UInt8]()
-        out.reserveCapacity(4 + 3 * 24 + verb.utf8CodeUnitCount + first.count + second.count)
+        out.reserveCapacity(encodedSizeBound(verb, first, second))
+        append(verb, first, second, to: &out)
+        return out
+    }
+
+    /// At least the size of `*3 $verb $first $second`.
+    static func encodedSizeBound(_ verb: StaticString, _ first: RedisArgument, _ second: RedisArgument) -> Int {
+        4 + 3 * 24 + verb.utf8CodeUnitCount + first.count + second.count
+    }
+
+    /// Appends `*3 $verb $first $second` (batches encode their commands back to back).
+    static func append(_ verb: StaticString, _ first: RedisArgument, _ second: RedisArgument, to out: inout [UInt8]) {
         out.append(contentsOf: [UInt8(ascii: "*"), UInt8(ascii: "3"), 13, 10, UInt8(ascii: "$")])
         appendDecimal(verb.utf8CodeUnitCount, to: &out)
         out.append(13); out.append(10)
@@ -71,7 +82,6 @@ enum RESP {
         out.append(13); out.append(10)
         append(first, to: &out)
         append(second, to: &out)
-        return out
     }
 
     static func append(_ argument: RedisArgument, to out: inout [UInt8]) {

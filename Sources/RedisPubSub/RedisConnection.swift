@@ -114,6 +114,18 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// Sends `commands` commands encoded back to back in `bytes`, written together, and waits once for all their
+    /// replies, in order; throws the first failure once every command is resolved. Interruptible only before sending,
+    /// like ``sendUninterruptible(encoded:)``.
+    func sendBatch(encoded bytes: [UInt8], commands: Int) async throws -> [RedisValue] {
+        try Task.checkCancellation()
+        guard commands > 0 else { return [] }
+        return try await withUnsafeThrowingContinuation { continuation in
+            let batch = ConnectionCore.Batch(count: commands, continuation: continuation)
+            core.submit(.init(bytes: bytes, request: .batchPart(batch), commands: commands))
+        }
+    }
+
     /// Closes the connection. Commands already sent get their replies (or time out) first; commands sent later fail
     /// with ``RedisError/Code/connectionClosed``. Returns once the socket is closed. Calling it again does nothing.
     public func close() async {

@@ -103,3 +103,55 @@ struct ExecutorTests {
         await publisher.close()
     }
 }
+
+@Suite("Publishing in batches")
+struct BatchPublishTests {
+    @Test func aBatchArrivesInOrderWithOneCountPerMessage() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let channel = uniqueName("ch"), shard = uniqueName("shard")
+        let subscription = try await subscriber.subscribe(to: channel)
+        let shardSubscription = try await subscriber.subscribe(toShardChannels: shard)
+        let messages = (0..<1000).map { "message \($0)" }
+        #expect(try await publisher.publish(contentsOf: messages, to: channel) == Array(repeating: 1, count: 1000))
+        #expect(try await collect(subscription, 1000).map(\.string) == messages)
+        #expect(try await publisher.publish(contentsOf: [[1, 2], [3]] as [[UInt8]], toShard: shard) == [1, 1])
+        #expect(try await collect(shardSubscription, 2).map(\.payload) == [[1, 2], [3]])
+        #expect(try await publisher.publish(contentsOf: [String](), to: channel) == [])
+        // The connection's replies stay matched to their callers afterwards.
+        #expect(try await publisher.publish("after", to: uniqueName("ch")) == 0)
+        #expect(try await publisher.connection.send("ECHO", "still aligned").string == "still aligned")
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func aBatchIntoAFrozenServerTimesOutAndItsLateRepliesAreDiscarded() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(300)
+        let publisher = try await Publisher.connect(to: configuration)
+        server.pause()
+        await #expect {
+            try await publisher.publish(contentsOf: (0..<500).map { "m\($0)" }, to: uniqueName("ch"))
+        } throws: { isRedisError($0, .timeout) }
+        server.resume()
+        // 500 late replies arrive now: none may be taken for the next command's.
+        #expect(try await publisher.connection.send("ECHO", "next").string == "next")
+        await publisher.close()
+    }
+
+    @Test func aBatchFromAnAlreadyCancelledTaskIsNotSent() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let channel = uniqueName("ch")
+        let subscription = try await subscriber.subscribe(to: channel)
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await publisher.publish(contentsOf: ["a", "b"], to: channel)
+        }
+        await #expect(throws: CancellationError.self) { try await task.value }
+        try await publisher.publish("marker", to: channel)
+        #expect(try await collect(subscription, 1).map(\.string) == ["marker"])
+        await subscriber.close()
+        await publisher.close()
+    }
+}

@@ -168,6 +168,9 @@ struct Publish: AsyncParsableCommand {
     @Option(help: "Swift: where the publishing tasks run: global (the default executor) or loop (the publisher's taskExecutor).")
     var executor = ExecutorChoice.global
 
+    @Option(help: "Swift: messages per call; above 1, each task publishes with publish(contentsOf:to:).")
+    var batch = 1
+
     func run() async throws {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
@@ -182,14 +185,23 @@ struct Publish: AsyncParsableCommand {
             configuration.commandTimeout = .seconds(60)
             let publisher = try await Publisher.connect(to: configuration)
             let payload = [UInt8](repeating: 120, count: size)
-            let channel = common.channel, count = self.count, concurrency = self.concurrency
+            let channel = common.channel, count = self.count, concurrency = self.concurrency, batch = self.batch
             let preference: (any TaskExecutor)? = executor == .loop ? publisher.taskExecutor : nil
             let clock = ContinuousClock.now
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for task in 0..<concurrency {
                     let share = count / concurrency + (task < count % concurrency ? 1 : 0)
                     group.addTask(executorPreference: preference) {
-                        for _ in 0..<share { try await publisher.publish(payload, to: channel) }
+                        if batch <= 1 {
+                            for _ in 0..<share { try await publisher.publish(payload, to: channel) }
+                            return
+                        }
+                        var left = share
+                        while left > 0 {
+                            let size = min(batch, left)
+                            try await publisher.publish(contentsOf: repeatElement(payload, count: size), to: channel)
+                            left -= size
+                        }
                     }
                 }
                 try await group.waitForAll()

@@ -39,12 +39,15 @@ struct Compare: AsyncParsableCommand {
         // Publisher throughput, no subscribers. The target row: Swift tasks on the default executor against C with
         // 1,000 commands in flight. The others separate where the difference comes from: the executor the tasks run
         // on, and how many commands are in flight (a task has at most one).
-        let publisherRuns: [(label: String, tasks: Int, executor: ExecutorChoice, cInFlight: Int, messages: Int)] = [
-            ("Swift 1 task vs C 1 in flight", 1, .global, 1, 50_000),
-            ("Swift 100 tasks vs C 1,000 in flight", 100, .global, 1000, 1_000_000),
-            ("Swift 100 tasks on taskExecutor vs C 1,000 in flight", 100, .loop, 1000, 1_000_000),
-            ("Swift 100 tasks on taskExecutor vs C 100 in flight", 100, .loop, 100, 1_000_000),
-            ("Swift 1,000 tasks on taskExecutor vs C 1,000 in flight", 1000, .loop, 1000, 1_000_000),
+        typealias PublisherRun = (label: String, tasks: Int, executor: ExecutorChoice, batch: Int, cInFlight: Int, messages: Int)
+        let publisherRuns: [PublisherRun] = [
+            ("Swift 1 task vs C 1 in flight", 1, .global, 1, 1, 50_000),
+            ("Swift 100 tasks vs C 1,000 in flight", 100, .global, 1, 1000, 1_000_000),
+            ("Swift 100 tasks on taskExecutor vs C 1,000 in flight", 100, .loop, 1, 1000, 1_000_000),
+            ("Swift 100 tasks on taskExecutor vs C 100 in flight", 100, .loop, 1, 100, 1_000_000),
+            ("Swift 1,000 tasks on taskExecutor vs C 1,000 in flight", 1000, .loop, 1, 1000, 1_000_000),
+            ("Swift 100 tasks, publish(contentsOf:) batches of 10, vs C 1,000 in flight", 100, .global, 10, 1000, 1_000_000),
+            ("Swift 10 tasks, publish(contentsOf:) batches of 100, vs C 1,000 in flight", 10, .global, 100, 1000, 1_000_000),
         ]
         for publisherRun in publisherRuns {
             var rates: [Engine: [Double]] = [:]
@@ -54,7 +57,7 @@ struct Compare: AsyncParsableCommand {
                         "publish", "--url", url, "--channel", "nobody", "--engine", engine.rawValue,
                         "--count", "\(count(publisherRun.messages))", "--size", "64",
                         "--concurrency", "\(engine == .c ? publisherRun.cInFlight : publisherRun.tasks)",
-                        "--executor", publisherRun.executor.rawValue,
+                        "--executor", publisherRun.executor.rawValue, "--batch", "\(publisherRun.batch)",
                     ])
                     rates[engine, default: []].append(try Self.rate(output, "published"))
                 }
@@ -76,12 +79,15 @@ struct Compare: AsyncParsableCommand {
 
         // Publish-to-receive latency at a fixed rate from the C paced publisher; the Swift consumer on the default
         // executor, then on the subscriber's taskExecutor.
+        // Tail percentiles on a shared machine swing with every scheduling hiccup: these rows take at least 5 pairs.
         for (rate, executor) in [(10_000, ExecutorChoice.global), (100_000, .global), (10_000, .loop), (100_000, .loop)] {
             var p50: [Engine: [Double]] = [:], p99: [Engine: [Double]] = [:], p999: [Engine: [Double]] = [:]
-            for run in 0..<runs {
+            for run in 0..<max(runs, 5) {
                 for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    // At least 100k samples: in a shorter run, the start-up's few milliseconds alone make the p99.
                     let sample = try await subscriberRun(
-                        bench, url, engine: engine, size: 64, count: count(rate * 2), pacedRate: rate, executor: executor)
+                        bench, url, engine: engine, size: 64, count: count(max(rate * 2, 100_000)), pacedRate: rate,
+                        executor: executor)
                     p50[engine, default: []].append(sample.latency?.p50 ?? .nan)
                     p99[engine, default: []].append(sample.latency?.p99 ?? .nan)
                     p999[engine, default: []].append(sample.latency?.p999 ?? .nan)
@@ -104,7 +110,7 @@ struct Compare: AsyncParsableCommand {
 
         let elapsed = Date().timeIntervalSince(started)
         print("")
-        print("pubsub-bench compare: \(runs) alternating pair(s) per row, medians; redis-server \(server.version) on loopback; "
+        print("pubsub-bench compare: \(runs) alternating pair(s) per row (latency rows: \(max(runs, 5))), medians; redis-server \(server.version) on loopback; "
             + "\(ProcessInfo.processInfo.activeProcessorCount) cores; \(Int(elapsed)) s; scale \(scale)")
         print("")
         print("| workload | unit | raw hiredis (C) | RedisPubSub (Swift) | Swift / C |")

@@ -45,6 +45,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         /// A caller resumed only here on the loop, by the reply, the command timeout or the connection's end; it
         /// cannot leave early, so it needs no lock and no cancellation handler (publishing).
         case direct(UnsafeContinuation<RedisValue, any Error>)
+        /// One command of a batch written together; the batch resumes its caller once every command is resolved.
+        case batchPart(Batch)
 
         /// Whether nobody waits any more (a cancelled request not yet written needs no writing).
         var isFinished: Bool {
@@ -55,6 +57,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             switch self {
             case .cancellable(let pending): pending.succeed(value)
             case .direct(let continuation): continuation.resume(returning: value)
+            case .batchPart(let batch): batch.resolveNext(.success(value))
             }
         }
 
@@ -62,14 +65,56 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             switch self {
             case .cancellable(let pending): pending.fail(error)
             case .direct(let continuation): continuation.resume(throwing: error)
+            case .batchPart(let batch): batch.resolveNext(.failure(error))
             }
         }
     }
 
-    /// A command to write, with whoever awaits its reply.
+    /// The replies of commands written together, for one caller: it is resumed once every command has its reply, its
+    /// timeout or the connection's end, with the replies in order or the first failure.
+    final class Batch: @unchecked Sendable {
+        // @unchecked Sendable because: the caller only creates it; from its submission on, only the loop touches it.
+        private var replies: [RedisValue] = []
+        private var failure: (any Error)?
+        private let count: Int
+        private let continuation: UnsafeContinuation<[RedisValue], any Error>
+
+        init(count: Int, continuation: UnsafeContinuation<[RedisValue], any Error>) {
+            precondition(count > 0)
+            self.count = count
+            self.continuation = continuation
+            replies.reserveCapacity(count)
+        }
+
+        /// The outcome of the next command (outcomes arrive in the order the commands were written).
+        func resolveNext(_ outcome: Result<RedisValue, any Error>) {
+            switch outcome {
+            case .success(let reply): replies.append(reply)
+            case .failure(let error):
+                if failure == nil { failure = error }
+                replies.append(.null)
+            }
+            guard replies.count == count else { return }
+            if let failure { continuation.resume(throwing: failure) } else { continuation.resume(returning: replies) }
+        }
+
+        /// None of the commands was written.
+        func failAll(_ error: any Error) {
+            continuation.resume(throwing: error)
+        }
+    }
+
+    /// Commands to write (one, or a batch), with whoever awaits their replies.
     struct Submission {
         let bytes: [UInt8]
         let request: Request
+        /// How many commands `bytes` holds: each gets its slot in the request queue.
+        var commands = 1
+
+        /// Fails a submission that was never written.
+        func fail(_ error: any Error) {
+            if case .batchPart(let batch) = request { batch.failAll(error) } else { request.fail(error) }
+        }
     }
 
     enum Waiter {
@@ -157,7 +202,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return .schedule
         }
         switch next {
-        case .fail(let error): submission.request.fail(error)
+        case .fail(let error): submission.fail(error)
         case .schedule: loop.execute { self.drainInbox() }
         case .writeNow: drainInbox()
         case .none: break
@@ -385,14 +430,14 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         guard acceptsWrites, let context else {
             let error = closedError ?? RedisError(
                 .connectionClosed, "not connected: reconnecting" + (lastError.map { " after: \($0.message)" } ?? ""))
-            for submission in submissions { submission.request.fail(error) }
+            for submission in submissions { submission.fail(error) }
             return
         }
         let deadline = ContinuousClock.now + configuration.commandTimeout
         // A request cancelled before writing is not sent.
         for submission in submissions where !submission.request.isFinished {
             submission.bytes.withUnsafeBytes { context.append($0) }
-            queue.append(.request(submission.request), deadline: deadline)
+            for _ in 0..<submission.commands { queue.append(.request(submission.request), deadline: deadline) }
         }
         context.flush()
         armTimeoutTimer()
@@ -646,7 +691,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             case .handshake: break
             }
         }
-        for submission in leftovers.1 { submission.request.fail(leftovers.0) }
+        for submission in leftovers.1 { submission.fail(leftovers.0) }
         connectWaiter?.fail(failure)
         connectWaiter = nil
         for waiter in readyWaiters { waiter.fail(failure) }
