@@ -51,8 +51,11 @@ public final class Publisher: Sendable {
 
     /// Sends a PUBLISH or SPUBLISH, and per ``retry`` sends it again after a reconnect when it failed because the
     /// connection was down. The common case (no retry) is one call deep: every async frame on this path costs.
-    private func send(_ command: StaticString, _ channel: some RedisArgumentConvertible, _ message: RedisArgument) async throws -> Int {
-        let bytes = RESP.encode(command, channel.redisArgument, message)
+    /// Not generic: the public overloads are inlined into their callers (where the channel's type is known) and only
+    /// convert.
+    @usableFromInline
+    func send(_ command: StaticString, _ channel: RedisArgument, _ message: RedisArgument) async throws -> Int {
+        let bytes = RESP.encode(command, channel, message)
         guard case .whileReconnecting = retry.base else {
             return try Self.count(command, try await connection.sendUninterruptible(encoded: bytes))
         }
@@ -105,21 +108,21 @@ public final class Publisher: Sendable {
     ///
     /// - Returns: the number of subscribers that received it, as the server counts them.
     /// - Throws: ``RedisError``, `CancellationError`.
-    @discardableResult
+    @inlinable @discardableResult
     public func publish(_ message: String, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("PUBLISH", channel, message.redisArgument)
+        try await send("PUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// Publishes bytes as they are.
-    @discardableResult
+    @inlinable @discardableResult
     public func publish(_ message: [UInt8], to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("PUBLISH", channel, message.redisArgument)
+        try await send("PUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// Publishes the bytes of `message`.
-    @discardableResult
+    @inlinable @discardableResult
     public func publish(_ message: Data, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("PUBLISH", channel, message.redisArgument)
+        try await send("PUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// Publishes `value` encoded as JSON with `encoder` (default: the publisher's ``encoder``).
@@ -131,7 +134,7 @@ public final class Publisher: Sendable {
         to channel: some RedisArgumentConvertible,
         encoder: JSONEncoder? = nil
     ) async throws -> Int {
-        try await send("PUBLISH", channel, (encoder ?? self.encoder).encode(value).redisArgument)
+        try await send("PUBLISH", channel.redisArgument, (encoder ?? self.encoder).encode(value).redisArgument)
     }
 
     /// Publishes many messages to one channel in one write, waiting once for all the replies: the fastest way to
@@ -167,21 +170,21 @@ public final class Publisher: Sendable {
     // MARK: SPUBLISH
 
     /// Publishes text to a sharded channel (`SPUBLISH`, Redis 7).
-    @discardableResult
+    @inlinable @discardableResult
     public func publish(_ message: String, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("SPUBLISH", channel, message.redisArgument)
+        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// Publishes bytes to a sharded channel (`SPUBLISH`).
-    @discardableResult
+    @inlinable @discardableResult
     public func publish(_ message: [UInt8], toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("SPUBLISH", channel, message.redisArgument)
+        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// Publishes the bytes of `message` to a sharded channel (`SPUBLISH`).
-    @discardableResult
+    @inlinable @discardableResult
     public func publish(_ message: Data, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("SPUBLISH", channel, message.redisArgument)
+        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// Publishes `value` as JSON to a sharded channel (`SPUBLISH`).
@@ -191,7 +194,7 @@ public final class Publisher: Sendable {
         toShard channel: some RedisArgumentConvertible,
         encoder: JSONEncoder? = nil
     ) async throws -> Int {
-        try await send("SPUBLISH", channel, (encoder ?? self.encoder).encode(value).redisArgument)
+        try await send("SPUBLISH", channel.redisArgument, (encoder ?? self.encoder).encode(value).redisArgument)
     }
 
     // MARK: Introspection
