@@ -10,9 +10,9 @@ extension RedisConnection {
 
     /// `PUBLISH`: sends `message` to every subscriber of `channel`.
     ///
-    /// Cancellation is checked before the command is sent. A publish already sent is delivered by the server
-    /// whatever the caller does, so it is not interrupted: the call returns the count (or fails at the command
-    /// timeout).
+    /// Cancellation is checked when the call starts. A publish under way is not interrupted: once sent, the server
+    /// delivers it whatever the caller does, so the call returns the count (or fails at the command timeout or when
+    /// the connection drops).
     ///
     /// - Returns: the number of clients that received it, as the server counts them (on a cluster: on this node).
     /// - Throws: as ``RedisConnection/send(_:_:)``.

@@ -30,7 +30,8 @@ public final class RedisConnection: Sendable {
     /// Such a task runs between the loop's reads and writes. A reply resumes it without waking another thread, and
     /// the command it sends next is written in the same turn, so a busy publisher spends far less time in the
     /// scheduler. Every connection shares the one loop thread: code that blocks it (sleeps, locks held for long,
-    /// heavy computation) delays all Redis I/O of the process. Keep such work on the default executor.
+    /// heavy computation) delays all Redis I/O of the process, and code that blocks it waiting for a Redis result
+    /// (a semaphore, say) waits forever. Keep such work on the default executor.
     public var taskExecutor: any TaskExecutor { core.loop }
 
     private init(core: ConnectionCore) {
@@ -106,7 +107,7 @@ public final class RedisConnection: Sendable {
 
     /// Sends a command whose caller waits for the reply even when its task is cancelled meanwhile (cancellation is
     /// checked before sending). For PUBLISH: once sent it is delivered anyway, so the caller may as well learn the
-    /// count. The wait is bounded by the command timeout; it costs no lock, allocation or cancellation handler.
+    /// count. The wait is bounded by the command timeout; it needs no `Pending` object and no cancellation handler.
     func sendUninterruptible(encoded bytes: [UInt8]) async throws -> RedisValue {
         try Task.checkCancellation()
         return try await withUnsafeThrowingContinuation { continuation in

@@ -48,6 +48,26 @@ struct ExecutorTests {
         await publisher.close()
     }
 
+    /// Code on the loop can keep it busy past a command's deadline while the reply is already in the socket: the
+    /// reply is read before the deadline is judged.
+    @Test func aReplyThatArrivedWhileTheLoopWasBusyBeatsItsTimeout() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(300)
+        let connection = try await RedisConnection.connect(to: configuration)
+        server.pause()
+        let call = Task { try await connection.send("ECHO", "answered in time") }
+        try await Task.sleep(for: .milliseconds(50))  // written; the frozen server has not answered
+        let pid = server.process.processIdentifier
+        EventLoop.shared.execute {
+            kill(pid, SIGCONT)  // the server answers at once...
+            usleep(700_000)  // ...while the loop is busy past the deadline
+        }
+        #expect(try await call.value.string == "answered in time")
+        await connection.close()
+    }
+
     @Test func aPublishFromAnAlreadyCancelledTaskIsNotSent() async throws {
         let (subscriber, publisher) = try await pubSubPair()
         let channel = uniqueName("ch")

@@ -42,8 +42,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     enum Request {
         /// A caller that may stop waiting at any time (task cancellation): ``RedisConnection/send(_:)``.
         case cancellable(Pending<RedisValue>)
-        /// A caller resumed only here on the loop, by the reply, the command timeout or the connection's end; it
-        /// cannot leave early, so it needs no lock and no cancellation handler (publishing).
+        /// A caller resumed only by the reply, the command timeout or the connection's end (on the loop, or at
+        /// submission when the connection is already closed); it cannot leave early, so its wait needs no lock and no
+        /// cancellation handler (publishing).
         case direct(UnsafeContinuation<RedisValue, any Error>)
         /// One command of a batch written together; the batch resumes its caller once every command is resolved.
         case batchPart(Batch)
@@ -209,9 +210,12 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         }
     }
 
-    /// A task running on the loop (``RedisConnection/taskExecutor``) that submits the this-many-th command since the
-    /// last write writes them at once instead of waiting for the end of the loop's turn: the server starts on them
-    /// while the loop runs the remaining tasks, rather than everything alternating in lockstep.
+    /// A task running on the loop (``RedisConnection/taskExecutor``) that makes the this-many-th submission since
+    /// the last write writes them all at once instead of waiting for the end of the loop's turn: the server starts
+    /// on them while the loop runs the remaining tasks, rather than everything alternating in lockstep.
+    ///
+    /// Safe because `submit` is reached on the loop only from task code, which the loop runs from its job queue with
+    /// no package method on the stack (resuming a continuation only enqueues). Package code never calls `submit`.
     static let earlyWriteThreshold = 32
 
     /// Closes the connection after its in-flight commands are answered or timed out; commands submitted after this
@@ -367,7 +371,14 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             self.context = nil
             context.close(cause: error)
         }
-        _ = queue.removeAll()  // handshake steps only
+        // Only handshake steps can be queued before the connection is ready; anything else still gets its answer.
+        for waiter in queue.removeAll() {
+            switch waiter {
+            case .request(let request): request.fail(error)
+            case .ownCommand(let handler, _): handler(.failure(RedisError(.connectionClosed, error.message)))
+            case .handshake: break
+            }
+        }
         // An attempt cut short by the clock says less than the failure before it: report that one when giving up.
         let cause = error.code == .timeout ? (lastError ?? error) : error
         lastError = error
@@ -416,7 +427,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     private func drainInbox() {
         loop.assertInLoop()
-        var submissions = spareSubmissions
+        var submissions: [Submission] = []
+        swap(&submissions, &spareSubmissions)  // moved, not copied: the inbox gets unique storage
         let closedError = inbox.withLock { inbox -> RedisError? in
             swap(&submissions, &inbox.submissions)
             inbox.scheduled = false
@@ -434,9 +446,16 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return
         }
         let deadline = ContinuousClock.now + configuration.commandTimeout
-        // A request cancelled before writing is not sent.
-        for submission in submissions where !submission.request.isFinished {
+        for (index, submission) in submissions.enumerated() {
+            if submission.request.isFinished { continue }  // cancelled before writing: not sent
             submission.bytes.withUnsafeBytes { context.append($0) }
+            // Buffering can fail (out of memory) and close the context at once: then nothing more may be queued for
+            // it, or the next connection's replies would be matched to these.
+            guard self.context === context else {
+                let error = RedisError(.connectionClosed, "the connection closed while commands were being written")
+                for unwritten in submissions[index...] { unwritten.fail(error) }
+                return
+            }
             for _ in 0..<submission.commands { queue.append(.request(submission.request), deadline: deadline) }
         }
         context.flush()
@@ -529,16 +548,20 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     private func expireTimeouts() {
+        var handshakeTimedOut: String?
         for waiter in queue.expire(now: .now) {
             switch waiter {
             case .request(let request):
                 request.fail(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)"))
             case .handshake(let command, _):
-                failAttempt(RedisError(.timeout, "\(command) got no reply within the connect timeout of \(configuration.connectTimeout)"))
-                return
+                handshakeTimedOut = handshakeTimedOut ?? command
             case .ownCommand(let handler, _):
                 handler(.failure(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")))
             }
+        }
+        if let command = handshakeTimedOut {
+            failAttempt(RedisError(.timeout, "\(command) got no reply within the connect timeout of \(configuration.connectTimeout)"))
+            return
         }
         closeIfDrained()
         armTimeoutTimer()

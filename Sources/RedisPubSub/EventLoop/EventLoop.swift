@@ -185,11 +185,9 @@ final class EventLoop: @unchecked Sendable {
 
         while true {
             runTasks()
-            let now = ContinuousClock.now
-            fireTimers(now: now)
             let timeout: Int32
             if let next = timers.nextDeadline {
-                timeout = Self.milliseconds(until: next, from: now)
+                timeout = Self.milliseconds(until: next, from: .now)
             } else {
                 timeout = -1
             }
@@ -199,6 +197,9 @@ final class EventLoop: @unchecked Sendable {
                 return true
             }
             poll(timeout: sleep ? timeout : 0, wasSleeping: sleep)
+            // Timers fire after the turn's I/O: tasks on the loop may have run long, and a reply that arrived
+            // meanwhile must be read before its deadline is judged.
+            fireTimers(now: .now)
         }
     }
 
@@ -206,8 +207,10 @@ final class EventLoop: @unchecked Sendable {
     /// connection draining what it published), up to a few rounds: then I/O gets its turn.
     private func runTasks() {
         for _ in 0..<4 {
-            // Swap buffers so the critical section is O(1) and the array's storage is reused.
-            var batch = spareWork
+            // Swap buffers so the critical section is O(1) and the array's storage is reused. The spare is moved out
+            // (not copied), so the inbox gets uniquely referenced storage and appends to it do not copy.
+            var batch: [Work] = []
+            swap(&batch, &spareWork)
             inbox.withLock { inbox in swap(&batch, &inbox.work) }
             if batch.isEmpty {
                 spareWork = batch

@@ -184,7 +184,8 @@ struct PubSubStateMachine<Sink: AnyObject> {
     }
 
     /// The connection was lost: the server forgot every subscription. Subscriptions still waiting for their first
-    /// acknowledgement are dropped and returned (their `subscribe` calls fail); the others stay, to be resubscribed.
+    /// acknowledgement are dropped and returned (the caller adds them again after the reconnect); the others stay, to
+    /// be resubscribed.
     mutating func connectionLost() -> [Sink] {
         var dropped: [Sink] = []
         for entry in waiting.values where !entry.resubscribing { dropped.append(entry.sink) }
