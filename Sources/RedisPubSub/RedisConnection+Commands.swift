@@ -18,8 +18,7 @@ extension RedisConnection {
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func publish(_ message: some RedisArgumentConvertible, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try integer("PUBLISH", try await sendUninterruptible(
-            encoded: RESP.encode("PUBLISH", channel.redisArgument, message.redisArgument)))
+        try await publish("PUBLISH", channel.redisArgument, message.redisArgument)
     }
 
     /// `SPUBLISH`: sends `message` to the subscribers of the sharded channel `channel` (Redis 7).
@@ -30,8 +29,24 @@ extension RedisConnection {
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func publish(_ message: some RedisArgumentConvertible, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try integer("SPUBLISH", try await sendUninterruptible(
-            encoded: RESP.encode("SPUBLISH", channel.redisArgument, message.redisArgument)))
+        try await publish("SPUBLISH", channel.redisArgument, message.redisArgument)
+    }
+
+    /// The one PUBLISH/SPUBLISH path (these helpers and ``Publisher``): encoded in one allocation, waited for without
+    /// a cancellation handler (see ``sendUninterruptible(encoded:)``). Inlined: an async frame more on the publish
+    /// path measurably costs (about 8% with 1,000 tasks on the loop).
+    @inline(__always)
+    func publish(_ verb: StaticString, _ channel: RedisArgument, _ message: RedisArgument) async throws -> Int {
+        try Self.integer(verb, try await sendUninterruptible(encoded: RESP.encode(verb, channel, message)))
+    }
+
+    /// One PUBLISH/SPUBLISH per message, written together, with one wait for all the counts (in order).
+    func publish(_ verb: StaticString, _ channel: RedisArgument, contentsOf messages: [RedisArgument]) async throws -> [Int] {
+        var bytes: [UInt8] = []
+        for message in messages {  // growing geometrically: reserving per message would copy on every append
+            RESP.append(verb, channel, message, to: &bytes)
+        }
+        return try await sendBatch(encoded: bytes, commands: messages.count).map { try Self.integer(verb, $0) }
     }
 
     /// `PUBSUB CHANNELS [pattern]`: the channels with at least one subscriber (patterns not counted), optionally
@@ -54,7 +69,7 @@ extension RedisConnection {
     ///
     /// - Throws: as ``RedisConnection/send(_:_:)``.
     public func pubsubNumberOfPatterns() async throws -> Int {
-        try integer("PUBSUB NUMPAT", try await send(["PUBSUB", "NUMPAT"]))
+        try Self.integer("PUBSUB NUMPAT", try await send(["PUBSUB", "NUMPAT"]))
     }
 
     /// `PUBSUB SHARDCHANNELS [pattern]`: the sharded channels with at least one subscriber (Redis 7).
@@ -79,8 +94,8 @@ extension RedisConnection {
         RedisError(.protocolError, "unexpected reply to \(command): \(reply)")
     }
 
-    private func integer(_ command: String, _ reply: RedisValue) throws -> Int {
-        guard case .integer(let value) = reply else { throw Self.unexpected(command, reply) }
+    static func integer(_ command: StaticString, _ reply: RedisValue) throws -> Int {
+        guard case .integer(let value) = reply else { throw unexpected("\(command)", reply) }
         return value
     }
 

@@ -68,15 +68,20 @@ struct ExecutorTests {
         await connection.close()
     }
 
-    @Test func aPublishFromAnAlreadyCancelledTaskIsNotSent() async throws {
+    @Test func aPublishOrBatchFromAnAlreadyCancelledTaskIsNotSent() async throws {
         let (subscriber, publisher) = try await pubSubPair()
         let channel = uniqueName("ch")
         let subscription = try await subscriber.subscribe(to: channel)
-        let task = Task {
+        let single = Task {
             withUnsafeCurrentTask { $0?.cancel() }
             return try await publisher.publish("should not be sent", to: channel)
         }
-        await #expect(throws: CancellationError.self) { try await task.value }
+        await #expect(throws: CancellationError.self) { try await single.value }
+        let batch = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await publisher.publish(contentsOf: ["not sent either", "nor this"], to: channel)
+        }
+        await #expect(throws: CancellationError.self) { try await batch.value }
         try await publisher.publish("marker", to: channel)
         #expect(try await collect(subscription, 1).map(\.string) == ["marker"])
         await subscriber.close()
@@ -157,21 +162,6 @@ struct BatchPublishTests {
         server.resume()
         // 500 late replies arrive now: none may be taken for the next command's.
         #expect(try await publisher.connection.send("ECHO", "next").string == "next")
-        await publisher.close()
-    }
-
-    @Test func aBatchFromAnAlreadyCancelledTaskIsNotSent() async throws {
-        let (subscriber, publisher) = try await pubSubPair()
-        let channel = uniqueName("ch")
-        let subscription = try await subscriber.subscribe(to: channel)
-        let task = Task {
-            withUnsafeCurrentTask { $0?.cancel() }
-            return try await publisher.publish(contentsOf: ["a", "b"], to: channel)
-        }
-        await #expect(throws: CancellationError.self) { try await task.value }
-        try await publisher.publish("marker", to: channel)
-        #expect(try await collect(subscription, 1).map(\.string) == ["marker"])
-        await subscriber.close()
         await publisher.close()
     }
 }

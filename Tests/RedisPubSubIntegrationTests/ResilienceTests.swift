@@ -313,11 +313,16 @@ struct ResilienceTests {
         }
         #expect(failed < .seconds(2))
         await #expect { try await plain.publish("lost", to: "c") } throws: { isRedisError($0, .connectionClosed) }
+        await #expect {
+            try await plain.publish(contentsOf: ["lost", "too"], to: "c")
+        } throws: { isRedisError($0, .connectionClosed) }
         let waiting = Task { try await retrying.publish("kept", to: "c") }
+        let waitingBatch = Task { try await retrying.publish(contentsOf: ["kept", "too"], to: "c") }
         try await Task.sleep(for: .milliseconds(300))
         let restarted = try RedisServer.start(port: port)
         defer { restarted.stop() }
         #expect(try await waiting.value == 0)  // sent once the connection was back
+        #expect(try await waitingBatch.value == [0, 0])
         await plain.close()
         await retrying.close()
     }

@@ -87,7 +87,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             replies.reserveCapacity(count)
         }
 
-        /// The outcome of the next command (outcomes arrive in the order the commands were written).
+        /// The outcome of the next command (outcomes arrive in the order the commands were written; a batch that was
+        /// never written gets one failure per command).
         func resolveNext(_ outcome: Result<RedisValue, any Error>) {
             switch outcome {
             case .success(let reply): replies.append(reply)
@@ -99,10 +100,6 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             if let failure { continuation.resume(throwing: failure) } else { continuation.resume(returning: replies) }
         }
 
-        /// None of the commands was written.
-        func failAll(_ error: any Error) {
-            continuation.resume(throwing: error)
-        }
     }
 
     /// Commands to write (one, or a batch), with whoever awaits their replies.
@@ -112,9 +109,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         /// How many commands `bytes` holds: each gets its slot in the request queue.
         var commands = 1
 
-        /// Fails a submission that was never written.
+        /// Fails a submission that was never written: each of its commands.
         func fail(_ error: any Error) {
-            if case .batchPart(let batch) = request { batch.failAll(error) } else { request.fail(error) }
+            for _ in 0..<commands { request.fail(error) }
         }
     }
 

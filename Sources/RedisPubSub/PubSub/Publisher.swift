@@ -50,41 +50,27 @@ public final class Publisher: Sendable {
     public var events: AsyncStream<ConnectionEvent> { connection.events }
 
     /// Sends a PUBLISH or SPUBLISH, and per ``retry`` sends it again after a reconnect when it failed because the
-    /// connection was down. The common case (no retry) is one call deep: every async frame on this path costs.
-    /// Not generic: the public overloads are inlined into their callers (where the channel's type is known) and only
-    /// convert.
+    /// connection was down. Not generic: the public overloads are inlined into their callers (where the channel's
+    /// type is known) and only convert.
     @usableFromInline
-    func send(_ command: StaticString, _ channel: RedisArgument, _ message: RedisArgument) async throws -> Int {
-        let bytes = RESP.encode(command, channel, message)
-        guard case .whileReconnecting = retry.base else {
-            return try Self.count(command, try await connection.sendUninterruptible(encoded: bytes))
+    func send(_ verb: StaticString, _ channel: RedisArgument, _ message: RedisArgument) async throws -> Int {
+        guard case .whileReconnecting(let limit) = retry.base else {
+            return try await connection.publish(verb, channel, message)  // no retry: no closure, no extra frame
         }
-        return try await retrying { try Self.count(command, try await connection.sendUninterruptible(encoded: bytes)) }
+        return try await retrying(upTo: limit) { try await connection.publish(verb, channel, message) }
     }
 
-    private static func count(_ command: StaticString, _ reply: RedisValue) throws -> Int {
-        guard case .integer(let value) = reply else { throw RedisConnection.unexpected("\(command)", reply) }
-        return value
-    }
-
-    /// Sends one PUBLISH or SPUBLISH per message, written together, and waits once for all the counts. Not generic,
-    /// so that the generic public entry points (inlined into the caller, where they are specialised) only convert.
+    /// One PUBLISH or SPUBLISH per message, written together, waited for once; retried as ``send(_:_:_:)``.
     @usableFromInline
-    func sendBatch(_ command: StaticString, _ channel: RedisArgument, _ messages: [RedisArgument]) async throws -> [Int] {
-        var bytes: [UInt8] = []
-        for message in messages {  // growing geometrically: reserving per message would copy on every append
-            RESP.append(command, channel, message, to: &bytes)
+    func sendBatch(_ verb: StaticString, _ channel: RedisArgument, _ messages: [RedisArgument]) async throws -> [Int] {
+        guard case .whileReconnecting(let limit) = retry.base else {
+            return try await connection.publish(verb, channel, contentsOf: messages)
         }
-        let send = { [connection, bytes] () async throws -> [Int] in
-            try await connection.sendBatch(encoded: bytes, commands: messages.count).map { try Self.count(command, $0) }
-        }
-        guard case .whileReconnecting = retry.base else { return try await send() }
-        return try await retrying(send)
+        return try await retrying(upTo: limit) { try await connection.publish(verb, channel, contentsOf: messages) }
     }
 
-    /// Runs `body`, and per ``retry`` runs it again after a reconnect when it failed because the connection was down.
-    private func retrying<Result>(_ body: () async throws -> Result) async throws -> Result {
-        guard case .whileReconnecting(let limit) = retry.base else { return try await body() }
+    /// Runs `body`, and runs it again after a reconnect when it failed because the connection was down, until `limit`.
+    private func retrying<Result>(upTo limit: Duration, _ body: () async throws -> Result) async throws -> Result {
         let deadline = ContinuousClock.now + limit
         while true {
             do {
