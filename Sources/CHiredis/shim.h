@@ -45,4 +45,9 @@ static inline const char *_Nonnull chiredis_errstr(const redisContext *_Nonnull 
 static inline int chiredis_reader_mid_reply(const redisContext *_Nonnull c) {
     return c->reader != NULL && (c->reader->len > c->reader->pos || c->reader->ridx >= 0);
 }
+
+// How deep the aggregate the reader is in the middle of is nested (-1: none). `ridx` exists in 0.14 and 1.x.
+static inline int chiredis_reader_depth(const redisContext *_Nonnull c) {
+    return c->reader != NULL ? c->reader->ridx : -1;
+}
 #endif

@@ -6,7 +6,7 @@ import Musl
 import Darwin
 #endif
 
-/// Where and how to connect: endpoint, credentials, database, client name and timeouts.
+/// Where and how to connect: endpoint, credentials, database, client name, timeouts and limits.
 ///
 /// Most programs take it from a URL, by default the `REDIS_URL` environment variable:
 ///
@@ -15,11 +15,14 @@ import Darwin
 /// let other = try RedisConfiguration(url: "redis://app:s3cret@cache.internal:6380/2")
 /// ```
 ///
-/// ``description`` never shows the password.
-public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
+/// The password never shows: not in ``description``, `debugDescription`, `dump()` or a `Mirror`, not in an error
+/// about a malformed URL, not in a log line.
+public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible,
+    CustomReflectable
+{
     /// Where the server listens.
     public enum Endpoint: Hashable, Sendable {
-        /// A host name or IP address and a TCP port.
+        /// A host name or IP address and a TCP port. A link-local IPv6 address keeps its scope: `fe80::1%eth0`.
         case tcp(host: String, port: Int)
         /// A Unix domain socket's path.
         case unixSocket(path: String)
@@ -36,24 +39,35 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
     public var password: String?
     /// The logical database selected on connect (`SELECT`); 0 sends nothing. Pub/Sub ignores databases.
     public var database: Int
-    /// The name set with `CLIENT SETNAME`, shown by `CLIENT LIST`; `nil` sends nothing.
+    /// The name set with `CLIENT SETNAME`, shown by `CLIENT LIST`; `nil` sends nothing. A server whose ACL does not
+    /// let the user set it connects anyway (with a warning in the log).
     public var clientName: String?
     /// How long connecting may take: name resolution, the TCP or Unix connect and the handshake
-    /// (`AUTH`, `SELECT`, `CLIENT SETNAME`, `PING`). At start-up, a server that refuses or cannot be reached is tried
-    /// again (with the ``reconnect`` backoff) until this time is up, so services may start before Redis.
-    /// It is also the limit of each reconnect attempt. Default: 10 seconds.
+    /// (`AUTH`, `SELECT`, `CLIENT SETNAME`, `PING`). A host name with several addresses gives each address an equal
+    /// share of what is left, so one that never answers cannot use up the whole attempt. At start-up, a server that
+    /// refuses or cannot be reached is tried again (with the ``reconnect`` backoff) until this time is up, so services
+    /// may start before Redis. It is also the limit of each reconnect attempt. Default: 10 seconds.
     public var connectTimeout: Duration
-    /// How long a command may wait for its reply before it fails with ``RedisError/Code/timeout``. The late reply is
-    /// discarded and the connection stays usable. Default: 5 seconds.
+    /// How long a command may wait for its reply before it fails with ``RedisError/Code/timeout``. When the server
+    /// sent nothing at all since the command was written, the connection is declared dead and replaced (its other
+    /// commands fail with ``RedisError/Code/connectionClosed``); otherwise the late reply is discarded and the
+    /// connection stays. Also the limit of a graceful `close()`. Default: 5 seconds.
     public var commandTimeout: Duration
     /// How a lost connection comes back. Default: ``ReconnectPolicy/default`` (forever, jittered, within ~0.5 s).
     public var reconnect: ReconnectPolicy
-    /// Subscriber connections only: after this long without receiving anything, send a PING; `nil` turns the health
-    /// check off. Default: 5 seconds.
+    /// Every connection (commands and subscriber): after this long without receiving anything, send a PING; `nil`
+    /// turns the health check off. Default: 5 seconds.
     public var healthCheckInterval: Duration?
-    /// Subscriber connections only: how long the health check's PING may wait for its PONG before the connection is
-    /// declared dead, closed and replaced. Default: 2 seconds.
+    /// How long the connection may stay silent after the health check's PING before it is declared dead, closed and
+    /// replaced. Any reply, an error reply included, proves it alive. Default: 2 seconds.
     public var healthCheckTimeout: Duration
+    /// The most commands a connection holds unanswered (queued, buffered or in flight); past it a call fails at once
+    /// with ``RedisError/Code/overloaded``. Default: 100,000.
+    public var maximumPendingCommands: Int
+    /// The most bytes of unanswered commands a connection holds; past it a call fails at once with
+    /// ``RedisError/Code/overloaded``. One call larger than this is still sent when nothing else is outstanding.
+    /// Default: 64 MiB.
+    public var maximumPendingBytes: Int
 
     /// Creates a configuration from its parts.
     public init(
@@ -66,7 +80,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         commandTimeout: Duration = .seconds(5),
         reconnect: ReconnectPolicy = .default,
         healthCheckInterval: Duration? = .seconds(5),
-        healthCheckTimeout: Duration = .seconds(2)
+        healthCheckTimeout: Duration = .seconds(2),
+        maximumPendingCommands: Int = 100_000,
+        maximumPendingBytes: Int = 64 * 1024 * 1024
     ) {
         self.endpoint = endpoint
         self.username = username
@@ -78,32 +94,29 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         self.reconnect = reconnect
         self.healthCheckInterval = healthCheckInterval
         self.healthCheckTimeout = healthCheckTimeout
+        self.maximumPendingCommands = maximumPendingCommands
+        self.maximumPendingBytes = maximumPendingBytes
     }
 
-    /// Parses `redis://[[user]:password@]host[:port][/db]` or `unix:///path/to/socket[?db=N]`.
+    /// Parses `redis://[[user]:password@]host[:port][/db]` or `unix://[[user]:password@]/path/to/socket[?db=N]`.
     ///
-    /// User and password may be percent-encoded. IPv6 hosts go in brackets: `redis://[::1]:6379`.
-    /// The port defaults to 6379 and the database to 0. A Unix URL may carry credentials as
-    /// `unix://[user]:password@/path/to/socket`.
+    /// User and password may be percent-encoded (and must be, to contain `:` in the user name); an unencoded `@` in
+    /// a password works too. IPv6 hosts go in brackets, a link-local one with its scope as `%25`:
+    /// `redis://[::1]:6379`, `redis://[fe80::1%25eth0]`. The port defaults to 6379 and the database to 0; `db` is the
+    /// only query parameter.
     ///
-    /// - Throws: ``RedisError`` with ``RedisError/Code/invalidConfiguration`` saying what is wrong; the message shows
-    ///   the URL with its password masked.
+    /// - Throws: ``RedisError`` with ``RedisError/Code/invalidConfiguration`` saying what is wrong. The message shows
+    ///   the URL with its credentials, query values and fragment masked, whatever its shape.
     public init(url: String) throws(RedisError) {
         self.init()
         let shown = Self.redact(url)
         func invalid(_ why: String) -> RedisError {
             RedisError(.invalidConfiguration, "invalid Redis URL '\(shown)': \(why)")
         }
-        guard let schemeEnd = Self.schemeSeparator(in: url) else {
+        guard let parts = URLParts(url) else {
             throw invalid("expected redis://host[:port][/db] or unix:///path")
         }
-        let scheme = url[..<schemeEnd.lowerBound].lowercased()
-        var rest = Substring(url[schemeEnd.upperBound...])
-
-        // Credentials: everything before the last '@' (passwords may contain '@' when percent-encoded or not).
-        if let at = rest.lastIndex(of: "@") {
-            let userInfo = rest[..<at]
-            rest = rest[rest.index(after: at)...]
+        if let userInfo = parts.userInfo {
             let user: Substring
             let pass: Substring?
             if let colon = userInfo.firstIndex(of: ":") {
@@ -121,71 +134,78 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
             password = (pass == nil || decodedPass.isEmpty) ? nil : decodedPass
             if username != nil && password == nil { throw invalid("a user name needs a password") }
         }
+        if parts.fragment != nil { throw invalid("a '#' fragment has no meaning here") }
 
-        // Query: only `db` is understood.
-        var query: Substring?
-        if let mark = rest.firstIndex(of: "?") {
-            query = rest[rest.index(after: mark)...]
-            rest = rest[..<mark]
-        }
+        // Query: only `db` is understood. Values are never repeated in errors: they may hold anything.
         var queryDatabase: Int?
-        if let query, !query.isEmpty {
+        if let query = parts.query, !query.isEmpty {
             for pair in query.split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard parts.count == 2, parts[0] == "db" else { throw invalid("unknown query parameter '\(pair)'") }
-                guard let db = Int(parts[1]), db >= 0 else { throw invalid("database '\(parts[1])' is not a non-negative integer") }
+                let item = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = item[0]
+                guard name == "db", item.count == 2 else {
+                    let shownName = name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) && name.count <= 32
+                        ? "'\(name)'" : "(not shown)"
+                    throw invalid("unknown query parameter \(shownName); only db=N is understood")
+                }
+                guard let db = Int(item[1]), db >= 0 else { throw invalid("the database in db= is not a non-negative integer") }
                 queryDatabase = db
             }
         }
 
-        switch scheme {
+        switch parts.scheme {
         case "redis":
-            var hostPort = rest
+            var hostPort = parts.location
             var pathPart: Substring = ""
-            if let slash = rest.firstIndex(of: "/") {
-                hostPort = rest[..<slash]
-                pathPart = rest[rest.index(after: slash)...]
+            if let slash = hostPort.firstIndex(of: "/") {
+                pathPart = hostPort[hostPort.index(after: slash)...]
+                hostPort = hostPort[..<slash]
             }
-            let host: Substring
+            let host: String
             var portText: Substring?
             if hostPort.hasPrefix("[") {
                 guard let close = hostPort.firstIndex(of: "]") else { throw invalid("unterminated IPv6 address") }
-                host = hostPort[hostPort.index(after: hostPort.startIndex)..<close]
+                // A scope is written `%25eth0` (RFC 6874); a bare `%eth0` is taken too.
+                host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close]).replacing("%25", with: "%")
                 let after = hostPort[hostPort.index(after: close)...]
                 if !after.isEmpty {
-                    guard after.hasPrefix(":") else { throw invalid("unexpected '\(after)' after the IPv6 address") }
+                    guard after.hasPrefix(":") else { throw invalid("unexpected text after the IPv6 address") }
                     portText = after.dropFirst()
                 }
+                guard host.contains(":") else { throw invalid("brackets are for IPv6 addresses") }
             } else if let colon = hostPort.lastIndex(of: ":") {
-                host = hostPort[..<colon]
+                host = String(hostPort[..<colon])
                 portText = hostPort[hostPort.index(after: colon)...]
                 if host.contains(":") { throw invalid("IPv6 addresses must be written in brackets, e.g. [::1]") }
             } else {
-                host = hostPort
+                host = String(hostPort)
             }
             guard !host.isEmpty else { throw invalid("missing host") }
-            guard host.allSatisfy({ !$0.isWhitespace && $0 != "/" && $0 != "@" }) else { throw invalid("bad host '\(host)'") }
+            guard host.allSatisfy({ !$0.isWhitespace && $0 != "/" && $0 != "@" && $0 != "[" && $0 != "]" }) else {
+                throw invalid("bad host '\(host)'")
+            }
             var port = 6379
             if let portText {
-                guard let value = Int(portText) else { throw invalid("port '\(portText)' is not a number") }
+                guard let value = Int(portText) else { throw invalid("the port is not a number") }
                 guard (1...65535).contains(value) else { throw invalid("port \(value) is out of range 1-65535") }
                 port = value
             }
-            endpoint = .tcp(host: String(host), port: port)
+            endpoint = .tcp(host: host, port: port)
             if !pathPart.isEmpty {
-                guard let db = Int(pathPart), db >= 0 else { throw invalid("database '\(pathPart)' is not a non-negative integer") }
+                guard let db = Int(pathPart), db >= 0 else { throw invalid("the database in the path is not a non-negative integer") }
                 database = db
             }
             if let queryDatabase { database = queryDatabase }
         case "unix":
-            guard rest.hasPrefix("/"), rest.count > 1 else { throw invalid("expected an absolute socket path, as in unix:///tmp/redis.sock") }
-            guard let path = Self.percentDecode(rest) else { throw invalid("bad percent-encoding in the path") }
-            endpoint = .unixSocket(path: path)
+            let path = parts.location
+            guard path.hasPrefix("/"), path.count > 1 else { throw invalid("expected an absolute socket path, as in unix:///tmp/redis.sock") }
+            guard let decoded = Self.percentDecode(path) else { throw invalid("bad percent-encoding in the path") }
+            endpoint = .unixSocket(path: decoded)
             if let queryDatabase { database = queryDatabase }
         case "rediss":
             throw invalid("TLS (rediss://) is not supported: hiredis 0.14 has no TLS; use a local TLS proxy")
         default:
-            throw invalid("unknown scheme '\(scheme)'; expected redis or unix")
+            let scheme = parts.scheme.count <= 16 ? "'\(parts.scheme)'" : "(not shown)"
+            throw invalid("unknown scheme \(scheme); expected redis or unix")
         }
         try validate()
     }
@@ -226,6 +246,8 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
             throw RedisError(.invalidConfiguration, "health check interval must be positive (or nil to turn it off)")
         }
         guard healthCheckTimeout > .zero else { throw RedisError(.invalidConfiguration, "health check timeout must be positive") }
+        guard maximumPendingCommands > 0 else { throw RedisError(.invalidConfiguration, "maximumPendingCommands must be positive") }
+        guard maximumPendingBytes > 0 else { throw RedisError(.invalidConfiguration, "maximumPendingBytes must be positive") }
         if username != nil && password == nil { throw RedisError(.invalidConfiguration, "a user name needs a password") }
         if let clientName, clientName.isEmpty || clientName.contains(where: { $0.isWhitespace || !$0.isASCII }) {
             throw RedisError(.invalidConfiguration, "client name '\(clientName)' must be non-empty ASCII without spaces")
@@ -235,34 +257,161 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
     /// The configuration as a URL with the password masked, e.g. `redis://app:***@127.0.0.1:6379/2`.
     public var description: String {
         var credentials = ""
-        if password != nil { credentials = (username ?? "") + ":***@" }
+        if password != nil { credentials = Self.percentEncodeUser(username ?? "") + ":***@" }
         switch endpoint {
         case .tcp(let host, let port):
-            let shownHost = host.contains(":") ? "[\(host)]" : host
+            let shownHost = host.contains(":") ? "[\(host.replacing("%", with: "%25"))]" : host
             return "redis://\(credentials)\(shownHost):\(port)" + (database == 0 ? "" : "/\(database)")
         case .unixSocket(let path):
             return "unix://\(credentials)\(path)" + (database == 0 ? "" : "?db=\(database)")
         }
     }
 
-    /// Masks whatever stands between the scheme's `://` and the last `@`'s password part.
-    static func redact(_ url: String) -> String {
-        guard let schemeEnd = Self.schemeSeparator(in: url), let at = url.lastIndex(of: "@"), at > schemeEnd.upperBound else {
-            return url
-        }
-        let userInfo = url[schemeEnd.upperBound..<at]
-        let user = userInfo.firstIndex(of: ":").map { userInfo[..<$0] } ?? ""
-        return String(url[..<schemeEnd.upperBound]) + user + ":***" + String(url[at...])
+    /// The same as ``description``: the password masked.
+    public var debugDescription: String { description }
+
+    /// The fields as `dump()` and debuggers show them, with the password masked.
+    public var customMirror: Mirror {
+        Mirror(
+            self,
+            children: [
+                "endpoint": endpoint, "username": username as Any, "password": (password == nil ? nil : "***") as Any,
+                "database": database, "clientName": clientName as Any, "connectTimeout": connectTimeout,
+                "commandTimeout": commandTimeout, "reconnect": reconnect, "healthCheckInterval": healthCheckInterval as Any,
+                "healthCheckTimeout": healthCheckTimeout, "maximumPendingCommands": maximumPendingCommands,
+                "maximumPendingBytes": maximumPendingBytes,
+            ],
+            displayStyle: .struct)
     }
 
-    /// The range of the first `://` in `url`.
-    private static func schemeSeparator(in url: String) -> Range<String.Index>? {
-        var index = url.startIndex
-        while index < url.endIndex {
-            if url[index...].hasPrefix("://") { return index..<url.index(index, offsetBy: 3) }
-            index = url.index(after: index)
+    // MARK: URL pieces
+
+    /// A URL split where the parser and the redactor agree: `scheme://[userinfo@]location[?query][#fragment]`.
+    /// User info ends at the last `@` (a password may contain `@` unencoded; a host cannot); for `unix:` a path may
+    /// contain `@`, so there credentials are recognised only in `unix://[user]:password@/path`.
+    struct URLParts {
+        var scheme: String
+        var userInfo: Substring?
+        var location: Substring
+        var query: Substring?
+        var fragment: Substring?
+
+        init?(_ url: String) {
+            guard let separator = url.firstRange(of: "://") else { return nil }
+            let scheme = url[..<separator.lowerBound]
+            guard !scheme.isEmpty, scheme.allSatisfy(RedisConfiguration.isSchemeCharacter) else { return nil }
+            self.scheme = scheme.lowercased()
+            var rest = url[separator.upperBound...]
+            if self.scheme == "unix" {
+                if !rest.hasPrefix("/"), let at = rest.firstRange(of: "@/") {
+                    userInfo = rest[..<at.lowerBound]
+                    rest = rest[rest.index(after: at.lowerBound)...]
+                }
+            } else if let at = rest.lastIndex(of: "@") {
+                userInfo = rest[..<at]
+                rest = rest[rest.index(after: at)...]
+            }
+            if let hash = rest.firstIndex(of: "#") {
+                fragment = rest[rest.index(after: hash)...]
+                rest = rest[..<hash]
+            }
+            if let mark = rest.firstIndex(of: "?") {
+                query = rest[rest.index(after: mark)...]
+                rest = rest[..<mark]
+            }
+            location = rest
         }
-        return nil
+    }
+
+    /// `url` fit for an error message or a log line, whatever its shape: credentials (everything before the last
+    /// `@` but a plain user name), query values, the fragment and a port or database that is not a number are
+    /// masked. Unparseable input is masked conservatively.
+    static func redact(_ url: String) -> String {
+        func maskedUserInfo(_ userInfo: Substring) -> String {
+            guard let colon = userInfo.firstIndex(of: ":") else { return "***@" }
+            let user = userInfo[..<colon]
+            let plain = user.allSatisfy { $0.isLetter || $0.isNumber || "-_.%".contains($0) }
+            return (plain ? String(user) : "***") + ":***@"
+        }
+        func maskedTail(_ location: Substring, query: Substring?, fragment: Substring?, isUnix: Bool) -> String {
+            var shown: String
+            if isUnix {
+                shown = String(location)
+            } else {
+                var authority = location
+                var path: Substring?
+                if let slash = location.firstIndex(of: "/") {
+                    authority = location[..<slash]
+                    path = location[location.index(after: slash)...]
+                }
+                // A port that is not a number may be a password typed without its `@host`.
+                let portStart = authority.hasPrefix("[") ? authority.firstIndex(of: "]").flatMap { close in
+                    authority[close...].firstIndex(of: ":")
+                } : authority.lastIndex(of: ":")
+                if let colon = portStart {
+                    let port = authority[authority.index(after: colon)...]
+                    shown = String(authority[...colon]) + (port.allSatisfy(\.isNumber) ? String(port) : "***")
+                } else {
+                    shown = String(authority)
+                }
+                if let path { shown += "/" + (path.allSatisfy(\.isNumber) ? String(path) : "***") }
+            }
+            if let query {
+                shown += "?" + query.split(separator: "&", omittingEmptySubsequences: false).map { pair in
+                    let name = pair.split(separator: "=", maxSplits: 1).first ?? ""
+                    let plainName = name.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }
+                    return (plainName ? String(name) : "***") + (pair.contains("=") ? "=***" : "")
+                }.joined(separator: "&")
+            }
+            if fragment != nil { shown += "#***" }
+            return shown
+        }
+        if let parts = URLParts(url), let separator = url.firstRange(of: "://") {
+            let prefix = String(url[..<separator.upperBound])
+            let credentials = parts.userInfo.map(maskedUserInfo) ?? ""
+            return prefix + credentials
+                + maskedTail(parts.location, query: parts.query, fragment: parts.fragment, isUnix: parts.scheme == "unix")
+        }
+        // Not `scheme://...`: mask everything up to the last `@`, and whatever follows a `?` or `#`.
+        var prefixEnd = url.startIndex
+        if let colon = url.firstIndex(of: ":"), url[..<colon].allSatisfy(isSchemeCharacter) {
+            prefixEnd = url.index(after: colon)
+            while prefixEnd < url.endIndex, url[prefixEnd] == "/" { prefixEnd = url.index(after: prefixEnd) }
+        }
+        var rest = url[prefixEnd...]
+        var shown = String(url[..<prefixEnd])
+        if let at = rest.lastIndex(of: "@") {
+            shown += maskedUserInfo(rest[..<at])
+            rest = rest[rest.index(after: at)...]
+        }
+        var fragment: Substring?
+        if let hash = rest.firstIndex(of: "#") {
+            fragment = rest[rest.index(after: hash)...]
+            rest = rest[..<hash]
+        }
+        var query: Substring?
+        if let mark = rest.firstIndex(of: "?") {
+            query = rest[rest.index(after: mark)...]
+            rest = rest[..<mark]
+        }
+        return shown + maskedTail(rest, query: query, fragment: fragment, isUnix: false)
+    }
+
+    private static func isSchemeCharacter(_ character: Character) -> Bool {
+        character.isASCII && (character.isLetter || character.isNumber || character == "+" || character == "-" || character == ".")
+    }
+
+    private static func percentEncodeUser(_ user: String) -> String {
+        var out = ""
+        for byte in user.utf8 {
+            let character = Character(Unicode.Scalar(byte))
+            if byte < 0x80, character.isLetter || character.isNumber || "-_.~".contains(character) {
+                out.append(character)
+            } else {
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return out
     }
 
     private static func percentDecode(_ text: Substring) -> String? {
@@ -287,5 +436,11 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible {
         case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
         default: nil
         }
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

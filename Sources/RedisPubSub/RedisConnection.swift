@@ -14,11 +14,15 @@ public import Logging
 /// await connection.close()
 /// ```
 ///
-/// A lost connection is re-established per ``RedisConfiguration/reconnect`` (commands in flight at that moment fail
-/// with ``RedisError/Code/connectionClosed``; ``events`` reports the changes). A connection that is released without
+/// The connection is supervised: an idle one is checked with a PING (``RedisConfiguration/healthCheckInterval``), and
+/// one whose server stopped answering is declared dead and replaced. A lost connection is re-established per
+/// ``RedisConfiguration/reconnect`` (commands in flight at that moment fail with
+/// ``RedisError/Code/connectionClosed``; ``events`` reports the changes). A connection that is released without
 /// ``close()`` closes itself.
 public final class RedisConnection: Sendable {
     let core: ConnectionCore
+    /// Connections of their own for ``sendBlocking(_:)``, opened on demand.
+    let dedicated: DedicatedConnections
 
     /// The configuration this connection was made with.
     public var configuration: RedisConfiguration { core.configuration }
@@ -36,10 +40,12 @@ public final class RedisConnection: Sendable {
 
     private init(core: ConnectionCore) {
         self.core = core
+        self.dedicated = DedicatedConnections(configuration: core.configuration, logger: core.logger, loop: core.loop)
     }
 
     deinit {
         core.close()
+        dedicated.closeAll()
     }
 
     /// Connects, authenticates, selects the database and names the client as configured, then returns.
@@ -76,9 +82,12 @@ public final class RedisConnection: Sendable {
     ///
     /// - Throws: ``RedisError`` with ``RedisError/Code/serverError`` (the server's message) for an error reply,
     ///   ``RedisError/Code/timeout`` after ``RedisConfiguration/commandTimeout``,
-    ///   ``RedisError/Code/connectionClosed`` when the connection is or becomes closed, and
-    ///   ``RedisError/Code/invalidArgument`` for the commands ``Subscriber`` owns (SUBSCRIBE and the like) or MONITOR;
-    ///   `CancellationError` when the task is cancelled (a late reply is discarded).
+    ///   ``RedisError/Code/connectionClosed`` when the connection is or becomes closed,
+    ///   ``RedisError/Code/overloaded`` when too much is waiting for the server already, and
+    ///   ``RedisError/Code/invalidArgument`` for commands a shared, reconnecting connection cannot take, each with
+    ///   what to use instead: SUBSCRIBE and the like (``Subscriber``), MULTI/EXEC (``transaction(_:)``), blocking
+    ///   commands such as BLPOP (``sendBlocking(_:)``), SELECT, AUTH and CLIENT SETNAME (``RedisConfiguration``),
+    ///   WATCH, HELLO, MONITOR, RESET; `CancellationError` when the task is cancelled (a late reply is discarded).
     @discardableResult
     public func send<each Argument: RedisArgumentConvertible>(
         _ command: String,
@@ -96,13 +105,13 @@ public final class RedisConnection: Sendable {
     /// - Throws: as ``send(_:_:)``.
     @discardableResult
     public func send(_ command: [RedisArgument]) async throws -> RedisValue {
-        try Self.checkAllowed(command)
+        try CommandRules.checkShared(command)
         return try await send(encoded: RESP.encode(command))
     }
 
     func send(encoded bytes: [UInt8]) async throws -> RedisValue {
         let pending = Pending<RedisValue>()
-        return try await pending.wait { core.submit(.init(bytes: bytes, request: .cancellable(pending))) }
+        return try await pending.wait { core.submit(Submission(bytes: bytes, request: .cancellable(pending))) }
     }
 
     /// Sends a command whose caller waits for the reply even when its task is cancelled meanwhile (cancellation is
@@ -111,27 +120,40 @@ public final class RedisConnection: Sendable {
     func sendUninterruptible(encoded bytes: [UInt8]) async throws -> RedisValue {
         try Task.checkCancellation()
         return try await withUnsafeThrowingContinuation { continuation in
-            core.submit(.init(bytes: bytes, request: .direct(continuation)))
+            core.submit(Submission(bytes: bytes, request: .direct(continuation)))
         }
     }
 
     /// Sends `commands` commands encoded back to back in `bytes`, written together, and waits once for all their
     /// replies, in order; throws the first failure once every command is resolved. Interruptible only before sending,
     /// like ``sendUninterruptible(encoded:)``.
-    func sendBatch(encoded bytes: [UInt8], commands: Int) async throws -> [RedisValue] {
+    func sendBatch(encoded bytes: [UInt8], commands: Int, keepsErrorReplies: Bool = false) async throws -> [RedisValue] {
         try Task.checkCancellation()
         guard commands > 0 else { return [] }
         return try await withUnsafeThrowingContinuation { continuation in
-            let batch = ConnectionCore.Batch(count: commands, continuation: continuation)
-            core.submit(.init(bytes: bytes, request: .batchPart(batch), commands: commands))
+            let batch = Batch(count: commands, keepsErrorReplies: keepsErrorReplies, continuation: continuation)
+            core.submit(Submission(bytes: bytes, request: .batchPart(batch), commands: commands))
         }
     }
 
-    /// Closes the connection. Commands already sent get their replies (or time out) first; commands sent later fail
-    /// with ``RedisError/Code/connectionClosed``. Returns once the socket is closed. Calling it again does nothing.
+    /// Closes the connection. Commands already sent get their replies first, for at most
+    /// ``RedisConfiguration/commandTimeout`` (or until the health check finds the server dead); commands sent later
+    /// fail with ``RedisError/Code/connectionClosed``. Returns once the socket is closed. Calling it again does
+    /// nothing more.
+    ///
+    /// Cancelling the calling task closes at once: the commands still in flight fail with
+    /// ``RedisError/Code/connectionClosed``. (A service group that escalates a slow graceful shutdown to cancellation
+    /// gets exactly that.)
     public func close() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            core.close { continuation.resume() }
+        let core = self.core
+        let dedicated = self.dedicated
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                dedicated.closeAll()
+                core.close { continuation.resume() }
+            }
+        } onCancel: {
+            core.forceClose()
         }
     }
 
@@ -161,35 +183,4 @@ public final class RedisConnection: Sendable {
 
     /// A logger that discards everything: the default of every API that takes a `Logger`.
     public static let disabledLogger = Logger(label: "RedisPubSub", factory: { _ in SwiftLogNoOpLogHandler() })
-
-    /// Commands that would put the connection in a mode where replies no longer match requests.
-    static func checkAllowed(_ command: [RedisArgument]) throws(RedisError) {
-        guard let name = command.first else {
-            throw RedisError(.invalidArgument, "empty command")
-        }
-        // Cheap first: every reserved name is 5 to 12 bytes long and starts with one of these letters.
-        let count = name.count
-        guard (5...12).contains(count) else { return }
-        let first: UInt8
-        switch name.storage {
-        case .string(let string): first = string.utf8.first ?? 0
-        case .bytes(let bytes): first = bytes.first ?? 0
-        }
-        guard "CHMPRSUchmprsu".utf8.contains(first) else { return }
-        let upper = String(decoding: name.bytes, as: UTF8.self).uppercased()
-        switch upper {
-        case "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE":
-            throw RedisError(.invalidArgument, "\(upper) is not available through send(_:): use Subscriber, which routes messages")
-        case "MONITOR":
-            throw RedisError(.invalidArgument, "MONITOR is not supported: it turns the connection into a stream")
-        case "HELLO" where command.count > 1 && command[1].bytes != Array("2".utf8):
-            throw RedisError(.invalidArgument, "only RESP2 is supported (HELLO 2)")
-        case "CLIENT" where command.count > 1 && String(decoding: command[1].bytes, as: UTF8.self).uppercased() == "REPLY":
-            throw RedisError(.invalidArgument, "CLIENT REPLY is not supported: every command here expects its reply")
-        case "RESET":
-            throw RedisError(.invalidArgument, "RESET is not supported: it would undo the connection's AUTH, SELECT and name")
-        default:
-            return
-        }
-    }
 }

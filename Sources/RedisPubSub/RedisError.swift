@@ -15,7 +15,7 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case invalidConfiguration, invalidArgument, connectionRefused, hostUnreachable, nameResolutionFailed
-            case timeout, authenticationFailed, permissionDenied, serverError, protocolError, connectionClosed
+            case timeout, authenticationFailed, permissionDenied, serverError, protocolError, connectionClosed, overloaded
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -43,6 +43,10 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let protocolError = Code(.protocolError)
         /// The connection is closed: by ``RedisConnection/close()``, by the server, or by a network error.
         public static let connectionClosed = Code(.connectionClosed)
+        /// Nothing was sent: the connection already holds as much unanswered work as
+        /// ``RedisConfiguration/maximumPendingCommands`` and ``RedisConfiguration/maximumPendingBytes`` allow, because
+        /// the server answers slower than the callers send, or not at all. Retry later, or slow down.
+        public static let overloaded = Code(.overloaded)
 
         /// The code's name, e.g. `timeout`.
         public var description: String { base.rawValue }

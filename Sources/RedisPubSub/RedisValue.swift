@@ -75,3 +75,26 @@ extension RedisValue: CustomStringConvertible {
         }
     }
 }
+
+extension RedisValue {
+    /// The bytes of a bulk string only.
+    var bulkBytes: [UInt8]? {
+        if case .bulkString(let bytes) = self { return bytes }
+        return nil
+    }
+
+    /// What the value is, without its contents: for errors and log lines, which never carry payload bytes.
+    var shape: String {
+        switch self {
+        case .simpleString(let text): "a simple string of \(text.utf8.count) bytes"
+        case .error: "an error reply"
+        case .integer: "an integer"
+        case .bulkString(let bytes): "a bulk string of \(bytes.count) bytes"
+        case .null: "null"
+        case .array(let elements):
+            "an array of \(elements.count) elements"
+                + (elements.isEmpty ? "" : " (" + elements.prefix(4).map(\.shape).joined(separator: ", ")
+                    + (elements.count > 4 ? ", ..." : "") + ")")
+        }
+    }
+}

@@ -37,11 +37,8 @@ struct CommandTests {
             (error as? RedisError)?.message == "ERR value is not an integer or out of range"
         }
         // An error nested in an array stays a value.
-        try await connection.send("MULTI")
-        try await connection.send("INCR", key)
-        try await connection.send("PING")
-        let exec = try await connection.send("EXEC")
-        #expect(exec == .array([.error("ERR value is not an integer or out of range"), .simpleString("PONG")]))
+        let exec = try await connection.transaction([["INCR", RedisArgument(key)], ["PING"]])
+        #expect(exec == [.error("ERR value is not an integer or out of range"), .simpleString("PONG")])
         #expect(try await connection.ping() == "PONG")
         await connection.close()
     }

@@ -149,18 +149,20 @@ struct BatchPublishTests {
         await publisher.close()
     }
 
-    @Test func aBatchIntoAFrozenServerTimesOutAndItsLateRepliesAreDiscarded() async throws {
+    @Test func aBatchIntoAFrozenServerTimesOutAndTheConnectionIsReplaced() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .milliseconds(300)
         let publisher = try await Publisher.connect(to: configuration)
+        let events = EventRecorder(publisher.events)
         server.pause()
         await #expect {
             try await publisher.publish(contentsOf: (0..<500).map { "m\($0)" }, to: uniqueName("ch"))
         } throws: { isRedisError($0, .timeout) }
         server.resume()
-        // 500 late replies arrive now: none may be taken for the next command's.
+        _ = try #require(await events.next { if case .reconnected = $0 { true } else { false } })
+        // The 500 late replies went to the old connection: none is taken for the next command's.
         #expect(try await publisher.connection.send("ECHO", "next").string == "next")
         await publisher.close()
     }

@@ -4,19 +4,25 @@ import Testing
 
 @Suite("Timeouts, cancellation and lost connections")
 struct FailureTests {
-    @Test func commandTimeoutAgainstAFrozenServerThenLateRepliesAreDiscarded() async throws {
+    @Test func aCommandTimingOutOnASilentServerFailsWithTimeoutAndTheConnectionIsReplaced() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .milliseconds(300)
         let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events)
         server.pause()
         let time = await elapsed {
             await #expect { try await connection.send("ECHO", "first") } throws: { isRedisError($0, .timeout) }
         }
         #expect(time >= .milliseconds(250) && time < .seconds(5))
+        // Nothing was read since the command was written: the connection is declared dead, not kept waiting.
+        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        guard case .disconnected(_, let cause) = lost else { return }
+        #expect(cause.code == .timeout && cause.message.contains("replaced"), "\(cause)")
         server.resume()
-        // The server now answers "first": that late reply must not be taken for the next command's.
+        _ = try #require(await events.next { if case .reconnected = $0 { true } else { false } })
+        // The new connection's replies are its own: the old one's late "first" never reaches anyone.
         #expect(try await connection.send("ECHO", "second").string == "second")
         #expect(try await connection.send("ECHO", "third").string == "third")
         await connection.close()
@@ -65,12 +71,15 @@ struct FailureTests {
     @Test func serverClosingTheConnectionMidCallFailsInFlightCommands() async throws {
         let connection = try await SharedServer.connect()
         let admin = try await SharedServer.connect()
-        guard let id = try await connection.send("CLIENT", "ID").int else { Issue.record("no id"); return }
-        let blocked = Task { try await connection.send("BLPOP", uniqueName(), 30) }
-        try await waitUntil { (try await admin.send("CLIENT", "LIST", "ID", id).string ?? "").contains("cmd=blpop") }
+        let id = try #require(try await connection.send("CLIENT", "ID").int)
+        // CLIENT PAUSE WRITE holds the connection's SET in the server, while the admin's commands still run.
+        try await admin.send("CLIENT", "PAUSE", 5000, "WRITE")
+        let held = Task { try await connection.send("SET", uniqueName(), "held") }
+        try await waitUntil { (try await admin.send("CLIENT", "LIST", "ID", id).string ?? "").contains("flags=b") }
         try await admin.send("CLIENT", "KILL", "ID", id)
+        try await admin.send("CLIENT", "UNPAUSE")
         let time = await elapsed {
-            await #expect { try await blocked.value } throws: { isRedisError($0, .connectionClosed) }
+            await #expect { try await held.value } throws: { isRedisError($0, .connectionClosed) }
         }
         #expect(time < .seconds(2))
         // The connection comes back by itself.
@@ -79,14 +88,42 @@ struct FailureTests {
         await admin.close()
     }
 
+    @Test func aKilledDedicatedConnectionFailsItsBlockingCallPromptly() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let connection = try await RedisConnection.connect(to: .init(url: server.url))
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        let key = uniqueName()
+        let blocked = Task { try await connection.sendBlocking("BLPOP", key, 30) }
+        var line: Substring?
+        try await waitUntil {
+            line = (try await admin.send("CLIENT", "LIST").string ?? "").split(separator: "\n").first { $0.contains("cmd=blpop") }
+            return line != nil
+        }
+        let id = try #require(line?.split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
+        try await admin.send("CLIENT", "KILL", "ID", String(id))
+        let time = await elapsed {
+            await #expect { try await blocked.value } throws: { isRedisError($0, .connectionClosed) }
+        }
+        #expect(time < .seconds(2))
+        #expect(try await connection.ping() == "PONG")  // the shared connection never waited on it
+        await connection.close()
+        await admin.close()
+    }
+
     @Test func withoutReconnectingLaterCallsFailAtOnce() async throws {
         let connection = try await SharedServer.connect { $0.reconnect = .disabled }
         let admin = try await SharedServer.connect()
-        guard let id = try await connection.send("CLIENT", "ID").int else { Issue.record("no id"); return }
+        let id = try #require(try await connection.send("CLIENT", "ID").int)
         let events = EventRecorder(connection.events)
         try await admin.send("CLIENT", "KILL", "ID", id)
-        guard case .disconnected? = await events.next() else { Issue.record("no disconnect event"); return }
-        guard case .closed(let error?)? = await events.next() else { Issue.record("not closed"); return }
+        let first = try #require(await events.next())
+        #expect({ if case .disconnected = first { true } else { false } }(), "\(first)")
+        let second = try #require(await events.next())
+        guard case .closed(let error?) = second else {
+            Issue.record("expected closed with an error, got \(second)")
+            return
+        }
         #expect(error.code == .connectionClosed)
         await #expect { try await connection.ping() } throws: { isRedisError($0, .connectionClosed) }
         await admin.close()
@@ -95,21 +132,37 @@ struct FailureTests {
     @Test func serverKilledFailsEverythingPromptly() async throws {
         let server = try RedisServer.start()
         let connection = try await RedisConnection.connect(to: .init(url: server.url))
-        let calls = (0..<20).map { index in Task { try await connection.send("BLPOP", "k\(index)", 30) } }
+        let blocking = (0..<5).map { index in Task { try await connection.sendBlocking("BLPOP", "k\(index)", 30) } }
+        try await waitUntil {
+            (try await connection.send("CLIENT", "LIST").string ?? "").components(separatedBy: "cmd=blpop").count == 6
+        }
+        server.pause()
+        let calls = (0..<20).map { index in Task { try await connection.send("ECHO", "\(index)") } }
         try await Task.sleep(for: .milliseconds(100))
         server.stop()
-        for call in calls {
-            await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
+        let time = await elapsed {
+            for call in calls {
+                await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
+            }
+            for call in blocking {
+                await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
+            }
         }
+        #expect(time < .seconds(3))
     }
 
     @Test func closeLetsInFlightCommandsFinishAndRefusesNewOnes() async throws {
-        let connection = try await SharedServer.connect()
-        let key = uniqueName()
-        let inFlight = Task { try await connection.send("BLPOP", key, 1) }  // answered with null after 1 s
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let connection = try await RedisConnection.connect(to: .init(url: server.url))
+        server.pause()
+        let inFlight = Task { try await connection.send("ECHO", "answered") }
         try await Task.sleep(for: .milliseconds(100))
-        await connection.close()
-        #expect(try await inFlight.value == .null)
+        let closing = Task { await connection.close() }
+        try await Task.sleep(for: .milliseconds(200))
+        server.resume()
+        await closing.value
+        #expect(try await inFlight.value.string == "answered")
         await #expect { try await connection.send("PING") } throws: { isRedisError($0, .connectionClosed) }
         await connection.close()  // twice is fine
     }

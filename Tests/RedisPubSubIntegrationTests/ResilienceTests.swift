@@ -305,8 +305,8 @@ struct ResilienceTests {
         configuration.connectTimeout = .seconds(2)
         let plain = try await Publisher.connect(to: configuration)
         let retrying = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(10)))
-        let blocked = Task { try await plain.connection.send("BLPOP", "nothing", 30) }
-        try await Task.sleep(for: .milliseconds(100))
+        let blocked = Task { try await plain.connection.sendBlocking("BLPOP", "nothing", 30) }
+        try await waitUntil { (try await plain.connection.send("CLIENT", "LIST").string ?? "").contains("cmd=blpop") }
         server.stop()
         let failed = await elapsed {
             await #expect { try await blocked.value } throws: { isRedisError($0, .connectionClosed) }

@@ -5,36 +5,40 @@ import Testing
 struct RequestQueueTests {
     let t0 = ContinuousClock.now
 
+    /// The waiter `owner` names, or `nil` for an abandoned or missing owner.
+    func waiter(_ owner: RequestQueue<Int>.Owner) -> Int? {
+        if case .waiter(let id) = owner { id } else { nil }
+    }
+
+    func isAbandoned(_ owner: RequestQueue<Int>.Owner) -> Bool {
+        if case .abandoned = owner { true } else { false }
+    }
+
     @Test func repliesGoToWaitersInOrder() {
         var queue = RequestQueue<Int>()
-        for id in 1...3 { queue.append(id, deadline: t0 + .seconds(id)) }
-        guard case .waiter(1) = queue.popOwner(), case .waiter(2) = queue.popOwner(), case .waiter(3) = queue.popOwner() else {
-            Issue.record("out of order")
-            return
-        }
-        guard case .none = queue.popOwner() else { Issue.record("expected no owner"); return }
+        for id in 1...3 { queue.append(id, deadline: t0 + .seconds(id), writtenAt: t0) }
+        #expect([queue.popOwner(), queue.popOwner(), queue.popOwner()].map(waiter) == [1, 2, 3])
+        if case .none = queue.popOwner() {} else { Issue.record("a reply nobody asked for found an owner") }
         #expect(queue.isEmpty)
     }
 
     @Test func expiredWaitersKeepTheirSlotSoLateRepliesAreDropped() {
         var queue = RequestQueue<Int>()
-        queue.append(1, deadline: t0 + .seconds(1))
-        queue.append(2, deadline: t0 + .seconds(2))
-        queue.append(3, deadline: t0 + .seconds(3))
+        queue.append(1, deadline: t0 + .seconds(1), writtenAt: t0)
+        queue.append(2, deadline: t0 + .seconds(2), writtenAt: t0)
+        queue.append(3, deadline: t0 + .seconds(3), writtenAt: t0)
         #expect(queue.expire(now: t0 + .milliseconds(2500)) == [1, 2])
         #expect(queue.liveCount == 1)
         #expect(queue.nextDeadline == t0 + .seconds(3))
         // The late replies of 1 and 2 arrive: they must not reach 3.
-        guard case .abandoned = queue.popOwner(), case .abandoned = queue.popOwner() else {
-            Issue.record("late reply delivered")
-            return
-        }
-        guard case .waiter(3) = queue.popOwner() else { Issue.record("3 lost its reply"); return }
+        #expect(isAbandoned(queue.popOwner()))
+        #expect(isAbandoned(queue.popOwner()))
+        #expect(waiter(queue.popOwner()) == 3)
     }
 
     @Test func expiringTwiceTakesNothingTwice() {
         var queue = RequestQueue<Int>()
-        queue.append(1, deadline: t0)
+        queue.append(1, deadline: t0, writtenAt: t0)
         #expect(queue.expire(now: t0) == [1])
         #expect(queue.expire(now: t0 + .seconds(10)) == [])
         #expect(queue.nextDeadline == nil)
@@ -43,21 +47,52 @@ struct RequestQueueTests {
 
     @Test func poppingAdjustsTheExpiredPrefix() {
         var queue = RequestQueue<Int>()
-        queue.append(1, deadline: t0)
-        queue.append(2, deadline: t0 + .seconds(5))
+        queue.append(1, deadline: t0, writtenAt: t0)
+        queue.append(2, deadline: t0 + .seconds(5), writtenAt: t0)
         _ = queue.expire(now: t0)
         _ = queue.popOwner()  // 1's late reply
-        queue.append(3, deadline: t0 + .seconds(6))
+        queue.append(3, deadline: t0 + .seconds(6), writtenAt: t0)
         #expect(queue.expire(now: t0 + .seconds(5)) == [2])
         #expect(queue.nextDeadline == t0 + .seconds(6))
     }
 
     @Test func removeAllReturnsOnlyLiveWaiters() {
         var queue = RequestQueue<Int>()
-        queue.append(1, deadline: t0)
-        queue.append(2, deadline: t0 + .seconds(1))
+        queue.append(1, deadline: t0, writtenAt: t0)
+        queue.append(2, deadline: t0 + .seconds(1), writtenAt: t0)
         _ = queue.expire(now: t0)
         #expect(queue.removeAll() == [2])
         #expect(queue.isEmpty && queue.liveCount == 0 && queue.nextDeadline == nil)
+    }
+
+    @Test func theOldestSlotSaysWhenItWasWrittenAndWhetherItIsOverdue() {
+        var queue = RequestQueue<Int>()
+        #expect(queue.oldest(now: t0) == nil)
+        queue.append(1, deadline: t0 + .seconds(5), writtenAt: t0)
+        queue.append(2, deadline: t0 + .seconds(6), writtenAt: t0 + .seconds(1))
+        #expect(queue.oldest(now: t0 + .seconds(4))?.overdue == false)
+        #expect(queue.oldest(now: t0 + .seconds(5))?.overdue == true)
+        _ = queue.expire(now: t0 + .seconds(5))
+        // An expired slot stays the oldest until its late reply arrives.
+        #expect(queue.oldest(now: t0 + .seconds(5))?.writtenAt == t0)
+        _ = queue.popOwner()
+        #expect(queue.oldest(now: t0 + .seconds(5))?.writtenAt == t0 + .seconds(1))
+    }
+
+    @Test func costsComeBackWhenRepliesArriveOrTheQueueEmpties() {
+        var queue = RequestQueue<Int>()
+        queue.append(1, deadline: t0, writtenAt: t0, cost: CommandCost(commands: 1, bytes: 0))
+        queue.append(1, deadline: t0, writtenAt: t0, cost: CommandCost(commands: 1, bytes: 100))
+        queue.append(2, deadline: t0, writtenAt: t0)  // the package's own: free
+        queue.append(3, deadline: t0, writtenAt: t0, cost: CommandCost(commands: 1, bytes: 7))
+        #expect(queue.takeReleased() == .none)
+        _ = queue.popOwner()
+        _ = queue.popOwner()
+        #expect(queue.takeReleased() == CommandCost(commands: 2, bytes: 100))
+        #expect(queue.takeReleased() == .none)
+        _ = queue.expire(now: t0)  // expiring gives nothing back: the slots still wait for their replies
+        #expect(queue.takeReleased() == .none)
+        _ = queue.removeAll()
+        #expect(queue.takeReleased() == CommandCost(commands: 1, bytes: 7))
     }
 }

@@ -5,143 +5,23 @@ import Foundation
 #endif
 import Logging
 
-/// The reply an UNSUBSCRIBE-family command waits for: `["sunsubscribe", name, count]` and the like. An
-/// unsubscribe-shaped reply that is not the one awaited is the server's own decision (a sharded channel's slot moved).
-struct Acknowledgement: Hashable {
-    let type: [UInt8]
-    let name: [UInt8]
-}
-
-/// Receives the Pub/Sub pushes and connection changes of a Subscriber connection. Loop-confined.
-protocol PushHandler: AnyObject {
-    /// Takes `reply` if it is a push other than a message (an unsubscribe the server decided on); returns `false` for
-    /// replies to requests. `awaited` is the acknowledgement the oldest command in flight waits for, if any.
-    func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool
-    /// A message recognised in the raw reply (the fast path of ``handlePush(_:awaited:)``).
-    func handleMessage(_ push: RawPush)
-    /// The end of one read from the socket: hand what was routed to the consumers.
-    func flush()
-    /// The connection was lost at `date` and will be retried: nothing arrives until ``connectionRestored(at:downtime:)``.
-    func connectionLost(_ error: RedisError, at date: Date)
-    /// Connected again (handshake done): re-establish what the server forgot.
-    func connectionRestored(at date: Date, downtime: Duration)
-    /// Closed for good: by `close()` (`nil`) or by `error`.
-    func connectionClosed(_ error: RedisError?)
-}
-
-/// The event-loop half of a connection: connects (resolving, trying each address, handshaking), writes submitted
-/// commands in batches, matches replies to their callers in order, times commands out, reconnects with backoff when
-/// the connection is lost, checks an idle connection's health, and closes.
+/// The event-loop half of a connection: carries out what its ``ConnectionStateMachine`` decides (resolving, opening
+/// sockets, writing the handshake, timers, health-check PINGs, failing what waits), and does the per-command work the
+/// machine leaves to it: writing submitted commands in batches, matching replies to their callers in order, and timing
+/// commands out.
 ///
-/// Callers on any thread use ``submit(_:)``, ``close(_:)`` and ``events``; everything else runs on ``loop``.
+/// Callers on any thread use ``submit(_:)``, ``close(_:)``, ``forceClose()`` and ``events``; everything else runs on
+/// ``loop``.
 final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
-    // @unchecked Sendable because: `inbox` is Locked, `events` is Sendable, and `loop`, `configuration` and `logger`
-    // are immutable; every other stored property is touched only on the loop thread (asserted at the entry points).
+    // @unchecked Sendable because: `inbox` and `events` are Sendable, and `loop`, `configuration` and `logger` are
+    // immutable; every other stored property is touched only on the loop thread (asserted at the entry points).
 
-    /// Someone awaiting a command's reply.
-    enum Request {
-        /// A caller that may stop waiting at any time (task cancellation): ``RedisConnection/send(_:)``.
-        case cancellable(Pending<RedisValue>)
-        /// A caller resumed only by the reply, the command timeout or the connection's end (on the loop, or at
-        /// submission when the connection is already closed); it cannot leave early, so its wait needs no lock and no
-        /// cancellation handler (publishing).
-        case direct(UnsafeContinuation<RedisValue, any Error>)
-        /// One command of a batch written together; the batch resumes its caller once every command is resolved.
-        case batchPart(Batch)
-
-        /// Whether nobody waits any more (a cancelled request not yet written needs no writing).
-        var isFinished: Bool {
-            if case .cancellable(let pending) = self { pending.isFinished } else { false }
-        }
-
-        func succeed(_ value: RedisValue) {
-            switch self {
-            case .cancellable(let pending): pending.succeed(value)
-            case .direct(let continuation): continuation.resume(returning: value)
-            case .batchPart(let batch): batch.resolveNext(.success(value))
-            }
-        }
-
-        func fail(_ error: any Error) {
-            switch self {
-            case .cancellable(let pending): pending.fail(error)
-            case .direct(let continuation): continuation.resume(throwing: error)
-            case .batchPart(let batch): batch.resolveNext(.failure(error))
-            }
-        }
-    }
-
-    /// The replies of commands written together, for one caller: it is resumed once every command has its reply, its
-    /// timeout or the connection's end, with the replies in order or the first failure.
-    final class Batch: @unchecked Sendable {
-        // @unchecked Sendable because: the caller only creates it; from its submission on, only the loop touches it.
-        private var replies: [RedisValue] = []
-        private var failure: (any Error)?
-        private let count: Int
-        private let continuation: UnsafeContinuation<[RedisValue], any Error>
-
-        init(count: Int, continuation: UnsafeContinuation<[RedisValue], any Error>) {
-            precondition(count > 0)
-            self.count = count
-            self.continuation = continuation
-            replies.reserveCapacity(count)
-        }
-
-        /// The outcome of the next command (outcomes arrive in the order the commands were written; a batch that was
-        /// never written gets one failure per command).
-        func resolveNext(_ outcome: Result<RedisValue, any Error>) {
-            switch outcome {
-            case .success(let reply): replies.append(reply)
-            case .failure(let error):
-                if failure == nil { failure = error }
-                replies.append(.null)
-            }
-            guard replies.count == count else { return }
-            if let failure { continuation.resume(throwing: failure) } else { continuation.resume(returning: replies) }
-        }
-
-    }
-
-    /// Commands to write (one, or a batch), with whoever awaits their replies.
-    struct Submission {
-        let bytes: [UInt8]
-        let request: Request
-        /// How many commands `bytes` holds: each gets its slot in the request queue.
-        var commands = 1
-
-        /// Fails a submission that was never written: each of its commands.
-        func fail(_ error: any Error) {
-            for _ in 0..<commands { request.fail(error) }
-        }
-    }
-
+    /// Whoever waits for a written command's reply.
     enum Waiter {
         case request(Request)
-        /// A step of the connect handshake; `final` is the last one (the PING).
-        case handshake(command: String, final: Bool)
         /// A command the package sends for itself (subscriptions, health checks); the handler runs on the loop.
         /// `expects` names the acknowledgement an UNSUBSCRIBE-family command waits for.
         case ownCommand((Result<RedisValue, RedisError>) -> Void, expects: Acknowledgement?)
-    }
-
-    private struct Inbox {
-        var submissions: [Submission] = []
-        var scheduled = false
-        /// Set once the connection is closed or closing: later submissions fail with it at once.
-        var closedError: RedisError?
-    }
-
-    private enum State {
-        case idle
-        /// One connect attempt: resolving (no context yet) or connecting to one address, with the ones left to try.
-        case connecting(remaining: [HiredisContext.Address])
-        case handshaking
-        case ready
-        /// Between attempts, waiting out the backoff delay.
-        case waitingToRetry
-        /// `close()` was called: in-flight commands finish, then the context closes.
-        case closing
-        case closed
     }
 
     let loop: EventLoop
@@ -149,61 +29,62 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     let logger: Logger
     /// Connection changes, for any number of listeners.
     let events = EventBroadcaster<ConnectionEvent>()
-    private let inbox = Locked(Inbox())
+    /// Commands submitted from any thread, and the bound on outstanding work.
+    let inbox: CommandInbox
 
     /// Set on Subscriber connections before `connect`: receives pushes and connection changes.
     var pushHandler: (any PushHandler)?
-    /// Set on Subscriber connections before `connect`: PING after `healthCheckInterval` of silence.
-    var healthCheckEnabled = false
 
-    private var state = State.idle
+    private var machine: ConnectionStateMachine
     private var context: HiredisContext?
     private var queue = RequestQueue<Waiter>()
+    private var timers: [ConnectionStateMachine.Timer: LoopTimer] = [:]
     private var timeoutTimer: LoopTimer?
-    private var attemptTimer: LoopTimer?
-    private var retryTimer: LoopTimer?
-    private var attemptDeadline = ContinuousClock.now
-    /// While the first connection is being made: when to give up.
-    private var startupDeadline: ContinuousClock.Instant?
+    /// When the connection last read anything: the health check and the overdue-command rule judge silence by it.
+    private var lastRead = ContinuousClock.now
     private var connectWaiter: Pending<Void>?
-    private var everConnected = false
-    private var failedAttempts = 0
-    private var lastError: RedisError?
-    private var lostAt: ContinuousClock.Instant?
     private var closeWaiters: [@Sendable () -> Void] = []
     private var readyWaiters: [Pending<Void>] = []
     private var spareSubmissions: [Submission] = []
-    private var random = SystemRandomNumberGenerator()
-    // Health check.
-    private var lastReceived = ContinuousClock.now
-    private var healthTimer: LoopTimer?
-    private var healthPingDeadline: LoopTimer?
 
     init(configuration: RedisConfiguration, logger: Logger, loop: EventLoop) {
         self.configuration = configuration
         self.logger = logger
         self.loop = loop
+        self.inbox = CommandInbox(
+            limits: .init(commands: configuration.maximumPendingCommands, bytes: configuration.maximumPendingBytes))
+        let fixedAddress: ServerAddress?
+        switch configuration.endpoint {
+        case .unixSocket(let path): fixedAddress = .unix(path: path)
+        case .tcp(let host, let port): fixedAddress = AddressResolver.isNumeric(host) ? .tcp(ip: host, port: port) : nil
+        }
+        let settings = ConnectionStateMachine.Settings(
+            endpointDescription: configuration.description,
+            fixedAddress: fixedAddress,
+            connectTimeout: configuration.connectTimeout,
+            commandTimeout: configuration.commandTimeout,
+            reconnect: configuration.reconnect,
+            healthCheck: configuration.healthCheckInterval.map {
+                HealthCheck(interval: $0, timeout: configuration.healthCheckTimeout)
+            },
+            handshake: Handshake(
+                authenticates: configuration.password != nil,
+                database: configuration.database,
+                clientName: configuration.clientName))
+        var system = SystemRandomNumberGenerator()
+        machine = ConnectionStateMachine(settings: settings, seed: system.next())
     }
 
     // MARK: Any thread
 
-    /// Queues a command for writing. The loop writes every command queued before it runs in one batch.
+    /// Queues a command for writing. The loop writes every command queued before it runs in one batch. Fails the
+    /// submission at once when the connection is closed or holds as much outstanding work as it may.
     func submit(_ submission: Submission) {
-        enum Next { case fail(RedisError), schedule, writeNow, none }
-        let next = inbox.withLock { inbox -> Next in
-            if let error = inbox.closedError { return .fail(error) }
-            inbox.submissions.append(submission)
-            if inbox.scheduled {
-                return inbox.submissions.count >= Self.earlyWriteThreshold && loop.inLoop ? .writeNow : .none
-            }
-            inbox.scheduled = true
-            return .schedule
-        }
-        switch next {
-        case .fail(let error): submission.fail(error)
+        switch inbox.admit(submission) {
+        case .rejected(let error): submission.fail(error)
         case .schedule: loop.execute { self.drainInbox() }
-        case .writeNow: drainInbox()
-        case .none: break
+        case .queued(let waiting):
+            if waiting >= Self.earlyWriteThreshold && loop.inLoop { drainInbox() }
         }
     }
 
@@ -215,15 +96,55 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     /// no package method on the stack (resuming a continuation only enqueues). Package code never calls `submit`.
     static let earlyWriteThreshold = 32
 
-    /// Closes the connection after its in-flight commands are answered or timed out; commands submitted after this
-    /// fail with ``RedisError/Code/connectionClosed``. `completion` runs once the socket is closed.
+    /// Closes the connection after its in-flight commands are answered, timed out, or the command timeout passed;
+    /// commands submitted after this fail with ``RedisError/Code/connectionClosed``. `completion` runs once the
+    /// socket is closed.
     func close(_ completion: (@Sendable () -> Void)? = nil) {
-        inbox.withLock { inbox in
-            if inbox.closedError == nil {
-                inbox.closedError = RedisError(.connectionClosed, "the connection was closed by close()")
+        inbox.refuseNew(RedisError(.connectionClosed, "the connection was closed by close()"))
+        loop.execute { self.beginClose(completion, force: false) }
+    }
+
+    /// Closes at once: in-flight commands fail with ``RedisError/Code/connectionClosed``.
+    func forceClose() {
+        inbox.refuseNew(RedisError(.connectionClosed, "the connection was closed by close()"))
+        loop.execute { self.beginClose(nil, force: true) }
+    }
+
+    // MARK: Carrying out the machine's decisions (loop)
+
+    private func run(_ actions: [ConnectionStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .resolve(let attempt): resolve(attempt: attempt)
+            case .open(let address): open(address)
+            case .writeHandshake(let handshake): write(handshake)
+            case .closeSocket(let cause):
+                if let context {
+                    self.context = nil  // detached first: its close reports nothing more
+                    context.close(cause: cause)
+                }
+            case .schedule(let timer, let deadline): schedule(timer, at: deadline)
+            case .cancel(let timer): timers.removeValue(forKey: timer)?.cancel()
+            case .sendHealthPing: sendHealthPing()
+            case .warn(let text): logger.warning("\(text)", metadata: ["redis.endpoint": "\(configuration)"])
+            case .reconnecting(let attempt, let delay, let lastError):
+                if let lastError {
+                    logger.debug("connect attempt failed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(lastError)"])
+                }
+                events.send(.reconnecting(attempt: attempt, delay: delay, lastError: lastError))
+            case .ready(let downtime): becameReady(downtime: downtime)
+            case .connectionLost(let error): connectionLost(error)
+            case .finish(let error): finish(error)
             }
         }
-        loop.execute { self.beginClose(completion) }
+    }
+
+    private func schedule(_ timer: ConnectionStateMachine.Timer, at deadline: ContinuousClock.Instant) {
+        timers[timer]?.cancel()
+        timers[timer] = loop.scheduleTimer(at: deadline) { [self] in
+            timers[timer] = nil  // a replaced timer is cancelled and never fires: this one is the current one
+            run(machine.timerFired(timer, now: .now, lastRead: lastRead))
+        }
     }
 
     // MARK: Connecting (loop)
@@ -232,191 +153,90 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     /// retried with the reconnect backoff until the connect timeout is up.
     func connect(_ waiter: Pending<Void>) {
         loop.assertInLoop()
-        guard case .idle = state else {
-            waiter.fail(RedisError(.connectionClosed, "the connection is already closed"))
+        let actions = machine.start(now: .now)
+        guard !actions.isEmpty else {
+            waiter.fail(inbox.closedError ?? RedisError(.connectionClosed, "the connection is already closed"))
             return
         }
         connectWaiter = waiter
-        startupDeadline = .now + configuration.connectTimeout
-        startAttempt()
+        run(actions)
     }
 
-    private func startAttempt() {
-        state = .connecting(remaining: [])
-        let now = ContinuousClock.now
-        attemptDeadline = min(startupDeadline ?? now + configuration.connectTimeout, now + configuration.connectTimeout)
-        attemptTimer = loop.scheduleTimer(at: attemptDeadline) { [self] in
-            attemptTimer = nil
-            failAttempt(RedisError(.timeout, "connecting to \(configuration) timed out after \(configuration.connectTimeout)"))
+    private func resolve(attempt: UInt64) {
+        guard case .tcp(let host, let port) = configuration.endpoint else { return }
+        AddressResolver.resolve(host: host, port: port) { result in
+            self.loop.execute { self.run(self.machine.resolved(result, attempt: attempt, now: .now)) }
         }
-        switch configuration.endpoint {
-        case .unixSocket(let path):
-            tryAddresses([.unix(path: path)])
-        case .tcp(let host, let port):
-            if AddressResolver.isNumeric(host) {
-                tryAddresses([.tcp(ip: host, port: port)])
-            } else {
-                AddressResolver.resolve(host: host, port: port) { result in
-                    self.loop.execute { self.resolved(result) }
-                }
+    }
+
+    private func open(_ address: ServerAddress) {
+        if let stale = context {  // the machine closes before it opens; never leave one behind
+            context = nil
+            stale.close()
+        }
+        logger.debug("connecting", metadata: ["redis.address": "\(address)"])
+        do {
+            let created = try HiredisContext(address: address, loop: loop, delegate: self)
+            created.decodesPushes = pushHandler != nil
+            context = created
+        } catch {
+            logger.debug("connect failed", metadata: ["redis.address": "\(address)", "error": "\(error)"])
+            run(machine.openFailed(error, now: .now))
+        }
+    }
+
+    func hiredisContextDidConnect(_ connected: HiredisContext) {
+        guard connected === context else { return }
+        run(machine.socketConnected(now: .now))
+    }
+
+    /// AUTH, SELECT and CLIENT SETNAME as configured, then PING: pipelined in one write.
+    private func write(_ handshake: Handshake) {
+        guard let context else { return }
+        for step in handshake.steps {
+            let arguments: [RedisArgument]
+            switch step {
+            case .auth:
+                arguments = ["AUTH"] + (configuration.username.map { [RedisArgument($0)] } ?? [])
+                    + [RedisArgument(configuration.password ?? "")]
+            case .select(let database): arguments = ["SELECT", RedisArgument(database)]
+            case .setName(let name): arguments = ["CLIENT", "SETNAME", RedisArgument(name)]
+            case .ping: arguments = ["PING"]
             }
-        }
-    }
-
-    private func resolved(_ result: Result<[HiredisContext.Address], RedisError>) {
-        guard case .connecting = state, context == nil else { return }  // timed out or closed meanwhile
-        switch result {
-        case .success(let addresses): tryAddresses(addresses)
-        case .failure(let error): failAttempt(error)
-        }
-    }
-
-    private func tryAddresses(_ addresses: [HiredisContext.Address]) {
-        var remaining = addresses[...]
-        var error: RedisError?
-        while let address = remaining.popFirst() {
-            logger.debug("connecting", metadata: ["redis.address": "\(address)"])
-            do {
-                let created = try HiredisContext(address: address, loop: loop, delegate: self)
-                created.decodesPushes = pushHandler != nil
-                context = created
-                state = .connecting(remaining: Array(remaining))
-                return
-            } catch let failure {
-                logger.debug("connect failed", metadata: ["redis.address": "\(address)", "error": "\(failure)"])
-                error = failure
-            }
-        }
-        failAttempt(error ?? RedisError(.connectionRefused, "no address to connect to"))
-    }
-
-    func hiredisContextDidConnect() {
-        guard case .connecting = state, let context else { return }
-        state = .handshaking
-        // AUTH, SELECT and CLIENT SETNAME as configured, then PING: pipelined in one write. The PING also surfaces
-        // a server that refuses unauthenticated clients or is out of client slots before `connect` returns.
-        var steps: [(String, [RedisArgument])] = []
-        if let password = configuration.password {
-            var auth: [RedisArgument] = ["AUTH"]
-            if let username = configuration.username { auth.append(RedisArgument(username)) }
-            auth.append(RedisArgument(password))
-            steps.append(("AUTH", auth))
-        }
-        if configuration.database != 0 {
-            steps.append(("SELECT", ["SELECT", RedisArgument(configuration.database)]))
-        }
-        if let name = configuration.clientName {
-            steps.append(("CLIENT SETNAME", ["CLIENT", "SETNAME", RedisArgument(name)]))
-        }
-        steps.append(("PING", ["PING"]))
-        for (index, (name, arguments)) in steps.enumerated() {
             RESP.encode(arguments).withUnsafeBytes { context.append($0) }
-            queue.append(.handshake(command: name, final: index == steps.count - 1), deadline: attemptDeadline)
         }
         context.flush()
     }
 
-    private func handshakeReply(_ reply: RedisValue, command: String, final: Bool) {
-        if case .error(let message) = reply {
-            let error: RedisError
-            switch command {
-            case "AUTH": error = RedisError(.authenticationFailed, "authentication failed: \(message)")
-            case "SELECT", "CLIENT SETNAME": error = RedisError(.invalidConfiguration, "\(command) failed: \(message)")
-            default: error = RedisError.server(message)
-            }
-            failAttempt(error)
-            return
-        }
-        if final { becomeReady() }
-    }
-
-    private func becomeReady() {
-        attemptTimer?.cancel()
-        attemptTimer = nil
-        failedAttempts = 0
-        lastError = nil
-        state = .ready
+    private func becameReady(downtime: Duration?) {
+        lastRead = .now
         let date = Date()
-        if everConnected {
-            let downtime = lostAt.map { ContinuousClock.now - $0 } ?? .zero
+        if let downtime {
             logger.info("reconnected", metadata: ["redis.endpoint": "\(configuration)", "redis.downtime": "\(downtime)"])
             events.send(.reconnected(at: date, downtime: downtime))
             pushHandler?.connectionRestored(at: date, downtime: downtime)
         } else {
-            everConnected = true
-            startupDeadline = nil
             logger.debug("connected", metadata: ["redis.endpoint": "\(configuration)"])
             events.send(.connected(at: date))
             connectWaiter?.succeed(())
             connectWaiter = nil
         }
-        for waiter in readyWaiters { waiter.succeed(()) }
+        let waiters = readyWaiters
         readyWaiters = []
-        startHealthCheck()
+        for waiter in waiters { waiter.succeed(()) }
         drainInbox()
-    }
-
-    /// One attempt failed before the connection was ready: retry with backoff, or give up.
-    private func failAttempt(_ error: RedisError) {
-        switch state {
-        case .idle, .connecting, .handshaking: break
-        case .ready, .waitingToRetry, .closing, .closed: return
-        }
-        attemptTimer?.cancel()
-        attemptTimer = nil
-        if let context {
-            self.context = nil
-            context.close(cause: error)
-        }
-        // Only handshake steps can be queued before the connection is ready; anything else still gets its answer.
-        for waiter in queue.removeAll() {
-            switch waiter {
-            case .request(let request): request.fail(error)
-            case .ownCommand(let handler, _): handler(.failure(RedisError(.connectionClosed, error.message)))
-            case .handshake: break
-            }
-        }
-        // An attempt cut short by the clock says less than the failure before it: report that one when giving up.
-        let cause = error.code == .timeout ? (lastError ?? error) : error
-        lastError = error
-        failedAttempts += 1
-        logger.debug("connect attempt failed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
-        guard Self.isRetryable(error), configuration.reconnect.allowsAttempt(after: failedAttempts) else {
-            finish(Self.isRetryable(error) ? cause : error)
-            return
-        }
-        let delay = configuration.reconnect.delay(attempt: failedAttempts - 1, using: &random)
-        if let startupDeadline, ContinuousClock.now + delay >= startupDeadline {
-            finish(cause)  // the start-up time is up
-            return
-        }
-        scheduleRetry(after: delay)
-    }
-
-    private func scheduleRetry(after delay: Duration) {
-        state = .waitingToRetry
-        events.send(.reconnecting(attempt: failedAttempts + 1, delay: delay, lastError: lastError))
-        retryTimer = loop.scheduleTimer(at: .now + delay) { [self] in
-            retryTimer = nil
-            startAttempt()
-        }
-    }
-
-    /// Errors that waiting cannot fix end the connection instead of being retried.
-    static func isRetryable(_ error: RedisError) -> Bool {
-        switch error.code {
-        case .authenticationFailed, .invalidConfiguration, .permissionDenied, .invalidArgument: false
-        default: true
-        }
     }
 
     /// Resumes `waiter` once the connection is ready (at once if it is); fails it if the connection closes for good.
     func whenReady(_ waiter: Pending<Void>) {
         loop.assertInLoop()
-        switch state {
-        case .ready: waiter.succeed(())
-        case .closing, .closed: waiter.fail(inbox.withLock { $0.closedError } ?? RedisError(.connectionClosed, "closed"))
-        case .idle, .connecting, .handshaking, .waitingToRetry: readyWaiters.append(waiter)
+        if machine.isReady {
+            waiter.succeed(())
+        } else if machine.isClosed || machine.isClosing {
+            waiter.fail(inbox.closedError ?? RedisError(.connectionClosed, "the connection is closed"))
+        } else {
+            readyWaiters.removeAll { $0.isFinished }  // those that gave up (cancelled) do not pile up
+            readyWaiters.append(waiter)
         }
     }
 
@@ -426,37 +246,59 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         loop.assertInLoop()
         var submissions: [Submission] = []
         swap(&submissions, &spareSubmissions)  // moved, not copied: the inbox gets unique storage
-        let closedError = inbox.withLock { inbox -> RedisError? in
-            swap(&submissions, &inbox.submissions)
-            inbox.scheduled = false
-            return inbox.closedError
-        }
+        let closedError = inbox.take(into: &submissions, releasing: queue.takeReleased())
         defer {
             submissions.removeAll(keepingCapacity: true)
             spareSubmissions = submissions
         }
         guard !submissions.isEmpty else { return }
-        guard acceptsWrites, let context else {
+        guard machine.acceptsCommands, let context else {
             let error = closedError ?? RedisError(
-                .connectionClosed, "not connected: reconnecting" + (lastError.map { " after: \($0.message)" } ?? ""))
-            for submission in submissions { submission.fail(error) }
+                .connectionClosed,
+                "not connected: reconnecting" + (machine.currentError.map { " after: \($0.message)" } ?? ""))
+            fail(submissions[...], error)
             return
         }
-        let deadline = ContinuousClock.now + configuration.commandTimeout
+        let now = ContinuousClock.now
+        let deadline = now + configuration.commandTimeout
+        var notWritten = CommandCost.none
         for (index, submission) in submissions.enumerated() {
-            if submission.request.isFinished { continue }  // cancelled before writing: not sent
+            if submission.request.isFinished {  // cancelled before writing: not sent
+                notWritten.commands += submission.commands
+                notWritten.bytes += submission.bytes.count
+                continue
+            }
             submission.bytes.withUnsafeBytes { context.append($0) }
             // Buffering can fail (out of memory) and close the context at once: then nothing more may be queued for
             // it, or the next connection's replies would be matched to these.
             guard self.context === context else {
-                let error = RedisError(.connectionClosed, "the connection closed while commands were being written")
-                for unwritten in submissions[index...] { unwritten.fail(error) }
+                inbox.release(notWritten)
+                fail(submissions[index...], RedisError(.connectionClosed, "the connection closed while commands were being written"))
                 return
             }
-            for _ in 0..<submission.commands { queue.append(.request(submission.request), deadline: deadline) }
+            let slotDeadline = submission.timeout.map { now + $0 } ?? deadline
+            for part in 0..<submission.commands {
+                // The bytes count against the bound until the last reply of the submission arrives.
+                let bytes = part == submission.commands - 1 ? submission.bytes.count : 0
+                queue.append(
+                    .request(submission.request), deadline: slotDeadline, writtenAt: now,
+                    cost: CommandCost(commands: 1, bytes: bytes))
+            }
         }
+        inbox.release(notWritten)
         context.flush()
         armTimeoutTimer()
+    }
+
+    /// Fails submissions that were never written, and gives their cost back.
+    private func fail(_ submissions: ArraySlice<Submission>, _ error: RedisError) {
+        var cost = CommandCost.none
+        for submission in submissions {
+            cost.commands += submission.commands
+            cost.bytes += submission.bytes.count
+            submission.fail(error)
+        }
+        inbox.release(cost)
     }
 
     private static func acknowledgement(_ waiter: Waiter) -> Acknowledgement? {
@@ -464,26 +306,18 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         return nil
     }
 
-    private var acceptsWrites: Bool {
-        switch state {
-        case .ready, .closing: true
-        case .idle, .connecting, .handshaking, .waitingToRetry, .closed: false
+    func hiredisContext(_ receiving: HiredisContext, didReceive reply: RedisValue) {
+        guard receiving === context else { return }
+        if machine.isHandshaking {
+            run(machine.handshakeReply(reply, now: .now))
+            return
         }
-    }
-
-    func hiredisContextDidReceive(_ reply: RedisValue) {
         if let pushHandler, pushHandler.handlePush(reply, awaited: queue.peek().flatMap(Self.acknowledgement)) {
             return
         }
         switch queue.popOwner() {
         case .waiter(.request(let request)):
-            if case .error(let message) = reply {
-                request.fail(RedisError.server(message))
-            } else {
-                request.succeed(reply)
-            }
-        case .waiter(.handshake(let command, let final)):
-            handshakeReply(reply, command: command, final: final)
+            request.deliver(reply)
         case .waiter(.ownCommand(let handler, _)):
             if case .error(let message) = reply {
                 handler(.failure(RedisError.server(message)))
@@ -493,23 +327,25 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         case .abandoned:
             logger.trace("discarded the late reply of a timed-out or cancelled command")
         case .none:
-            // Unsolicited: an error here is the server's reason for closing (e.g. max clients reached).
+            // Unsolicited: an error here is the server's reason for closing (e.g. max clients reached). The close
+            // reaches the machine as the socket's own.
             if case .error(let message) = reply {
-                context?.close(cause: RedisError.server(message))
+                receiving.close(cause: RedisError.server(message))
             } else {
-                context?.close(cause: RedisError(.protocolError, "unexpected reply from the server: \(reply)"))
+                receiving.close(cause: RedisError(.protocolError, "unexpected reply from the server: \(reply.shape)"))
             }
         }
-        closeIfDrained()
+        if machine.isClosing && queue.liveCount == 0 { run(machine.drained()) }
     }
 
-    func hiredisContextDidReceivePush(_ push: RawPush) {
+    func hiredisContext(_ receiving: HiredisContext, didReceivePush push: RawPush) {
         pushHandler?.handleMessage(push)
     }
 
-    func hiredisContextDidFinishReading() {
-        if healthCheckEnabled { lastReceived = .now }
+    func hiredisContextDidFinishReading(_ reading: HiredisContext) {
+        lastRead = .now
         pushHandler?.flush()
+        inbox.release(queue.takeReleased())
     }
 
     /// Writes a command the package sends for itself; `handler` gets its reply, or the error that ended the
@@ -520,14 +356,30 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         handler: @escaping (Result<RedisValue, RedisError>) -> Void
     ) {
         loop.assertInLoop()
-        guard acceptsWrites, let context else {
-            handler(.failure(inbox.withLock { $0.closedError } ?? RedisError(.connectionClosed, "not connected")))
+        guard machine.acceptsCommands, let context else {
+            handler(.failure(inbox.closedError ?? RedisError(.connectionClosed, "not connected")))
             return
         }
         RESP.encode(arguments).withUnsafeBytes { context.append($0) }
-        queue.append(.ownCommand(handler, expects: acknowledgement), deadline: .now + configuration.commandTimeout)
+        guard self.context === context else {
+            handler(.failure(RedisError(.connectionClosed, "the connection closed while a command was being written")))
+            return
+        }
+        let now = ContinuousClock.now
+        queue.append(.ownCommand(handler, expects: acknowledgement), deadline: now + configuration.commandTimeout, writtenAt: now)
         context.flush()
         armTimeoutTimer()
+    }
+
+    private func sendHealthPing() {
+        // hiredis never sees the PING (replies are matched here), so the PONG of a subscribed connection
+        // (`["pong", ""]`) is fine on every hiredis version.
+        sendInternal(["PING"]) { [self] result in
+            if case .failure(let error) = result, error.code == .connectionClosed || error.code == .timeout {
+                return  // gone, or too late to matter: the machine judges silence by itself
+            }
+            run(machine.healthPingAnswered(now: .now))  // any reply, an error reply too, proves life
+        }
     }
 
     /// Closes the current connection at once with `error` (then reconnects, unless closing). Loop only.
@@ -545,184 +397,88 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     private func expireTimeouts() {
-        var handshakeTimedOut: String?
-        for waiter in queue.expire(now: .now) {
+        let now = ContinuousClock.now
+        for waiter in queue.expire(now: now) {
+            let error = RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")
             switch waiter {
-            case .request(let request):
-                request.fail(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)"))
-            case .handshake(let command, _):
-                handshakeTimedOut = handshakeTimedOut ?? command
-            case .ownCommand(let handler, _):
-                handler(.failure(RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")))
+            case .request(let request): request.fail(error)
+            case .ownCommand(let handler, _): handler(.failure(error))
             }
         }
-        if let command = handshakeTimedOut {
-            failAttempt(RedisError(.timeout, "\(command) got no reply within the connect timeout of \(configuration.connectTimeout)"))
-            return
+        if let oldest = queue.oldest(now: now), oldest.overdue {
+            run(machine.commandOverdue(writtenAt: oldest.writtenAt, lastRead: lastRead, now: now))
         }
-        closeIfDrained()
+        if machine.isClosing && queue.liveCount == 0 { run(machine.drained()) }
         armTimeoutTimer()
-    }
-
-    // MARK: Health check (loop)
-
-    private func startHealthCheck() {
-        guard healthCheckEnabled, let interval = configuration.healthCheckInterval else { return }
-        lastReceived = .now
-        scheduleHealthCheck(at: lastReceived + interval)
-    }
-
-    private func scheduleHealthCheck(at deadline: ContinuousClock.Instant) {
-        healthTimer?.cancel()
-        healthTimer = loop.scheduleTimer(at: deadline) { [self] in
-            healthTimer = nil
-            healthCheckDue()
-        }
-    }
-
-    private func healthCheckDue() {
-        guard case .ready = state, let interval = configuration.healthCheckInterval else { return }
-        let idleSince = lastReceived
-        guard ContinuousClock.now - idleSince >= interval else {
-            scheduleHealthCheck(at: idleSince + interval)
-            return
-        }
-        // Silent for a whole interval: PING. hiredis never sees it (replies are matched here), so the PONG of a
-        // subscribed connection (`["pong", ""]`) is fine on every hiredis version.
-        let timeout = configuration.healthCheckTimeout
-        healthPingDeadline = loop.scheduleTimer(at: .now + timeout) { [self] in
-            healthPingDeadline = nil
-            logger.notice("health check failed: no PONG", metadata: ["redis.endpoint": "\(configuration)"])
-            closeNow(RedisError(.timeout, "health check: no reply to PING within \(timeout); the connection is replaced"))
-        }
-        sendInternal(["PING"]) { [self] result in
-            healthPingDeadline?.cancel()
-            healthPingDeadline = nil
-            if case .success = result, case .ready = state, let interval = configuration.healthCheckInterval {
-                scheduleHealthCheck(at: lastReceived + interval)
-            }
-        }
-    }
-
-    private func stopHealthCheck() {
-        healthTimer?.cancel()
-        healthTimer = nil
-        healthPingDeadline?.cancel()
-        healthPingDeadline = nil
     }
 
     // MARK: Losing the connection (loop)
 
-    func hiredisContextDidClose(_ error: RedisError) {
-        guard context != nil else { return }  // a context we detached and closed ourselves
+    func hiredisContext(_ closed: HiredisContext, didCloseWith error: RedisError) {
+        guard closed === context else { return }  // one we detached and closed ourselves
         context = nil
-        switch state {
-        case .connecting(let remaining) where !remaining.isEmpty:
-            tryAddresses(remaining)
-        case .connecting, .handshaking:
-            failAttempt(error)
-        case .ready:
-            connectionLost(error)
-        case .closing:
-            finish(nil)
-        case .idle, .waitingToRetry, .closed:
-            break
-        }
+        run(machine.socketClosed(error, now: .now))
     }
 
     private func connectionLost(_ error: RedisError) {
-        stopHealthCheck()
         timeoutTimer?.cancel()
         timeoutTimer = nil
-        let now = ContinuousClock.now
-        lostAt = now
-        lastError = error
         logger.notice("connection lost", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
         let date = Date()
         events.send(.disconnected(at: date, cause: error))
-        // Commands in flight may or may not have run: they fail now, and are not sent again. The package's own
-        // commands learn only that the connection is gone (a protocol error as the cause is not a refusal).
+        // Commands in flight may or may not have run: they fail now, and are not sent again (``PublishRetry`` may,
+        // on ``RedisError/Code/connectionClosed``).
         let lost = RedisError(.connectionClosed, "connection lost: \(error.message)")
         for waiter in queue.removeAll() {
             switch waiter {
-            case .request(let request): request.fail(error)
+            case .request(let request): request.fail(lost)
             case .ownCommand(let handler, _): handler(.failure(lost))
-            case .handshake: break
             }
         }
+        inbox.release(queue.takeReleased())
         pushHandler?.connectionLost(error, at: date)
-        guard configuration.reconnect.allowsAttempt(after: 0) else {
-            finish(error)
-            return
-        }
-        failedAttempts = 0
-        scheduleRetry(after: configuration.reconnect.delay(attempt: 0, using: &random))
     }
 
     // MARK: Closing (loop)
 
-    private func beginClose(_ completion: (@Sendable () -> Void)?) {
+    private func beginClose(_ completion: (@Sendable () -> Void)?, force: Bool) {
         if let completion { closeWaiters.append(completion) }
-        switch state {
-        case .idle, .connecting, .handshaking, .waitingToRetry:
-            finish(everConnected ? nil : RedisError(.connectionClosed, "the connection was closed while connecting"))
-        case .ready:
-            state = .closing
-            stopHealthCheck()
-            drainInbox()  // what was submitted before close() is in flight too (a write error may finish us here)
-            closeIfDrained()
-        case .closing:
-            break
-        case .closed:
+        if machine.isClosed {
             runCloseWaiters()
+            return
         }
-    }
-
-    private func closeIfDrained() {
-        guard case .closing = state, queue.liveCount == 0 else { return }
-        if let context {
-            context.close(cause: RedisError(.connectionClosed, "the connection was closed by close()"))
-        } else {
-            finish(nil)
+        if force {
+            run(machine.forceClose())
+            return
         }
+        if machine.acceptsCommands { drainInbox() }  // what was submitted before close() is in flight too
+        run(machine.closeRequested(drained: queue.liveCount == 0, now: .now))
     }
 
     /// The end: `nil` for `close()`, else the error that ended it. Fails everything still waiting.
     private func finish(_ error: RedisError?) {
-        if case .closed = state { return }
-        state = .closed
-        for timer in [attemptTimer, retryTimer, timeoutTimer] { timer?.cancel() }
-        attemptTimer = nil
-        retryTimer = nil
+        timeoutTimer?.cancel()
         timeoutTimer = nil
-        stopHealthCheck()
         let failure = error ?? RedisError(.connectionClosed, "the connection was closed by close()")
-        let leftovers = inbox.withLock { inbox -> (RedisError, [Submission]) in
-            if inbox.closedError == nil { inbox.closedError = failure }
-            let submissions = inbox.submissions
-            inbox.submissions = []
-            return (inbox.closedError!, submissions)
-        }
+        let leftovers = inbox.close(failure)
+        let laterError = inbox.closedError ?? failure
         let closed = failure.code == .connectionClosed ? failure : RedisError(.connectionClosed, failure.message)
         for waiter in queue.removeAll() {
             switch waiter {
-            case .request(let request): request.fail(failure)
+            case .request(let request): request.fail(closed)
             case .ownCommand(let handler, _): handler(.failure(closed))
-            case .handshake: break
             }
         }
-        for submission in leftovers.1 { submission.fail(leftovers.0) }
+        inbox.release(queue.takeReleased())
+        for submission in leftovers { submission.fail(laterError) }
         connectWaiter?.fail(failure)
         connectWaiter = nil
-        for waiter in readyWaiters { waiter.fail(failure) }
+        let waiters = readyWaiters
         readyWaiters = []
+        for waiter in waiters { waiter.fail(failure) }
         pushHandler?.connectionClosed(error)
         pushHandler = nil
-        if let context {
-            self.context = nil
-            context.close(cause: failure)
-        }
-        if everConnected {
+        if machine.hasConnected {
             if let error {
                 logger.notice("connection closed", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
             } else {
@@ -740,5 +496,13 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         let waiters = closeWaiters
         closeWaiters = []
         for waiter in waiters { waiter() }
+    }
+
+    // MARK: Introspection (tests)
+
+    /// TCP keepalive of the current socket; loop only.
+    var keepAlive: (enabled: Bool, idleSeconds: Int32)? {
+        loop.assertInLoop()
+        return context?.keepAlive
     }
 }

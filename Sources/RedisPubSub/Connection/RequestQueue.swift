@@ -4,11 +4,15 @@ import DequeModule
 ///
 /// Redis answers in order, so the head is always the next reply's owner. A waiter that timed out or was
 /// cancelled keeps its slot (its reply is still coming) but no longer has anyone to deliver to: its late reply is
-/// discarded. A pure value: the connection drives it and carries out what it returns.
+/// discarded. Each slot also carries what it costs against the connection's bound on outstanding work; the queue
+/// adds up what answered or removed slots give back. A pure value: the connection drives it and carries out what
+/// it returns.
 struct RequestQueue<Waiter> {
     private struct Slot {
         var waiter: Waiter?
         let deadline: ContinuousClock.Instant
+        let writtenAt: ContinuousClock.Instant
+        let cost: CommandCost
     }
 
     /// What to do with the reply that just arrived.
@@ -26,6 +30,8 @@ struct RequestQueue<Waiter> {
     private var expiredPrefix = 0
     /// Slots whose waiter can still be delivered to.
     private(set) var liveCount = 0
+    /// The cost of the slots answered or removed since ``takeReleased()`` last ran.
+    private var released = CommandCost.none
 
     /// Number of replies still expected.
     var count: Int { slots.count }
@@ -37,9 +43,20 @@ struct RequestQueue<Waiter> {
         expiredPrefix < slots.count ? slots[expiredPrefix].deadline : nil
     }
 
+    /// When the oldest command still expecting its reply was written, and whether its deadline has passed.
+    func oldest(now: ContinuousClock.Instant) -> (writtenAt: ContinuousClock.Instant, overdue: Bool)? {
+        guard let first = slots.first else { return nil }
+        return (first.writtenAt, first.deadline <= now)
+    }
+
     /// Records a written command.
-    mutating func append(_ waiter: Waiter, deadline: ContinuousClock.Instant) {
-        slots.append(Slot(waiter: waiter, deadline: deadline))
+    mutating func append(
+        _ waiter: Waiter,
+        deadline: ContinuousClock.Instant,
+        writtenAt: ContinuousClock.Instant,
+        cost: CommandCost = .none
+    ) {
+        slots.append(Slot(waiter: waiter, deadline: deadline, writtenAt: writtenAt, cost: cost))
         liveCount += 1
     }
 
@@ -52,6 +69,8 @@ struct RequestQueue<Waiter> {
     mutating func popOwner() -> Owner {
         guard let slot = slots.popFirst() else { return .none }
         if expiredPrefix > 0 { expiredPrefix -= 1 }
+        released.commands += slot.cost.commands
+        released.bytes += slot.cost.bytes
         guard let waiter = slot.waiter else { return .abandoned }
         liveCount -= 1
         return .waiter(waiter)
@@ -73,10 +92,29 @@ struct RequestQueue<Waiter> {
 
     /// Empties the queue (the connection is gone) and returns every waiter still live.
     mutating func removeAll() -> [Waiter] {
-        let live = slots.compactMap(\.waiter)
+        var live: [Waiter] = []
+        for slot in slots {
+            released.commands += slot.cost.commands
+            released.bytes += slot.cost.bytes
+            if let waiter = slot.waiter { live.append(waiter) }
+        }
         slots.removeAll()
         expiredPrefix = 0
         liveCount = 0
         return live
     }
+
+    /// The cost given back since the last call, for the connection's bound on outstanding work.
+    mutating func takeReleased() -> CommandCost {
+        defer { released = .none }
+        return released
+    }
+}
+
+/// What written commands count against a connection's bound on outstanding work (``CommandInbox``).
+struct CommandCost: Hashable, Sendable {
+    var commands: Int
+    var bytes: Int
+    /// Commands the package sends for itself, which the bound does not count.
+    static let none = CommandCost(commands: 0, bytes: 0)
 }

@@ -7,20 +7,21 @@ import Musl
 import Darwin
 #endif
 
-/// What a ``HiredisContext`` tells its owner. Called on the loop thread, never from inside a hiredis call.
+/// What a ``HiredisContext`` tells its owner. Called on the loop thread, never from inside a hiredis call. Each call
+/// names the context, so an owner that replaced its context can ignore the old one's last words.
 protocol HiredisContextDelegate: AnyObject {
     /// The TCP or Unix connection is established; commands may be written.
-    func hiredisContextDidConnect()
+    func hiredisContextDidConnect(_ context: HiredisContext)
     /// One complete reply, copied out of hiredis. Top-level error replies arrive as ``RedisValue/error(_:)``.
-    func hiredisContextDidReceive(_ reply: RedisValue)
+    func hiredisContext(_ context: HiredisContext, didReceive reply: RedisValue)
     /// A Pub/Sub message, recognised in the raw reply (only when ``HiredisContext/decodesPushes`` is set). The buffers
     /// point into hiredis's reply and are valid only during the call.
-    func hiredisContextDidReceivePush(_ push: RawPush)
+    func hiredisContext(_ context: HiredisContext, didReceivePush push: RawPush)
     /// The replies of one read from the socket were all delivered.
-    func hiredisContextDidFinishReading()
-    /// The context is gone: a connect failure, a network or protocol error, end of stream, or ``HiredisContext/close()``.
+    func hiredisContextDidFinishReading(_ context: HiredisContext)
+    /// The context is gone: a connect failure, a network or protocol error, end of stream, or ``HiredisContext/close(cause:)``.
     /// Called exactly once, last.
-    func hiredisContextDidClose(_ error: RedisError)
+    func hiredisContext(_ context: HiredisContext, didCloseWith error: RedisError)
 }
 
 /// A `message`, `pmessage` or `smessage` push, borrowed from hiredis's reply for the duration of one call.
@@ -39,26 +40,13 @@ struct RawPush {
 /// reply-callback list and its Pub/Sub dictionaries are therefore never used, which makes its Pub/Sub
 /// abort and use-after-free paths (0.14 `async.c:389`, `:478`, PING while subscribed, SSUBSCRIBE) unreachable.
 final class HiredisContext: EventLoopSource {
-    /// A resolved address: no name lookup happens on the loop.
-    enum Address: Sendable, CustomStringConvertible {
-        case tcp(ip: String, port: Int)
-        case unix(path: String)
-
-        var description: String {
-            switch self {
-            case .tcp(let ip, let port): ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
-            case .unix(let path): path
-            }
-        }
-    }
-
     private enum Event {
         case connected
         case closed(RedisError)
     }
 
     let loop: EventLoop
-    let address: Address
+    let address: ServerAddress
     private var delegate: (any HiredisContextDelegate)?
     private var context: UnsafeMutablePointer<redisAsyncContext>?
     private var fd: Int32 = -1
@@ -80,7 +68,7 @@ final class HiredisContext: EventLoopSource {
     /// or ``HiredisContextDelegate/hiredisContextDidClose(_:)``.
     ///
     /// - Throws: ``RedisError`` when the connect fails at once (for example a refused loopback port or a missing socket file).
-    init(address: Address, loop: EventLoop, delegate: any HiredisContextDelegate) throws(RedisError) {
+    init(address: ServerAddress, loop: EventLoop, delegate: any HiredisContextDelegate) throws(RedisError) {
         loop.assertInLoop()
         self.loop = loop
         self.address = address
@@ -105,6 +93,7 @@ final class HiredisContext: EventLoopSource {
         context = ac
         fd = chiredis_context(ac).pointee.fd
         retainedByContext = self
+        if case .tcp = address { Self.enableKeepAlive(fd) }
 
         // Unmanaged because: hiredis stores the pointer without retaining it; `retainedByContext` keeps `self` alive
         // until the `cleanup` hook, the last time hiredis uses it.
@@ -192,20 +181,33 @@ final class HiredisContext: EventLoopSource {
                 return
             }
             guard let reply = raw else {
-                delegate?.hiredisContextDidFinishReading()
+                // Incomplete: what the reader holds so far must not nest deeper than a reply may (hiredis 1.x has no
+                // limit of its own before 1.3, and only a loose one since; 0.14 stops at 7).
+                if chiredis_reader_depth(c) >= RedisValue.maximumDepth {
+                    fail(Self.tooDeep)
+                    return
+                }
+                delegate?.hiredisContextDidFinishReading(self)
                 return
             }
             let typed = reply.assumingMemoryBound(to: redisReply.self)
             if decodesPushes, let push = Self.push(typed) {
-                delegate?.hiredisContextDidReceivePush(push)
+                delegate?.hiredisContext(self, didReceivePush: push)
                 freeReplyObject(reply)
                 raw = nil
                 continue
             }
-            let value = RedisValue(reply: typed)
+            let value: RedisValue
+            do {
+                value = try RedisValue.decode(typed)
+            } catch {
+                freeReplyObject(reply)
+                fail(error)
+                return
+            }
             freeReplyObject(reply)
             raw = nil
-            delegate?.hiredisContextDidReceive(value)  // may close: the loop condition re-checks `context`
+            delegate?.hiredisContext(self, didReceive: value)  // may close: the loop condition re-checks `context`
         }
     }
 
@@ -260,16 +262,54 @@ final class HiredisContext: EventLoopSource {
             let event = events.removeFirst()
             switch event {
             case .connected:
-                delegate?.hiredisContextDidConnect()
+                delegate?.hiredisContextDidConnect(self)
             case .closed(let error):
                 let delegate = self.delegate
                 self.delegate = nil
                 let keepAlive = retainedByContext
                 retainedByContext = nil
-                delegate?.hiredisContextDidClose(error)
+                delegate?.hiredisContext(self, didCloseWith: error)
                 _ = keepAlive
             }
         }
+    }
+
+    // MARK: Socket options
+
+    /// TCP keepalive: a peer that vanished (powered off, partitioned) is noticed by the kernel even on a connection
+    /// that waits in silence on purpose (a blocking command, an idle subscriber between health checks): first probe
+    /// after 15 s of silence, then every 5 s, dead after 3 unanswered probes. Best effort: a failing setsockopt leaves
+    /// the connection as it is.
+    private static func enableKeepAlive(_ fd: Int32) {
+        var on: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<Int32>.size))
+        var idle: Int32 = 15, interval: Int32 = 5, count: Int32 = 3
+        #if canImport(Darwin)
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPALIVE, &idle, socklen_t(MemoryLayout<Int32>.size))
+        #else
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, socklen_t(MemoryLayout<Int32>.size))
+        #endif
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &interval, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Whether TCP keepalive is on for this context's socket, and its idle time in seconds (for tests).
+    var keepAlive: (enabled: Bool, idleSeconds: Int32)? {
+        guard fd >= 0 else { return nil }
+        var on: Int32 = 0, idle: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &length) == 0 else { return nil }
+        length = socklen_t(MemoryLayout<Int32>.size)
+        #if canImport(Darwin)
+        _ = getsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPALIVE, &idle, &length)
+        #else
+        _ = getsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, &length)
+        #endif
+        return (on != 0, idle)
+    }
+
+    private static var tooDeep: RedisError {
+        RedisError(.protocolError, "the server sent a reply nested deeper than \(RedisValue.maximumDepth) levels")
     }
 
     // MARK: Pushes
@@ -319,7 +359,7 @@ final class HiredisContext: EventLoopSource {
 
     private static func connectError(
         _ c: UnsafeMutablePointer<redisContext>,
-        address: Address,
+        address: ServerAddress,
         errno savedErrno: Int32 = 0
     ) -> RedisError {
         var text = String(cString: chiredis_errstr(c))
@@ -331,37 +371,5 @@ final class HiredisContext: EventLoopSource {
         if matches(EHOSTUNREACH) || matches(ENETUNREACH) || matches(EADDRNOTAVAIL) { return RedisError(.hostUnreachable, message) }
         if matches(ETIMEDOUT) { return RedisError(.timeout, message) }
         return RedisError(.connectionClosed, message)
-    }
-}
-
-extension RedisValue {
-    /// Copies a hiredis reply; hiredis frees the original as soon as the caller returns.
-    init(reply: UnsafePointer<redisReply>) {
-        let r = reply.pointee
-        func text() -> String {
-            guard let str = r.str else { return "" }
-            return String(decoding: UnsafeRawBufferPointer(start: str, count: Int(r.len)), as: UTF8.self)
-        }
-        func bytes() -> [UInt8] {
-            guard let str = r.str, r.len > 0 else { return [] }
-            return Array(UnsafeRawBufferPointer(start: str, count: Int(r.len)))
-        }
-        func elements() -> [RedisValue] {
-            guard let element = r.element else { return [] }
-            return (0..<Int(r.elements)).map { RedisValue(reply: element[$0]!) }
-        }
-        switch r.type {
-        case REDIS_REPLY_STRING: self = .bulkString(bytes())
-        case REDIS_REPLY_STATUS: self = .simpleString(text())
-        case REDIS_REPLY_ERROR: self = .error(text())
-        case REDIS_REPLY_INTEGER: self = .integer(Int(r.integer))
-        case REDIS_REPLY_NIL: self = .null
-        case REDIS_REPLY_ARRAY: self = .array(elements())
-        // RESP3 (hiredis 1.x only, after a user's HELLO 3): mapped onto the RESP2 shapes.
-        case CHIREDIS_REPLY_DOUBLE, CHIREDIS_REPLY_BIGNUM, CHIREDIS_REPLY_VERB: self = .bulkString(bytes())
-        case CHIREDIS_REPLY_BOOL: self = .integer(Int(r.integer))
-        case CHIREDIS_REPLY_MAP, CHIREDIS_REPLY_SET, CHIREDIS_REPLY_ATTR, CHIREDIS_REPLY_PUSH: self = .array(elements())
-        default: self = .error("unknown hiredis reply type \(r.type)")
-        }
     }
 }

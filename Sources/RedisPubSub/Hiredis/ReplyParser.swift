@@ -23,8 +23,8 @@ enum ReplyParser {
                 throw RedisError(.protocolError, message)
             }
             guard let reply = raw else { return values }
-            values.append(RedisValue(reply: reply.assumingMemoryBound(to: redisReply.self)))
-            freeReplyObject(reply)
+            defer { freeReplyObject(reply) }
+            values.append(try RedisValue.decode(reply.assumingMemoryBound(to: redisReply.self)))
         }
     }
 }

@@ -1,4 +1,5 @@
 public import Logging
+import Synchronization
 
 /// Receives Pub/Sub messages: every subscription of a `Subscriber` shares its one connection.
 ///
@@ -43,7 +44,6 @@ public final class Subscriber: Sendable {
         try await waiter.wait {
             connection.loop.execute {
                 connection.pushHandler = core
-                connection.healthCheckEnabled = true
                 connection.connect(waiter)
             }
         }
@@ -155,14 +155,24 @@ public final class Subscriber: Sendable {
     }
 
     /// Closes gracefully: unsubscribes every channel, waits for the server's acknowledgements (delivering the messages
-    /// that arrive before them), then closes the connection. Every subscription's loop then ends normally after the
-    /// messages already received. Calling it again does nothing.
+    /// that arrive before them) for at most ``RedisConfiguration/commandTimeout``, then closes the connection. Every
+    /// subscription's loop then ends normally after the messages already received. Calling it again does nothing more.
+    ///
+    /// Cancelling the calling task closes at once, without waiting for the acknowledgements.
     public func close() async {
         let core = lifetime.core
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            core.execute { core in core.close { continuation.resume() } }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                core.execute { core in core.close { continuation.resume() } }
+            }
+        } onCancel: {
+            core.connection.forceClose()
         }
     }
+
+    /// Message-shaped pushes the server sent that were too malformed to deliver (a channel name that is not a string,
+    /// say), dropped and counted here rather than treated as a reason to reset the connection.
+    public var discardedPushCount: Int { lifetime.core.discardedPushes.load(ordering: .relaxed) }
 
     /// The connection's changes from now on: disconnected (with the cause), reconnecting, reconnected, closed.
     /// Each access returns a new sequence; it ends when the subscriber is closed.

@@ -3,6 +3,8 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import Logging
+import Synchronization
 
 /// The event-loop side of a ``Subscriber``: registers subscriptions in the ``PubSubStateMachine``, sends what it
 /// asks for, routes pushes to subscriptions, resubscribes after a reconnect, and ends subscriptions when the
@@ -22,6 +24,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// The last routed channel (or pattern): its interned name and recipients, so a burst on one channel costs no
     /// hashing and no channel-name allocation. Cleared whenever the registry changes.
     private var routeCache: (kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
+    /// Message-shaped pushes too malformed to route (a channel that is not a string, a wrong element count): dropped
+    /// and counted, never a reason to reset the connection.
+    let discardedPushes = Atomic(0)
 
     init(connection: ConnectionCore) {
         self.connection = connection
@@ -139,13 +144,44 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     // MARK: PushHandler
 
-    /// Messages never get here (the context recognises them in the raw reply: ``handleMessage(_:)``); what remains is an
-    /// unsubscribe the server decided on by itself.
+    /// Messages with a string payload never get here (the context recognises them in the raw reply:
+    /// ``handleMessage(_:)``). What does: messages whose payload is something else (the key list of a client-side
+    /// caching invalidation on `__redis__:invalidate`), malformed messages (dropped and counted), and unsubscribes the
+    /// server decided on by itself. A push is never taken for a request's reply.
     func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool {
-        guard case .array(let elements) = reply, elements.count == 3, case .bulkString(let type) = elements[0] else {
+        guard case .array(let elements) = reply, let first = elements.first, case .bulkString(let type) = first else {
             return false
         }
-        return handleUnsolicitedUnsubscribe(type, elements, awaited: awaited)
+        let kind: SubscriptionKind
+        switch type {
+        case Array("message".utf8): kind = .channel
+        case Array("pmessage".utf8): kind = .pattern
+        case Array("smessage".utf8): kind = .shardChannel
+        default: return handleUnsolicitedUnsubscribe(type, elements, awaited: awaited)
+        }
+        let names = elements.dropFirst().dropLast()
+        guard elements.count == (kind == .pattern ? 4 : 3),
+              let routeName = names.first?.bulkBytes, let channel = names.last?.bulkBytes
+        else {
+            let count = discardedPushes.add(1, ordering: .relaxed).newValue
+            connection.logger.debug(
+                "dropped a malformed message push", metadata: ["redis.push": "\(reply.shape)", "redis.dropped": "\(count)"])
+            return true
+        }
+        let payload = elements[elements.count - 1]
+        let message: Message
+        if case .bulkString(let bytes) = payload {
+            message = Message(
+                channel: channel, pattern: kind == .pattern ? routeName : nil, isSharded: kind == .shardChannel, payload: bytes)
+        } else {
+            message = Message(
+                channel: channel, pattern: kind == .pattern ? routeName : nil, isSharded: kind == .shardChannel,
+                payloadValue: payload)
+        }
+        for sink in machine.recipients(ChannelKey(kind: kind, name: routeName)) where sink.append(message) {
+            toWake.append(sink)
+        }
+        return true
     }
 
     func handleMessage(_ push: RawPush) {

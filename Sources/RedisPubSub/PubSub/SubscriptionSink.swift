@@ -120,7 +120,8 @@ final class SubscriptionSink: Sendable {
         }
     }
 
-    /// The consumer will not read again: drop what is buffered and refuse more.
+    /// The consumer will not read again: drop what is buffered, refuse more, and end the event streams (the
+    /// subscription ends here: cancelled, its loop left, or released).
     func consumerStopped() {
         let consumer = state.withLock { state in
             state.consumerGone = true
@@ -128,5 +129,6 @@ final class SubscriptionSink: Sendable {
             return state.consumer.take()
         }
         consumer?.resume()
+        events.finish()
     }
 }

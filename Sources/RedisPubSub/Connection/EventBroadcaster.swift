@@ -1,0 +1,49 @@
+/// Sends events to every current listener; each listener is an `AsyncStream` keeping its newest 256 events.
+/// Events are rare (connection changes), so a stream per listener costs nothing that matters.
+final class EventBroadcaster<Event: Sendable>: Sendable {
+    private struct State {
+        var listeners: [Int: AsyncStream<Event>.Continuation] = [:]
+        var nextID = 0
+        var finished = false
+    }
+    private let state = Locked(State())
+
+    /// A broadcaster that goes away ends its streams: a listener never waits for events that cannot come.
+    deinit {
+        finish()
+    }
+
+    /// A new listener's stream: the events sent from now on.
+    func stream() -> AsyncStream<Event> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingNewest(256))
+        let id = state.withLock { state -> Int? in
+            guard !state.finished else { return nil }
+            state.nextID += 1
+            state.listeners[state.nextID] = continuation
+            return state.nextID
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.listeners.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    func send(_ event: Event) {
+        let listeners = state.withLock { Array($0.listeners.values) }
+        for listener in listeners { listener.yield(event) }
+    }
+
+    /// Ends every stream, present and future.
+    func finish() {
+        let listeners = state.withLock { state -> [AsyncStream<Event>.Continuation] in
+            state.finished = true
+            defer { state.listeners = [:] }
+            return Array(state.listeners.values)
+        }
+        for listener in listeners { listener.finish() }
+    }
+}

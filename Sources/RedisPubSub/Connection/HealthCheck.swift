@@ -1,0 +1,49 @@
+/// Whether a ready connection is alive, judged from when it last read anything: after `interval` of silence it
+/// sends a PING, and if it then stays silent for `timeout` more it is dead. Any bytes read count as life (a PONG
+/// queued behind a large reply is not late while that reply streams in), and any reply to the PING ends the check,
+/// an error reply (`-BUSY`, `-LOADING`, `-NOPERM`) included. A pure value: the state machine holds it.
+struct HealthCheck: Hashable, Sendable {
+    /// How long the connection may be silent before a PING is sent.
+    let interval: Duration
+    /// How long it may stay silent after the PING.
+    let timeout: Duration
+    /// When the PING in flight was sent, if one is.
+    private(set) var pingSentAt: ContinuousClock.Instant?
+
+    init(interval: Duration, timeout: Duration) {
+        self.interval = interval
+        self.timeout = timeout
+    }
+
+    /// What the owner does when the check's timer fires.
+    enum Decision: Hashable, Sendable {
+        /// Send a PING, and look again at `checkAt`.
+        case ping(checkAt: ContinuousClock.Instant)
+        /// Nothing yet: look again at `checkAt`.
+        case wait(checkAt: ContinuousClock.Instant)
+        /// Silent for `silence` since the PING: the connection is dead.
+        case dead(silence: Duration)
+    }
+
+    /// When to look first, on a connection that just became ready at `now`.
+    func firstCheck(now: ContinuousClock.Instant) -> ContinuousClock.Instant { now + interval }
+
+    /// The timer fired at `now`; the connection last read something at `lastRead`.
+    mutating func due(now: ContinuousClock.Instant, lastRead: ContinuousClock.Instant) -> Decision {
+        if let sent = pingSentAt {
+            let since = max(sent, lastRead)
+            if now - since >= timeout { return .dead(silence: now - sent) }
+            return .wait(checkAt: since + timeout)
+        }
+        guard now - lastRead >= interval else { return .wait(checkAt: lastRead + interval) }
+        pingSentAt = now
+        return .ping(checkAt: now + timeout)
+    }
+
+    /// The PING got a reply (any reply) at `now`. Returns when to look next.
+    mutating func answered(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        guard pingSentAt != nil else { return nil }
+        pingSentAt = nil
+        return now + interval
+    }
+}
