@@ -500,6 +500,12 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     // MARK: Introspection (tests)
 
+    /// Callers waiting for the connection to be ready again; loop only.
+    var readyWaiterCount: Int {
+        loop.assertInLoop()
+        return readyWaiters.count
+    }
+
     /// TCP keepalive of the current socket; loop only.
     var keepAlive: (enabled: Bool, idleSeconds: Int32)? {
         loop.assertInLoop()

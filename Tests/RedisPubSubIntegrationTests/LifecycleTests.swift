@@ -1,0 +1,520 @@
+import Foundation
+import Logging
+@testable import RedisPubSub
+import ServiceLifecycle
+import Testing
+
+/// Runs `body` on the connection's event loop and returns its result.
+func onLoop<Result: Sendable>(_ core: ConnectionCore, _ body: @escaping @Sendable () -> Result) async -> Result {
+    await withCheckedContinuation { continuation in
+        core.loop.execute { continuation.resume(returning: body()) }
+    }
+}
+
+/// The `calls` and `rejected_calls` of a command in `INFO commandstats`.
+func commandStats(_ connection: RedisConnection, _ command: String) async throws -> (calls: Int, rejected: Int) {
+    let info = try await connection.send("INFO", "commandstats").string ?? ""
+    guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(command):") }) else {
+        return (0, 0)
+    }
+    func field(_ name: String) -> Int {
+        line.split(separator: ":").last?.split(separator: ",").first { $0.hasPrefix("\(name)=") }
+            .flatMap { Int($0.dropFirst(name.count + 1)) } ?? 0
+    }
+    return (field("calls"), field("rejected_calls"))
+}
+
+@Suite("Connection lifecycle: supervision, handshake, limits and shutdown against real servers")
+struct LifecycleTests {
+    // MARK: The handshake
+
+    @Test func maxClientsWithAPasswordAtStartUpIsWaitedOutNotTakenForAWrongPassword() async throws {
+        let server = try RedisServer.start(["--requirepass", "pw", "--maxclients", "1"])
+        defer { server.stop() }
+        let url = "redis://:pw@127.0.0.1:\(server.port)"
+        var first: RedisConnection?
+        for _ in 0..<50 where first == nil {  // the start-up probe may hold the one slot for a moment
+            first = try? await RedisConnection.connect(to: .init(url: url))
+            if first == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let holder = try #require(first)
+        var configuration = try RedisConfiguration(url: url)
+        configuration.connectTimeout = .seconds(10)
+        // The server answers the new socket with "-ERR max number of clients reached" where AUTH's reply was expected.
+        let second = Task { try await RedisConnection.connect(to: configuration) }
+        try await Task.sleep(for: .milliseconds(500))
+        await holder.close()
+        let connection = try await second.value
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+    }
+
+    @Test func aSubscribeOnlyAclUserConnectsAndItsHealthCheckGoesOnThroughNoPerm() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        try await admin.send(
+            "ACL", "SETUSER", "listener", "on", ">pw", "resetchannels", "&*", "-@all",
+            "+subscribe", "+psubscribe", "+ssubscribe", "+unsubscribe", "+punsubscribe", "+sunsubscribe")
+        var configuration = try RedisConfiguration(url: "redis://listener:pw@127.0.0.1:\(server.port)")
+        configuration.clientName = "listener-1"  // CLIENT SETNAME is refused too: connected anyway
+        configuration.healthCheckInterval = .milliseconds(100)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let events = EventRecorder(subscriber.events)
+        let subscription = try await subscriber.subscribe(to: "news")
+        #expect(try await admin.publish("first", to: "news") == 1)
+        let before = try await commandStats(admin, "ping").rejected
+        try await Task.sleep(for: .milliseconds(900))
+        // Every health check got NOPERM, and each counted as proof of life: the checks went on.
+        let refused = try await commandStats(admin, "ping").rejected - before
+        #expect(refused >= 4, "\(refused) health-check PINGs in 900 ms")
+        #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
+        #expect(try await admin.publish("second", to: "news") == 1)
+        #expect(try await collect(subscription, 2).map(\.string) == ["first", "second"])
+        await subscriber.close()
+        await admin.close()
+    }
+
+    // MARK: Supervision of command connections
+
+    @Test func aFrozenServerUnderAPublisherIsDetectedAndTheConnectionReplaced() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .seconds(30)  // long: the health check is what notices
+        configuration.healthCheckInterval = .milliseconds(200)
+        configuration.healthCheckTimeout = .milliseconds(300)
+        let publisher = try await Publisher.connect(to: configuration)
+        let events = EventRecorder(publisher.events)
+        #expect(try await publisher.publish("before", to: "c") == 0)
+        server.pause()
+        let started = ContinuousClock.now
+        let inFlight = (0..<8).map { index in Task { try await publisher.publish("frozen \(index)", to: "c") } }
+        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        guard case .disconnected(_, let cause) = lost else { return }
+        #expect(cause.code == .timeout && cause.message.contains("health check"), "\(cause)")
+        for call in inFlight {
+            await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))  // not the 30 s command timeout
+        server.resume()
+        _ = try #require(await events.next { if case .reconnected = $0 { true } else { false } })
+        #expect(try await publisher.publish("after", to: "c") == 0)
+        await publisher.close()
+    }
+
+    @Test func aFrozenServerIsDetectedWithoutAHealthCheckWhenACommandIsOverdue() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(400)
+        configuration.healthCheckInterval = nil
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events)
+        server.pause()
+        await #expect { try await connection.send("ECHO", "late") } throws: { isRedisError($0, .timeout) }
+        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        guard case .disconnected(_, let cause) = lost else { return }
+        #expect(cause.message.contains("past the command timeout"), "\(cause)")
+        server.resume()
+        _ = try #require(await events.next { if case .reconnected = $0 { true } else { false } })
+        await connection.close()
+    }
+
+    @Test func publishRetryWhileReconnectingCoversAFrozenServer() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = .milliseconds(200)
+        configuration.healthCheckTimeout = .milliseconds(300)
+        let publisher = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(20)))
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(to: "kept")
+        server.pause()
+        let publish = Task { try await publisher.publish("sent through the freeze", to: "kept") }
+        try await Task.sleep(for: .seconds(1))
+        server.resume()
+        // Cut off by the dead connection (connectionClosed), sent again once the new one is up; the subscriber
+        // resubscribed meanwhile (or its connection survived), so it may count 1 or, if it is still resubscribing, 0.
+        _ = try await publish.value
+        try await waitUntil { (try? await publisher.publish("marker", to: "kept")) == 1 }
+        let received = try await collect(subscription, 1).map(\.string)
+        #expect(received == ["sent through the freeze"] || received == ["marker"])
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func outstandingWorkIsBoundedAndPastTheBoundACallFailsAtOnce() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.maximumPendingCommands = 100
+        configuration.maximumPendingBytes = 1 << 20
+        configuration.healthCheckInterval = nil  // keep the frozen connection: this test is about the bound
+        configuration.commandTimeout = .seconds(30)
+        let publisher = try await Publisher.connect(to: configuration)
+        server.pause()
+        let calls = (0..<150).map { index in Task { try await publisher.publish("m\(index)", to: "c") } }
+        try await Task.sleep(for: .milliseconds(300))
+        let outstanding = publisher.connection.core.inbox.outstanding
+        #expect(outstanding.commands == 100)
+        // A large value passes the byte bound: refused at once, nothing written.
+        let time = await elapsed {
+            await #expect {
+                try await publisher.publish([UInt8](repeating: 1, count: 2 << 20), to: "c")
+            } throws: { error in
+                isRedisError(error, .overloaded) && "\(error)".contains("maximumPendingCommands 100")
+            }
+        }
+        #expect(time < .milliseconds(500))
+        server.resume()
+        var overloaded = 0
+        var delivered = 0
+        for call in calls {
+            do {
+                _ = try await call.value
+                delivered += 1
+            } catch let error as RedisError where error.code == .overloaded {
+                overloaded += 1
+            }
+        }
+        #expect(delivered == 100 && overloaded == 50)
+        try await waitUntil { publisher.connection.core.inbox.outstanding == (0, 0) }
+        // With nothing outstanding, one call larger than the byte bound is sent.
+        #expect(try await publisher.publish([UInt8](repeating: 1, count: 2 << 20), to: "c") == 0)
+        await publisher.close()
+    }
+
+    @Test func tcpKeepaliveIsOnForTcpConnections() async throws {
+        let connection = try await SharedServer.connect()
+        let core = connection.core
+        let keepAlive = await onLoop(core) { core.keepAlive }
+        #expect(keepAlive?.enabled == true && keepAlive?.idleSeconds == 15)
+        await connection.close()
+    }
+
+    // MARK: Addresses
+
+    @Test func aBlackHoledFirstAddressUsesOnlyItsShareOfTheConnectTimeout() async throws {
+        let hole = try BlackHole()
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let host = "two-addresses-\(UUID().uuidString.prefix(8)).test"
+        AddressResolver.overrides.withLock {
+            $0[host] = [.tcp(ip: "127.0.0.1", port: hole.port), .tcp(ip: "127.0.0.1", port: server.port)]
+        }
+        defer { _ = AddressResolver.overrides.withLock { $0.removeValue(forKey: host) } }
+        var configuration = RedisConfiguration(endpoint: .tcp(host: host, port: server.port))
+        configuration.connectTimeout = .seconds(4)
+        let time = try await elapsed {
+            let connection = try await RedisConnection.connect(to: configuration)
+            #expect(try await connection.ping() == "PONG")
+            await connection.close()
+        }
+        #expect(time >= .milliseconds(1800) && time < .seconds(3), "\(time)")  // half of 4 s on the black hole
+    }
+
+    // MARK: Pushes
+
+    @Test func anInvalidationPushIsDeliveredWithItsKeysAndNeverResetsTheConnection() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.clientName = "invalidations"
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let events = EventRecorder(subscriber.events)
+        let invalidations = try await subscriber.subscribe(to: "__redis__:invalidate")
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        let list = try await admin.send("CLIENT", "LIST").string ?? ""
+        let line = try #require(list.split(separator: "\n").first { $0.contains("name=invalidations") })
+        let id = try #require(line.split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
+        let tracking = try await RedisConnection.connect(to: .init(url: server.url))
+        try await tracking.send("CLIENT", "TRACKING", "on", "REDIRECT", String(id))
+        try await tracking.send("SET", "cached", "1")
+        _ = try await tracking.send("GET", "cached")
+        try await admin.send("SET", "cached", "2")
+        try await admin.send("FLUSHALL")
+        let messages = try await collect(invalidations, 2)
+        #expect(messages.map(\.channel) == ["__redis__:invalidate", "__redis__:invalidate"])
+        #expect(messages.first?.payloadValue == .array([.bulkString(Array("cached".utf8))]))
+        #expect(messages.first?.payload == [])
+        #expect(messages.last?.payloadValue == .null)  // FLUSHALL invalidates everything
+        #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
+        for connection in [tracking, admin] { await connection.close() }
+        await subscriber.close()
+    }
+
+    @Test func aMalformedMessagePushIsDroppedAndCounted() async throws {
+        let server = try FakeServer { client in
+            guard client.acceptHandshake(), client.readCommand() == ["SUBSCRIBE", "ch"] else { return }
+            client.write("*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+            client.write("*3\r\n$7\r\nmessage\r\n:42\r\n$4\r\nlost\r\n")  // the channel is not a string
+            client.write("*2\r\n$7\r\nmessage\r\n$2\r\nch\r\n")  // too short
+            client.write("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nkept\r\n")
+            client.waitForClose()
+        }
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = nil
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let events = EventRecorder(subscriber.events)
+        let subscription = try await subscriber.subscribe(to: "ch")
+        #expect(try await collect(subscription, 1).map(\.string) == ["kept"])
+        #expect(subscriber.discardedPushCount == 2)
+        #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
+        subscriber.lifetime.core.connection.forceClose()
+    }
+
+    // MARK: Hostile replies
+
+    @Test func aReplyNestedThousandsDeepIsAProtocolErrorNotACrash() async throws {
+        let server = try FakeServer { client in
+            guard client.acceptHandshake() else { return }
+            while let command = client.readCommand() {
+                if command.first == "DEEP" {
+                    client.write(String(repeating: "*1\r\n", count: 25_000) + ":1\r\n")
+                } else if command.first == "NESTED" {
+                    client.write(String(repeating: "*1\r\n", count: 100) + ":7\r\n")
+                } else {
+                    client.write("+OK\r\n")
+                }
+            }
+        }
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = .disabled
+        let connection = try await RedisConnection.connect(to: configuration)
+        if HiredisVersion.major >= 1 {
+            // 100 levels: fine (hiredis 0.14 refuses more than 7 by itself).
+            var value = try await connection.send("NESTED")
+            var depth = 0
+            while case .array(let elements) = value, elements.count == 1 {
+                value = elements[0]
+                depth += 1
+            }
+            #expect(depth == 100 && value == .integer(7))
+        }
+        let events = EventRecorder(connection.events)
+        await #expect { try await connection.send("DEEP") } throws: { isRedisError($0, .connectionClosed) }
+        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        guard case .disconnected(_, let cause) = lost else { return }
+        #expect(cause.code == .protocolError, "\(cause)")
+    }
+
+    @Test func unexpectedRepliesAreNamedByShapeNeverByContent() async throws {
+        let server = try FakeServer { client in
+            guard client.acceptHandshake(), client.readCommand() != nil else { return }
+            client.write("+OK\r\n$19\r\nsecret-session-9f3e\r\n")  // the reply, then one nobody asked for
+            client.waitForClose()
+        }
+        defer { server.stop() }
+        let storage = CapturingLogHandler.Storage()
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = .disabled
+        let connection = try await RedisConnection.connect(
+            to: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(storage: storage) })
+        let events = EventRecorder(connection.events)
+        #expect(try await connection.send("ECHO", "x") == .simpleString("OK"))
+        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        guard case .disconnected(_, let cause) = lost else { return }
+        #expect(cause.code == .protocolError)
+        #expect(cause.message.contains("a bulk string of 19 bytes"), "\(cause)")
+        #expect(!cause.message.contains("secret"))
+        _ = try #require(await events.next { if case .closed = $0 { true } else { false } })
+        #expect(!storage.text.contains("secret"))
+    }
+
+    // MARK: Events end with their owner
+
+    @Test func subscriptionEventsEndWhenTheSubscriptionEndsInAnyWay() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        func listener(_ subscription: Subscription) -> Task<Void, Never> {
+            let events = subscription.events
+            return Task { for await _ in events {} }
+        }
+        // cancel()
+        let cancelled = try await subscriber.subscribe(to: uniqueName("ch"))
+        let first = listener(cancelled)
+        cancelled.cancel()
+        #expect(await finishes(first))
+        // Leaving the loop.
+        let channel = uniqueName("ch")
+        let left = try await subscriber.subscribe(to: channel)
+        let second = listener(left)
+        try await publisher.publish("one", to: channel)
+        for try await _ in left { break }
+        #expect(await finishes(second))
+        // Released without being iterated.
+        var released: Subscription? = try await subscriber.subscribe(to: uniqueName("ch"))
+        let third = listener(released!)
+        released = nil
+        #expect(await finishes(third))
+        _ = released
+        // The subscriber's and the publisher's own events end with close().
+        let subscriberEvents = Task { for await _ in subscriber.events {} }
+        let publisherEvents = Task { for await _ in publisher.events {} }
+        await subscriber.close()
+        await publisher.close()
+        #expect(await finishes(subscriberEvents))
+        #expect(await finishes(publisherEvents))
+    }
+
+    @Test func connectionEventsEndWhenTheConnectionIsReleased() async throws {
+        var connection: RedisConnection? = try await SharedServer.connect()
+        let events = connection!.events
+        let listening = Task { for await _ in events {} }
+        connection = nil
+        #expect(await finishes(listening))
+        _ = connection
+    }
+
+    // MARK: Session state
+
+    @Test func concurrentTransactionsNeverInterleaveOnTheSharedConnection() async throws {
+        let connection = try await SharedServer.connect()
+        let key = uniqueName()
+        await #expect { try await connection.send("MULTI") } throws: { isRedisError($0, .invalidArgument) }
+        let mismatches = try await withThrowingTaskGroup(of: Int.self) { group in
+            for task in 0..<50 {
+                group.addTask {
+                    var wrong = 0
+                    for round in 0..<10 {
+                        let mine = "task \(task) round \(round)"
+                        let replies = try await connection.transaction([["SET", RedisArgument(key), RedisArgument(mine)], ["GET", RedisArgument(key)]])
+                        if replies.last?.string != mine { wrong += 1 }
+                        try await connection.send("SET", key, "plain write between transactions")
+                    }
+                    return wrong
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(mismatches == 0)
+        // A command refused while queueing aborts the whole transaction, and the error names it.
+        await #expect {
+            try await connection.transaction([["SET", RedisArgument(key), "x"], ["INCRBY", RedisArgument(key)]])
+        } throws: { error in
+            "\(error)".contains("command 2 was refused") && "\(error)".contains("wrong number of arguments")
+        }
+        #expect(try await connection.send("GET", key).string == "plain write between transactions")  // nothing ran
+        await connection.close()
+    }
+
+    @Test func aBlockingCommandRunsOnItsOwnConnectionAndDelaysNobody() async throws {
+        let connection = try await SharedServer.connect()
+        let key = uniqueName()
+        let blocked = Task { try await connection.sendBlocking("BLPOP", key, 0) }
+        try await waitUntil { connection.dedicated.count.busy == 1 }
+        // Behind a BLPOP 0 on the same connection, these would wait until their command timeout.
+        var pongs = 0
+        for _ in 0..<100 where try await connection.ping() == "PONG" { pongs += 1 }
+        #expect(pongs == 100)
+        try await connection.send("RPUSH", key, "job")
+        #expect(try await blocked.value == .array([.bulkString(Array(key.utf8)), .bulkString(Array("job".utf8))]))
+        #expect(connection.dedicated.count == (idle: 1, busy: 0))  // kept for the next call
+        // A cancelled blocking call returns at once, and its connection is closed (the server stops blocking for it).
+        let cancelled = Task { try await connection.sendBlocking("BLPOP", key, 0) }
+        try await waitUntil { connection.dedicated.count.busy == 1 }
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        #expect(connection.dedicated.count == (idle: 0, busy: 0))
+        // close() ends a blocking call in progress.
+        let pending = Task { try await connection.sendBlocking("BLPOP", key, 0) }
+        try await waitUntil { connection.dedicated.count.busy == 1 }
+        await connection.close()
+        await #expect { try await pending.value } throws: { isRedisError($0, .connectionClosed) }
+    }
+
+    // MARK: Shutdown
+
+    @Test func closeAgainstAFrozenServerIsBoundedAndCancellationForcesIt() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = nil
+        configuration.commandTimeout = .seconds(60)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        _ = try await subscriber.subscribe(to: "frozen")
+        server.pause()  // the UNSUBSCRIBE of a graceful close will get no acknowledgement
+        let closing = Task { await subscriber.close() }
+        try await Task.sleep(for: .milliseconds(300))
+        let forced = await elapsed {
+            closing.cancel()
+            await closing.value
+        }
+        #expect(forced < .seconds(2), "\(forced)")
+
+        configuration.commandTimeout = .milliseconds(500)
+        server.resume()
+        let bounded = try await Subscriber.connect(to: configuration)
+        _ = try await bounded.subscribe(to: "frozen")
+        server.pause()
+        let time = await elapsed { await bounded.close() }
+        #expect(time >= .milliseconds(400) && time < .seconds(3), "\(time)")  // the command timeout, once
+        server.resume()
+    }
+
+    @Test func aServiceGroupThatEscalatesShutdownToCancellationEndsAtOnce() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = nil
+        configuration.commandTimeout = .seconds(60)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration)
+        _ = try await subscriber.subscribe(to: "frozen")
+        var groupConfiguration = ServiceGroupConfiguration(
+            services: [.init(service: subscriber), .init(service: publisher)], logger: RedisConnection.disabledLogger)
+        groupConfiguration.maximumGracefulShutdownDuration = .milliseconds(300)
+        let group = ServiceGroup(configuration: groupConfiguration)
+        let running = Task { try await group.run() }
+        try await Task.sleep(for: .milliseconds(200))
+        server.pause()
+        let time = await elapsed {
+            await group.triggerGracefulShutdown()
+            _ = try? await running.value
+        }
+        #expect(time < .seconds(3), "\(time)")
+        server.resume()
+    }
+
+    @Test func cancelledWaitsForTheConnectionDoNotPileUp() async throws {
+        var server = try RedisServer.start()
+        let port = server.port
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events)
+        server.stop()
+        _ = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        for _ in 0..<100 {
+            let waiting = Task { try await connection.waitUntilConnected(before: .now + .seconds(30)) }
+            try await Task.sleep(for: .milliseconds(2))
+            waiting.cancel()
+            _ = try? await waiting.value
+        }
+        let last = Task { try await connection.waitUntilConnected(before: .now + .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(50))
+        let core = connection.core
+        #expect(await onLoop(core) { core.readyWaiterCount } <= 2)
+        server = try RedisServer.start(port: port)
+        defer { server.stop() }
+        #expect(try await last.value)
+        await connection.close()
+    }
+}
+
+/// Whether `task` finishes within `timeout` (polled: awaiting a task's value cannot be abandoned).
+func finishes(_ task: Task<Void, Never>, within timeout: Duration = .seconds(5)) async -> Bool {
+    let done = Locked(false)
+    Task {
+        await task.value
+        done.withLock { $0 = true }
+    }
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if done.withLock({ $0 }) { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return false
+}
