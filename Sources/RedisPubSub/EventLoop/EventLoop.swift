@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import HeapModule
 
 /// Something the loop polls: a file descriptor's owner, told when the descriptor is ready.
 protocol EventLoopSource: AnyObject {
@@ -24,8 +25,8 @@ private let currentLoopKey: pthread_key_t = {
 
 /// A one-shot timer on an ``EventLoop``. Loop-confined: create, fire and cancel it on the loop.
 final class LoopTimer {
-    fileprivate var body: (() -> Void)?
-    fileprivate init(_ body: @escaping () -> Void) { self.body = body }
+    private(set) var body: (() -> Void)?
+    init(_ body: @escaping () -> Void) { self.body = body }
     /// Stops the timer from firing. Idempotent.
     func cancel() { body = nil }
 }
@@ -93,16 +94,22 @@ final class EventLoop: @unchecked Sendable {
         // Unmanaged because: the new thread takes this +1 and releases it right away; the loop itself is
         // kept alive by the thread's `run()` frame, which never returns.
         let box = Unmanaged.passRetained(Box(self, name)).toOpaque()
+        // An explicit stack, the same everywhere (macOS gives secondary threads only 512 KiB): tasks that prefer the
+        // loop as their executor run their code on it.
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setstacksize(&attributes, Self.stackSize)
         #if canImport(Darwin)
         var tid = pthread_t?.none
-        let rc = pthread_create(&tid, nil, { raw in
+        let rc = pthread_create(&tid, &attributes, { raw in
             let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
             pthread_setname_np(box.name)
             box.loop.run()
         }, box)
         #else
         var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { raw in
+        let rc = pthread_create(&tid, &attributes, { raw in
             // Glibc's pthread_setname_np needs _GNU_SOURCE, which Swift's Glibc module lacks: the thread stays unnamed.
             let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
             box.loop.run()
@@ -110,6 +117,9 @@ final class EventLoop: @unchecked Sendable {
         #endif
         precondition(rc == 0, "RedisPubSub: cannot start the event loop thread (error \(rc))")
     }
+
+    /// The loop thread's stack: 8 MiB, Linux's usual default.
+    static let stackSize = 8 << 20
 
     /// This loop's identity in the thread-local slot.
     private var identity: UnsafeMutableRawPointer {
@@ -230,7 +240,7 @@ final class EventLoop: @unchecked Sendable {
     private func fireTimers(now: ContinuousClock.Instant) {
         while let timer = timers.popDue(now: now) {
             if let body = timer.body {
-                timer.body = nil
+                timer.cancel()  // one-shot
                 body()
             }
         }
@@ -256,7 +266,21 @@ final class EventLoop: @unchecked Sendable {
         if wasSleeping {
             inbox.withLock { $0.sleeping = false }
         }
-        guard count > 0 else { return }  // timeout, or EINTR: the next turn re-polls.
+        if count < 0 {
+            let error = errno
+            switch error {
+            case EINTR:
+                return  // a signal: the next turn re-polls
+            case EFAULT, EINVAL:
+                // The descriptor array is ours and short: either is a bug in this loop, not a condition to survive.
+                preconditionFailure("RedisPubSub: poll(2) failed with errno \(error)")
+            default:
+                // ENOMEM or something new: back off instead of spinning, and try again.
+                usleep(1_000)
+                return
+            }
+        }
+        guard count > 0 else { return }  // the timeout: the next turn fires the timers
 
         if pollDescriptors[0].revents != 0 {
             var scratch = [UInt8](repeating: 0, count: 64)
@@ -322,63 +346,43 @@ private func systemPoll(_ fds: UnsafeMutablePointer<pollfd>, _ count: nfds_t, _ 
 }
 #endif
 
-/// A binary min-heap of timers by deadline; ties fire in insertion order.
+/// The loop's timers by deadline, ties in insertion order: swift-collections' `Heap`, with cancelled timers dropped
+/// when they reach the top.
 struct TimerHeap {
-    private struct Entry {
+    private struct Entry: Comparable {
         let deadline: ContinuousClock.Instant
         let sequence: UInt64
         let timer: LoopTimer
-        func fires(before other: Entry) -> Bool {
-            deadline < other.deadline || (deadline == other.deadline && sequence < other.sequence)
+
+        static func < (a: Entry, b: Entry) -> Bool {
+            a.deadline < b.deadline || (a.deadline == b.deadline && a.sequence < b.sequence)
         }
+
+        static func == (a: Entry, b: Entry) -> Bool { a.deadline == b.deadline && a.sequence == b.sequence }
     }
-    private var entries: [Entry] = []
+
+    private var entries = Heap<Entry>()
     private var sequence: UInt64 = 0
 
     var nextDeadline: ContinuousClock.Instant? {
         mutating get {
             dropCancelledHead()
-            return entries.first?.deadline
+            return entries.min?.deadline
         }
     }
 
     mutating func insert(deadline: ContinuousClock.Instant, timer: LoopTimer) {
         sequence &+= 1
-        entries.append(Entry(deadline: deadline, sequence: sequence, timer: timer))
-        var child = entries.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard entries[child].fires(before: entries[parent]) else { break }
-            entries.swapAt(child, parent)
-            child = parent
-        }
+        entries.insert(Entry(deadline: deadline, sequence: sequence, timer: timer))
     }
 
     mutating func popDue(now: ContinuousClock.Instant) -> LoopTimer? {
         dropCancelledHead()
-        guard let first = entries.first, first.deadline <= now else { return nil }
-        removeFirst()
-        return first.timer
+        guard let first = entries.min, first.deadline <= now else { return nil }
+        return entries.removeMin().timer
     }
 
     private mutating func dropCancelledHead() {
-        while let first = entries.first, first.timer.body == nil { removeFirst() }
-    }
-
-    private mutating func removeFirst() {
-        let last = entries.removeLast()
-        guard !entries.isEmpty else { return }
-        entries[0] = last
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < entries.count, entries[left].fires(before: entries[smallest]) { smallest = left }
-            if right < entries.count, entries[right].fires(before: entries[smallest]) { smallest = right }
-            guard smallest != parent else { return }
-            entries.swapAt(parent, smallest)
-            parent = smallest
-        }
+        while let first = entries.min, first.timer.body == nil { _ = entries.removeMin() }
     }
 }
