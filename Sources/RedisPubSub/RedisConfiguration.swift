@@ -325,7 +325,7 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
 
     /// `url` fit for an error message or a log line, whatever its shape: credentials (everything before the last
     /// `@` but a plain user name), query values, the fragment and a port or database that is not a number are
-    /// masked. Unparseable input is masked conservatively.
+    /// masked. Input that is not `scheme://...` shows only its scheme.
     static func redact(_ url: String) -> String {
         func maskedUserInfo(_ userInfo: Substring) -> String {
             guard let colon = userInfo.firstIndex(of: ":") else { return "***@" }
@@ -336,7 +336,8 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
         func maskedTail(_ location: Substring, query: Substring?, fragment: Substring?, isUnix: Bool) -> String {
             var shown: String
             if isUnix {
-                shown = String(location)
+                // A path is shown; anything else (it may be credentials written without their `@/`) is not.
+                shown = location.hasPrefix("/") ? String(location) : (location.isEmpty ? "" : "***")
             } else {
                 var authority = location
                 var path: Substring?
@@ -372,29 +373,14 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
             return prefix + credentials
                 + maskedTail(parts.location, query: parts.query, fragment: parts.fragment, isUnix: parts.scheme == "unix")
         }
-        // Not `scheme://...`: mask everything up to the last `@`, and whatever follows a `?` or `#`.
-        var prefixEnd = url.startIndex
-        if let colon = url.firstIndex(of: ":"), url[..<colon].allSatisfy(isSchemeCharacter) {
-            prefixEnd = url.index(after: colon)
-            while prefixEnd < url.endIndex, url[prefixEnd] == "/" { prefixEnd = url.index(after: prefixEnd) }
+        // Not `scheme://...`: nothing tells which part is what, and a bare word may be a password pasted in the
+        // wrong place. Only the scheme (when there is one) is shown.
+        if let colon = url.firstIndex(of: ":"), !url[..<colon].isEmpty, url[..<colon].count <= 16,
+           url[..<colon].allSatisfy(isSchemeCharacter)
+        {
+            return String(url[...colon]) + "..." + " (the rest is not shown)"
         }
-        var rest = url[prefixEnd...]
-        var shown = String(url[..<prefixEnd])
-        if let at = rest.lastIndex(of: "@") {
-            shown += maskedUserInfo(rest[..<at])
-            rest = rest[rest.index(after: at)...]
-        }
-        var fragment: Substring?
-        if let hash = rest.firstIndex(of: "#") {
-            fragment = rest[rest.index(after: hash)...]
-            rest = rest[..<hash]
-        }
-        var query: Substring?
-        if let mark = rest.firstIndex(of: "?") {
-            query = rest[rest.index(after: mark)...]
-            rest = rest[..<mark]
-        }
-        return shown + maskedTail(rest, query: query, fragment: fragment, isUnix: false)
+        return url.isEmpty ? "" : "(not shown: not a URL)"
     }
 
     private static func isSchemeCharacter(_ character: Character) -> Bool {

@@ -90,15 +90,14 @@ struct LifecycleTests {
         server.pause()
         let started = ContinuousClock.now
         let inFlight = (0..<8).map { index in Task { try await publisher.publish("frozen \(index)", to: "c") } }
-        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
-        guard case .disconnected(_, let cause) = lost else { return }
+        let cause = try await events.disconnected()
         #expect(cause.code == .timeout && cause.message.contains("health check"), "\(cause)")
         for call in inFlight {
             await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
         }
         #expect(ContinuousClock.now - started < .seconds(5))  // not the 30 s command timeout
         server.resume()
-        _ = try #require(await events.next { if case .reconnected = $0 { true } else { false } })
+        try await events.reconnected()
         #expect(try await publisher.publish("after", to: "c") == 0)
         await publisher.close()
     }
@@ -113,11 +112,10 @@ struct LifecycleTests {
         let events = EventRecorder(connection.events)
         server.pause()
         await #expect { try await connection.send("ECHO", "late") } throws: { isRedisError($0, .timeout) }
-        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
-        guard case .disconnected(_, let cause) = lost else { return }
+        let cause = try await events.disconnected()
         #expect(cause.message.contains("past the command timeout"), "\(cause)")
         server.resume()
-        _ = try #require(await events.next { if case .reconnected = $0 { true } else { false } })
+        try await events.reconnected()
         await connection.close()
     }
 
@@ -296,8 +294,7 @@ struct LifecycleTests {
         }
         let events = EventRecorder(connection.events)
         await #expect { try await connection.send("DEEP") } throws: { isRedisError($0, .connectionClosed) }
-        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
-        guard case .disconnected(_, let cause) = lost else { return }
+        let cause = try await events.disconnected()
         #expect(cause.code == .protocolError, "\(cause)")
     }
 
@@ -315,8 +312,7 @@ struct LifecycleTests {
             to: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(storage: storage) })
         let events = EventRecorder(connection.events)
         #expect(try await connection.send("ECHO", "x") == .simpleString("OK"))
-        let lost = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
-        guard case .disconnected(_, let cause) = lost else { return }
+        let cause = try await events.disconnected()
         #expect(cause.code == .protocolError)
         #expect(cause.message.contains("a bulk string of 19 bytes"), "\(cause)")
         #expect(!cause.message.contains("secret"))
@@ -486,7 +482,7 @@ struct LifecycleTests {
         let connection = try await RedisConnection.connect(to: configuration)
         let events = EventRecorder(connection.events)
         server.stop()
-        _ = try #require(await events.next { if case .disconnected = $0 { true } else { false } })
+        _ = try await events.disconnected()
         for _ in 0..<100 {
             let waiting = Task { try await connection.waitUntilConnected(before: .now + .seconds(30)) }
             try await Task.sleep(for: .milliseconds(2))

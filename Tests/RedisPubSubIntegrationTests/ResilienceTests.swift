@@ -52,6 +52,47 @@ final class EventRecorder<Event: Sendable>: Sendable {
     }
 }
 
+/// A test's expectation did not hold and it cannot go on; the failure is already recorded.
+struct ExpectationFailed: Error {}
+
+extension EventRecorder where Event == ConnectionEvent {
+    /// The cause of the next `.disconnected`; records a failure and throws when none comes.
+    func disconnected(sourceLocation: SourceLocation = #_sourceLocation) async throws -> RedisError {
+        guard case .disconnected(_, let cause)? = await next(sourceLocation: sourceLocation, where: {
+            if case .disconnected = $0 { true } else { false }
+        }) else { throw ExpectationFailed() }
+        return cause
+    }
+
+    /// The downtime of the next `.reconnected`; records a failure and throws when none comes.
+    @discardableResult
+    func reconnected(sourceLocation: SourceLocation = #_sourceLocation) async throws -> Duration {
+        guard case .reconnected(_, let downtime)? = await next(sourceLocation: sourceLocation, where: {
+            if case .reconnected = $0 { true } else { false }
+        }) else { throw ExpectationFailed() }
+        return downtime
+    }
+}
+
+extension EventRecorder where Event == SubscriptionEvent {
+    /// The cause of the next `.disconnected`; records a failure and throws when none comes.
+    func disconnected(sourceLocation: SourceLocation = #_sourceLocation) async throws -> RedisError {
+        guard case .disconnected(_, let cause)? = await next(sourceLocation: sourceLocation, where: {
+            if case .disconnected = $0 { true } else { false }
+        }) else { throw ExpectationFailed() }
+        return cause
+    }
+
+    /// The gap of the next `.resubscribed`; records a failure and throws when none comes.
+    @discardableResult
+    func resubscribed(sourceLocation: SourceLocation = #_sourceLocation) async throws -> Duration {
+        guard case .resubscribed(_, let gap)? = await next(sourceLocation: sourceLocation, where: {
+            if case .resubscribed = $0 { true } else { false }
+        }) else { throw ExpectationFailed() }
+        return gap
+    }
+}
+
 @Suite("Resilience: reconnect, resubscribe, health checks, shutdown")
 struct ResilienceTests {
     @Test func serverKilledAndRestartedTwentyTimesResubscribesWithinASecond() async throws {
@@ -65,11 +106,11 @@ struct ResilienceTests {
         var recoveries: [Duration] = []
         for trial in 0..<20 {
             server.stop()  // SIGKILL
-            guard case .disconnected(_, let cause)? = await events.next(where: { if case .disconnected = $0 { true } else { false } }) else { break }
+            let cause = try await events.disconnected()
             #expect(cause.code == .connectionClosed)
             server = try RedisServer.start(port: port)  // returns once the server accepts connections
             let accepting = ContinuousClock.now
-            guard case .resubscribed? = await events.next(where: { if case .resubscribed = $0 { true } else { false } }) else { break }
+            try await events.resubscribed()
             recoveries.append(ContinuousClock.now - accepting)
             // And messages flow again.
             let publisher = try await RedisConnection.connect(to: configuration)
@@ -94,7 +135,7 @@ struct ResilienceTests {
         let subscriber = try await Subscriber.connect(to: configuration)
         let events = EventRecorder(subscriber.events)
         server.stop()
-        _ = await events.next { if case .disconnected = $0 { true } else { false } }
+        _ = try await events.disconnected()
         let waiting = Task { try await subscriber.subscribe(to: "late") }
         try await Task.sleep(for: .milliseconds(300))
         server = try RedisServer.start(port: port)
@@ -114,7 +155,7 @@ struct ResilienceTests {
         let subscriber = try await Subscriber.connect(to: configuration)
         let events = EventRecorder(subscriber.events)
         server.stop()
-        _ = await events.next { if case .disconnected = $0 { true } else { false } }
+        _ = try await events.disconnected()
         let time = await elapsed {
             await #expect { try await subscriber.subscribe(to: "never") } throws: { isRedisError($0, .connectionClosed) }
         }
@@ -141,10 +182,10 @@ struct ResilienceTests {
         let publisherEvents = EventRecorder(publisher.events)
 
         try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
-        guard case .disconnected? = await gaps.next(where: { _ in true }) else { return }
-        guard case .resubscribed(_, let gap)? = await gaps.next(where: { _ in true }) else { return }
+        #expect(try await gaps.disconnected().code == .connectionClosed)
+        let gap = try await gaps.resubscribed()
         #expect(gap < .seconds(5))
-        _ = await subscriberEvents.next { if case .reconnected = $0 { true } else { false } }
+        try await subscriberEvents.reconnected()
         #expect(try await publisher.publish("back", to: "news") == 2)  // channel and pattern, same connection
         #expect(try await publisher.publish("shard back", toShard: "shard") == 1)
         #expect(try await collect(subscription, 1).map(\.string) == ["back"])
@@ -153,8 +194,8 @@ struct ResilienceTests {
 
         // The publisher's connection (a normal client) comes back too.
         try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        _ = await publisherEvents.next { if case .disconnected = $0 { true } else { false } }
-        _ = await publisherEvents.next { if case .reconnected = $0 { true } else { false } }
+        _ = try await publisherEvents.disconnected()
+        try await publisherEvents.reconnected()
         #expect(try await publisher.publish("still", to: "elsewhere") == 0)
         await subscriber.close()
         await publisher.close()
@@ -172,12 +213,12 @@ struct ResilienceTests {
         let subscription = try await subscriber.subscribe(to: "frozen")
         let gaps = EventRecorder(subscription.events)
         server.pause()  // longer than interval + timeout
-        guard case .disconnected(_, let cause)? = await gaps.next(where: { _ in true }) else { return }
+        let cause = try await gaps.disconnected()
         #expect(cause.code == .timeout)
         #expect(cause.message.contains("health check"))
         try await Task.sleep(for: .milliseconds(500))
         server.resume()
-        guard case .resubscribed? = await gaps.next(where: { _ in true }) else { return }
+        try await gaps.resubscribed()
         let publisher = try await RedisConnection.connect(to: .init(url: server.url))
         #expect(try await publisher.publish("thawed", to: "frozen") == 1)
         #expect(try await collect(subscription, 1).map(\.string) == ["thawed"])
@@ -206,10 +247,14 @@ struct ResilienceTests {
         await admin.close()
     }
 
-    @Test func maxClientsReachedWhileReconnectingRecoversWhenASlotFrees() async throws {
-        let server = try RedisServer.start()
+    /// With a password, the server's "max number of clients reached" arrives where AUTH's reply was expected: it must
+    /// still be retried, not taken for a refused password.
+    @Test(arguments: [nil, "pw"] as [String?])
+    func maxClientsReachedWhileReconnectingRecoversWhenASlotFrees(password: String?) async throws {
+        let server = try RedisServer.start(password.map { ["--requirepass", $0] } ?? [])
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
+        configuration.password = password
         configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
         let subscriber = try await Subscriber.connect(to: configuration)
         let subscription = try await subscriber.subscribe(to: "full")
@@ -223,7 +268,7 @@ struct ResilienceTests {
         }
         #expect(refused != nil)
         try await admin.send("CONFIG", "SET", "maxclients", 100)
-        _ = await events.next { if case .reconnected = $0 { true } else { false } }
+        try await events.reconnected()
         try await waitUntil { (try? await admin.publish("room", to: "full")) == 1 }
         #expect(try await collect(subscription, 1).map(\.string) == ["room"])
         await subscriber.close()
@@ -269,7 +314,7 @@ struct ResilienceTests {
         await #expect {
             for try await _ in sport {}
         } throws: { isRedisError($0, .permissionDenied) }
-        _ = await newsGaps.next { if case .resubscribed = $0 { true } else { false } }
+        try await newsGaps.resubscribed()
         #expect(try await admin.publish("still allowed", to: "news:today") == 1)
         #expect(try await collect(news, 1).map(\.string) == ["still allowed"])
         await subscriber.close()
@@ -368,10 +413,9 @@ struct ResilienceTests {
                 try await group.waitForAll()
             }
         }
-        let lost = await gaps.next { if case .disconnected = $0 { true } else { false } }
-        guard case .disconnected(_, let cause)? = lost else { return }
+        let cause = try await gaps.disconnected()
         #expect(cause.message.contains("client-output-buffer-limit"), "\(cause)")
-        _ = await gaps.next { if case .resubscribed = $0 { true } else { false } }
+        try await gaps.resubscribed()
         try await flood.value
         #expect(slow.droppedMessageCount > 0)  // the bounded policy dropped instead of growing
         // After the burst (which may have cost more than one reconnect), subscribing works again.
@@ -380,9 +424,9 @@ struct ResilienceTests {
             marker = try? await subscriber.subscribe(to: "marker")
             return marker != nil
         }
-        guard let marker else { return }
+        let subscribed = try #require(marker)
         try await publisher.publish("small", to: "marker")
-        #expect(try await collect(marker, 1).map(\.string) == ["small"])
+        #expect(try await collect(subscribed, 1).map(\.string) == ["small"])
         await subscriber.close()
         await publisher.close()
     }

@@ -10,7 +10,7 @@ final class SampleProcess: @unchecked Sendable {
     private var stdoutText = ""
     private var stderrText = ""
 
-    init(_ name: String, _ arguments: [String]) throws {
+    init(_ name: String, _ arguments: [String], environment extra: [String: String] = [:]) throws {
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name)
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw RedisError(.invalidConfiguration, "\(binary.path) is missing: build with `swift build --build-tests`")
@@ -19,6 +19,7 @@ final class SampleProcess: @unchecked Sendable {
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         environment["REDIS_URL"] = nil
+        environment.merge(extra) { $1 }
         process.environment = environment
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
@@ -174,6 +175,17 @@ struct SampleBinaryTests {
         #expect(await publisher.exitStatus() == 0)
         for option in ["--url", "--connect-timeout", "--channel", "--interval", "--count", "--message", "--json", "REDIS_URL"] {
             #expect(publisher.stdout.contains(option), "publisher --help lacks \(option)")
+        }
+    }
+
+    @Test(arguments: ["redis:/:hunter2@h", ":hunter2@h:6379", "redis://h?password=hunter2", "redis://:hunter2", "hunter2"])
+    func aMalformedURLNeverShowsItsPassword(url: String) async throws {
+        let flag = try SampleProcess("subscriber", ["--url", url, "--connect-timeout", "1"])
+        let environment = try SampleProcess("publisher", ["--connect-timeout", "1"], environment: ["REDIS_URL": url])
+        for process in [flag, environment] {
+            #expect(await process.exitStatus() == 1)
+            #expect(process.stderr.contains("error:"))
+            #expect(!process.stderr.contains("hunter2") && !process.stdout.contains("hunter2"), "\(process.stderr)")
         }
     }
 

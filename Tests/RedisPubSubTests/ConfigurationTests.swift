@@ -117,4 +117,77 @@ struct ConfigurationTests {
         #expect(throws: RedisError.self) { try RedisConfiguration(clientName: "has space").validate() }
         #expect(throws: Never.self) { try RedisConfiguration(clientName: "worker-1").validate() }
     }
+
+    @Test(arguments: [
+        "redis:/:secret@h", ":secret@h:6379", "redis://h?password=secret", "redis://h?db=1&password=secret",
+        "redis://:secret", "redis://u:secret@h:99999", "redis://u:se#cret@h:bad", "redis://:pa@ss?word@h:x",
+        "redis://h:6379/secret", "redis://h#secret", "unix://:secret@/tmp/r.sock?x=1", "rediss://:secret@h",
+        "http://:secret@h", "secret", "redis://secret@", "redis://[::1:secret@h", "redis://u:secret@[::1",
+        "redis://u%:secret@h", "redis://se:cret:more@h:port", "unix:/:secret@/tmp/s", "REDIS://:secret@h:0",
+        "redis://h:secret", "redis://:secret@h?db=abc", "unix://u:secret@relative",
+    ])
+    func noURLShapeLeaksItsPassword(url: String) {
+        #expect(!RedisConfiguration.redact(url).contains("secret"), "\(RedisConfiguration.redact(url))")
+        do {
+            let configuration = try RedisConfiguration(url: url)
+            #expect(!configuration.description.contains("secret"))
+        } catch {
+            #expect(!error.message.contains("secret"), "\(error.message)")
+            #expect(!"\(error)".contains("secret"))
+        }
+        do {
+            #expect(!"\(try RedisConfiguration.fromEnvironment(value: url))".contains("secret"))
+        } catch {
+            #expect(!error.message.contains("secret"), "\(error.message)")
+        }
+    }
+
+    @Test func redactionKeepsWhatHelpsAndMasksTheRest() {
+        #expect(RedisConfiguration.redact("redis://app:pw@cache:6380/2") == "redis://app:***@cache:6380/2")
+        #expect(RedisConfiguration.redact("redis://pw@cache") == "redis://***@cache")
+        #expect(RedisConfiguration.redact("redis://cache:6379?db=3&x") == "redis://cache:6379?db=***&x")
+        #expect(RedisConfiguration.redact("redis://cache:port") == "redis://cache:***")
+        #expect(RedisConfiguration.redact("unix:///tmp/a@b.sock") == "unix:///tmp/a@b.sock")
+        #expect(RedisConfiguration.redact(":pw@h:6379") == "(not shown: not a URL)")
+        #expect(RedisConfiguration.redact("redis:/:pw@h") == "redis:... (the rest is not shown)")
+    }
+
+    @Test func dumpMirrorAndDebugDescriptionMaskThePassword() {
+        let configuration = RedisConfiguration(username: "app", password: "hunter2", clientName: "worker")
+        var dumped = ""
+        dump(configuration, to: &dumped)
+        #expect(!dumped.contains("hunter2") && dumped.contains("***") && dumped.contains("worker"))
+        #expect(!String(reflecting: configuration).contains("hunter2"))
+        #expect(!configuration.debugDescription.contains("hunter2"))
+        let children = Mirror(reflecting: configuration).children.map { "\($0.label ?? ""): \($0.value)" }.joined()
+        #expect(!children.contains("hunter2") && children.contains("username"))
+        #expect(!"\(RedisConfiguration(password: "hunter2"))".contains("hunter2"))
+    }
+
+    @Test func unixSocketPathsMayContainAnAtSign() throws {
+        let plain = try RedisConfiguration(url: "unix:///tmp/a@b.sock")
+        #expect(plain.endpoint == .unixSocket(path: "/tmp/a@b.sock"))
+        #expect(plain.password == nil)
+        let authenticated = try RedisConfiguration(url: "unix://:pw@/tmp/a@b.sock?db=2")
+        #expect(authenticated.endpoint == .unixSocket(path: "/tmp/a@b.sock"))
+        #expect(authenticated.password == "pw" && authenticated.database == 2)
+        #expect(authenticated.description == "unix://:***@/tmp/a@b.sock?db=2")
+    }
+
+    @Test func ipv6ScopesAreKept() throws {
+        let configuration = try RedisConfiguration(url: "redis://[fe80::1%25lo]:6380")
+        #expect(configuration.endpoint == .tcp(host: "fe80::1%lo", port: 6380))
+        #expect(configuration.description == "redis://[fe80::1%25lo]:6380")
+        #expect(try RedisConfiguration(url: configuration.description) == configuration)
+        #expect(try RedisConfiguration(url: "redis://[fe80::1%lo]").endpoint == .tcp(host: "fe80::1%lo", port: 6379))
+        #expect(AddressResolver.isNumeric("fe80::1%lo"))
+        #expect(AddressResolver.isNumeric("::1") && AddressResolver.isNumeric("127.0.0.1"))
+        #expect(!AddressResolver.isNumeric("localhost"))
+        // Resolving keeps the scope that inet_ntop would drop.
+        guard case .success(let addresses) = AddressResolver.resolveBlocking(host: "fe80::1%lo", port: 6380) else {
+            Issue.record("a numeric link-local address did not resolve")
+            return
+        }
+        #expect(addresses == [.tcp(ip: "fe80::1%lo", port: 6380)])
+    }
 }
