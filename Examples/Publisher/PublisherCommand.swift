@@ -22,7 +22,7 @@ struct PublisherCommand: AsyncParsableCommand {
     @Option(name: .customLong("connect-timeout"), help: "Seconds to keep trying to reach the server at start-up.")
     var connectTimeout: Double = 10
 
-    @Option(name: .customLong("health-check-interval"), help: "Accepted for symmetry with the subscriber; a publisher's commands have their own timeout.")
+    @Option(name: .customLong("health-check-interval"), help: "Seconds of silence before a PING checks the connection (0: never); a frozen server is noticed and the connection replaced.")
     var healthCheckInterval: Double = 5
 
     @Option(help: "The channel to publish to.")

@@ -199,6 +199,26 @@ struct SampleBinaryTests {
     }
 }
 
+@Suite("Sample binaries notice a frozen server")
+struct SampleBinaryFreezeTests {
+    @Test func thePublishersHealthCheckIntervalDetectsAFrozenServer() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let publisher = try SampleProcess(
+            "publisher", ["--url", server.url, "--interval", "0.2", "--health-check-interval", "0.3", "--message", "tick"])
+        try await waitUntil { publisher.stdoutLines.count >= 2 }
+        server.pause()
+        try await waitUntil { publisher.stderr.contains("publisher: disconnected") }
+        #expect(publisher.stderr.contains("health check"), "\(publisher.stderr)")
+        server.resume()
+        try await waitUntil { publisher.stderr.contains("publisher: reconnected") }
+        let before = publisher.stdoutLines.count
+        try await waitUntil { publisher.stdoutLines.count >= before + 2 }  // publishing again, same process
+        publisher.signal(SIGTERM)
+        #expect(await publisher.exitStatus() == 0)
+    }
+}
+
 @Suite("Sample binaries survive a server restart")
 struct SampleBinaryRestartTests {
     @Test func subscriberAndPublisherKeepGoingThroughARestart() async throws {

@@ -60,8 +60,23 @@ final class RedisServer: @unchecked Sendable {
         try? FileManager.default.removeItem(at: directory)
     }
 
-    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
-    func pause() { kill(process.processIdentifier, SIGSTOP) }
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered. Returns once the process is stopped
+    /// (the signal is delivered asynchronously: a server running on another core would otherwise still answer what
+    /// arrives in the next moment).
+    func pause() {
+        kill(process.processIdentifier, SIGSTOP)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            // /proc/<pid>/stat: "pid (name) state ...", state T when stopped.
+            if let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+               let close = stat.lastIndex(of: ")"),
+               stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
+            {
+                return
+            }
+            usleep(1_000)
+        }
+    }
     /// Thaws a paused server.
     func resume() { kill(process.processIdentifier, SIGCONT) }
 
