@@ -87,7 +87,7 @@ public func connectWithRetry<Connection>(
 /// The configuration with the binaries' options applied.
 public func configuration(url: String?, healthCheckInterval: Double) -> RedisConfiguration {
     var configuration = configuration(url: url)
-    configuration.healthCheckInterval = healthCheckInterval > 0 ? .milliseconds(Int(healthCheckInterval * 1000)) : nil
+    configuration.healthCheckInterval = healthCheckInterval > 0 ? .seconds(healthCheckInterval) : nil
     return configuration
 }
 

@@ -48,15 +48,17 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
     /// refuses or cannot be reached is tried again (with the ``reconnect`` backoff) until this time is up, so services
     /// may start before Redis. It is also the limit of each reconnect attempt. Default: 10 seconds.
     public var connectTimeout: Duration
-    /// How long a command may wait for its reply before it fails with ``RedisError/Code/timeout``. When the server
-    /// sent nothing at all since the command was written, the connection is declared dead and replaced (its other
-    /// commands fail with ``RedisError/Code/connectionClosed``); otherwise the late reply is discarded and the
-    /// connection stays. Also the limit of a graceful `close()`. Default: 5 seconds.
+    /// How long a command may wait for its reply before it fails with ``RedisError/Code/timeout``; the late reply is
+    /// discarded and the connection stays. When the server sent nothing at all since the command was written, the
+    /// server is taken to be frozen or cut off instead: the connection is declared dead and replaced, and the command
+    /// fails with every other one in flight with ``RedisError/Code/connectionClosed`` (which ``PublishRetry`` sends
+    /// again). Also the limit of a graceful `close()`. Default: 5 seconds.
     public var commandTimeout: Duration
     /// How a lost connection comes back. Default: ``ReconnectPolicy/default`` (forever, jittered, within ~0.5 s).
     public var reconnect: ReconnectPolicy
-    /// Every connection (commands and subscriber): after this long without receiving anything, send a PING; `nil`
-    /// turns the health check off. Default: 5 seconds.
+    /// Every connection (commands and subscriber): after this long without receiving anything, and with no command
+    /// waiting for its reply (those have their own ``commandTimeout``), send a PING; `nil` turns the health check
+    /// off. Default: 5 seconds.
     public var healthCheckInterval: Duration?
     /// How long the connection may stay silent after the health check's PING before it is declared dead, closed and
     /// replaced. Any reply, an error reply included, proves it alive. Default: 2 seconds.
@@ -303,7 +305,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
             self.scheme = scheme.lowercased()
             var rest = url[separator.upperBound...]
             if self.scheme == "unix" {
-                if !rest.hasPrefix("/"), let at = rest.firstRange(of: "@/") {
+                // The last `@/`: a password may hold `@/` itself; a path after credentials rarely does (and taking
+                // too much as credentials hides it rather than shows a password).
+                if !rest.hasPrefix("/"), let at = rest.ranges(of: "@/").last {
                     userInfo = rest[..<at.lowerBound]
                     rest = rest[rest.index(after: at.lowerBound)...]
                 }
@@ -345,11 +349,14 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
                     authority = location[..<slash]
                     path = location[location.index(after: slash)...]
                 }
-                // A port that is not a number may be a password typed without its `@host`.
+                // A port that is not a number, or more than one colon outside brackets, may be credentials typed
+                // without their `@host`: `redis://user:secret:6379`.
                 let portStart = authority.hasPrefix("[") ? authority.firstIndex(of: "]").flatMap { close in
                     authority[close...].firstIndex(of: ":")
                 } : authority.lastIndex(of: ":")
-                if let colon = portStart {
+                if !authority.hasPrefix("["), authority.filter({ $0 == ":" }).count > 1 {
+                    shown = "***"
+                } else if let colon = portStart {
                     let port = authority[authority.index(after: colon)...]
                     shown = String(authority[...colon]) + (port.allSatisfy(\.isNumber) ? String(port) : "***")
                 } else {

@@ -91,7 +91,7 @@ extension RedisConnection {
     // MARK: Reply shapes
 
     static func unexpected(_ command: String, _ reply: RedisValue) -> RedisError {
-        RedisError(.protocolError, "unexpected reply to \(command): \(reply)")
+        RedisError(.protocolError, "unexpected reply to \(command): \(reply.shape)")
     }
 
     static func integer(_ command: StaticString, _ reply: RedisValue) throws -> Int {

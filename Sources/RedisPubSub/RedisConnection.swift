@@ -61,8 +61,13 @@ public final class RedisConnection: Sendable {
         to configuration: RedisConfiguration,
         logger: Logger = RedisConnection.disabledLogger
     ) async throws -> RedisConnection {
+        try await connect(to: configuration, logger: logger, on: .shared)
+    }
+
+    /// Connects on a loop of the caller's choosing (tests that block a loop on purpose use their own).
+    static func connect(to configuration: RedisConfiguration, logger: Logger, on loop: EventLoop) async throws -> RedisConnection {
         try configuration.validate()
-        let core = ConnectionCore(configuration: configuration, logger: logger, loop: .shared)
+        let core = ConnectionCore(configuration: configuration, logger: logger, loop: loop)
         let connection = RedisConnection(core: core)  // its deinit closes the core if connecting fails
         let waiter = Pending<Void>()
         try await waiter.wait {

@@ -4,7 +4,7 @@ import Testing
 
 @Suite("Timeouts, cancellation and lost connections")
 struct FailureTests {
-    @Test func aCommandTimingOutOnASilentServerFailsWithTimeoutAndTheConnectionIsReplaced() async throws {
+    @Test func aCommandOnASilentServerFailsAtItsTimeoutAndTheConnectionIsReplaced() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
@@ -13,7 +13,9 @@ struct FailureTests {
         let events = EventRecorder(connection.events)
         server.pause()
         let time = await elapsed {
-            await #expect { try await connection.send("ECHO", "first") } throws: { isRedisError($0, .timeout) }
+            await #expect { try await connection.send("ECHO", "first") } throws: { error in
+                isRedisError(error, .connectionClosed) && "\(error)".contains("past the command timeout")
+            }
         }
         #expect(time >= .milliseconds(250) && time < .seconds(5))
         // Nothing was read since the command was written: the connection is declared dead, not kept waiting.
@@ -24,6 +26,29 @@ struct FailureTests {
         // The new connection's replies are its own: the old one's late "first" never reaches anyone.
         #expect(try await connection.send("ECHO", "second").string == "second")
         #expect(try await connection.send("ECHO", "third").string == "third")
+        await connection.close()
+    }
+
+    @Test func aTimedOutCommandOnAConnectionThatStillReadsKeepsItAndItsLateReplyIsDropped() async throws {
+        let server = try FakeServer { client in
+            guard client.acceptHandshake(), client.readCommand() == ["GET", "slow"] else { return }
+            client.write("$10\r\nslow-")  // part of the reply: the server is alive, the reply slow
+            Thread.sleep(forTimeInterval: 0.6)
+            client.write("reply\r\n")
+            guard let next = client.readCommand() else { return }
+            client.write("$\(next[1].utf8.count)\r\n\(next[1])\r\n")
+            client.waitForClose()
+        }
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(300)
+        configuration.healthCheckInterval = nil
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events)
+        await #expect { try await connection.send("GET", "slow") } throws: { isRedisError($0, .timeout) }
+        // Written after the timeout, answered after the slow reply's end: which is discarded, not taken for this one.
+        #expect(try await connection.send("ECHO", "mine").string == "mine")
+        #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
         await connection.close()
     }
 

@@ -75,9 +75,81 @@ struct LifecycleTests {
         await admin.close()
     }
 
+    @Test func aServerInProtectedModeIsRefusedAtOnceNotTakenForConnected() async throws {
+        let accepted = Locked(0)
+        let server = try FakeServer { client in
+            accepted.withLock { $0 += 1 }
+            _ = client.readCommand()
+            client.write("-DENIED Redis is running in protected mode because protected mode is enabled and no password is set for the default user.\r\n")
+        }
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.connectTimeout = .seconds(5)
+        let time = await elapsed {
+            await #expect { _ = try await RedisConnection.connect(to: configuration) } throws: { error in
+                isRedisError(error, .permissionDenied) && "\(error)".contains("protected mode")
+            }
+        }
+        #expect(time < .seconds(2))  // not retried until the connect timeout
+        #expect(accepted.withLock { $0 } == 1)
+    }
+
     // MARK: Supervision of command connections
 
-    @Test func aFrozenServerUnderAPublisherIsDetectedAndTheConnectionReplaced() async throws {
+    @Test func aSlowCommandIsNotKilledByTheHealthCheck() async throws {
+        let server = try RedisServer.start(["--enable-debug-command", "local"])
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = .milliseconds(200)
+        configuration.healthCheckTimeout = .milliseconds(200)
+        configuration.commandTimeout = .seconds(10)
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events)
+        try await Task.sleep(for: .milliseconds(300))  // idle: a health check has run
+        // The server is busy for 1.5 s, answering nothing: the command's own timeout judges, not the health check.
+        #expect(try await connection.send("DEBUG", "SLEEP", "1.5") == .simpleString("OK"))
+        #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
+        await connection.close()
+    }
+
+    @Test func aConnectionIsDeclaredDeadWhenItsNewestOverdueCommandHeardNothing() async throws {
+        let server = try FakeServer { client in
+            guard client.acceptHandshake(), client.readCommand() != nil else { return }
+            client.write("$100\r\npart of a reply")  // then silence, mid-reply
+            client.waitForClose()
+        }
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(300)
+        configuration.healthCheckInterval = nil
+        configuration.reconnect = .disabled
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events)
+        // The first command heard part of its reply: only it times out.
+        await #expect { try await connection.send("GET", "big") } throws: { isRedisError($0, .timeout) }
+        // The next one hears nothing at all: the connection is dead, though the oldest slot did hear something.
+        await #expect { try await connection.send("PING") } throws: { isRedisError($0, .connectionClosed) }
+        let cause = try await events.disconnected()
+        #expect(cause.message.contains("past the command timeout"), "\(cause)")
+    }
+
+    @Test func publishRetryCoversAFrozenServerWithTheDefaultHealthCheck() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(500)  // shorter than the health check's 5 s + 2 s
+        let publisher = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(20)))
+        #expect(try await publisher.publish("warm", to: "c") == 0)
+        server.pause()
+        let publish = Task { try await publisher.publish("through the freeze", to: "c") }
+        try await Task.sleep(for: .seconds(1))
+        server.resume()
+        #expect(try await publish.value == 0)  // cut off as connectionClosed, sent again on the new connection
+        await publisher.close()
+    }
+
+
+    @Test func anIdlePublishersHealthCheckDetectsAFrozenServerAndTheConnectionIsReplaced() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
@@ -89,16 +161,35 @@ struct LifecycleTests {
         #expect(try await publisher.publish("before", to: "c") == 0)
         server.pause()
         let started = ContinuousClock.now
-        let inFlight = (0..<8).map { index in Task { try await publisher.publish("frozen \(index)", to: "c") } }
         let cause = try await events.disconnected()
         #expect(cause.code == .timeout && cause.message.contains("health check"), "\(cause)")
-        for call in inFlight {
-            await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
-        }
         #expect(ContinuousClock.now - started < .seconds(5))  // not the 30 s command timeout
+        // While it is down, a publish fails at once instead of waiting on a dead socket.
+        let time = await elapsed {
+            await #expect { try await publisher.publish("down", to: "c") } throws: { isRedisError($0, .connectionClosed) }
+        }
+        #expect(time < .seconds(1))
         server.resume()
         try await events.reconnected()
         #expect(try await publisher.publish("after", to: "c") == 0)
+        await publisher.close()
+    }
+
+    @Test func publishesInFlightToAFrozenServerFailWithTheDeadConnection() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(800)
+        let publisher = try await Publisher.connect(to: configuration)
+        let events = EventRecorder(publisher.events)
+        server.pause()
+        let inFlight = (0..<8).map { index in Task { try await publisher.publish("frozen \(index)", to: "c") } }
+        for call in inFlight {
+            await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
+        }
+        #expect(try await events.disconnected().message.contains("past the command timeout"))
+        server.resume()
+        try await events.reconnected()
         await publisher.close()
     }
 
@@ -111,7 +202,7 @@ struct LifecycleTests {
         let connection = try await RedisConnection.connect(to: configuration)
         let events = EventRecorder(connection.events)
         server.pause()
-        await #expect { try await connection.send("ECHO", "late") } throws: { isRedisError($0, .timeout) }
+        await #expect { try await connection.send("ECHO", "late") } throws: { isRedisError($0, .connectionClosed) }
         let cause = try await events.disconnected()
         #expect(cause.message.contains("past the command timeout"), "\(cause)")
         server.resume()
@@ -151,35 +242,57 @@ struct LifecycleTests {
         configuration.healthCheckInterval = nil  // keep the frozen connection: this test is about the bound
         configuration.commandTimeout = .seconds(30)
         let publisher = try await Publisher.connect(to: configuration)
+        let inbox = publisher.connection.core.inbox
         server.pause()
-        let calls = (0..<150).map { index in Task { try await publisher.publish("m\(index)", to: "c") } }
-        try await Task.sleep(for: .milliseconds(300))
-        let outstanding = publisher.connection.core.inbox.outstanding
-        #expect(outstanding.commands == 100)
-        // A large value passes the byte bound: refused at once, nothing written.
-        let time = await elapsed {
-            await #expect {
-                try await publisher.publish([UInt8](repeating: 1, count: 2 << 20), to: "c")
-            } throws: { error in
-                isRedisError(error, .overloaded) && "\(error)".contains("maximumPendingCommands 100")
+        let refused = Locked(0)
+        let calls = (0..<150).map { index in
+            Task {
+                do {
+                    return try await publisher.publish("m\(index)", to: "c")
+                } catch let error as RedisError where error.code == .overloaded {
+                    refused.withLock { $0 += 1 }
+                    throw error
+                }
             }
         }
-        #expect(time < .milliseconds(500))
+        // Every call has been made: 100 wait for the frozen server, 50 were refused at once.
+        try await waitUntil { inbox.outstanding.commands == 100 && refused.withLock { $0 } == 50 }
+        // A large value passes the byte bound too: refused at once, nothing written.
+        await #expect {
+            try await publisher.publish([UInt8](repeating: 1, count: 2 << 20), to: "c")
+        } throws: { error in
+            isRedisError(error, .overloaded) && "\(error)".contains("maximumPendingCommands 100")
+        }
         server.resume()
-        var overloaded = 0
         var delivered = 0
-        for call in calls {
-            do {
-                _ = try await call.value
-                delivered += 1
-            } catch let error as RedisError where error.code == .overloaded {
-                overloaded += 1
-            }
-        }
-        #expect(delivered == 100 && overloaded == 50)
-        try await waitUntil { publisher.connection.core.inbox.outstanding == (0, 0) }
+        for call in calls where (try? await call.value) != nil { delivered += 1 }
+        #expect(delivered == 100)
+        try await waitUntil { inbox.outstanding == (0, 0) }
         // With nothing outstanding, one call larger than the byte bound is sent.
         #expect(try await publisher.publish([UInt8](repeating: 1, count: 2 << 20), to: "c") == 0)
+        await publisher.close()
+    }
+
+    @Test func theByteBoundHoldsWhileFewCommandsWait() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.maximumPendingBytes = 1 << 20
+        configuration.healthCheckInterval = nil
+        configuration.commandTimeout = .seconds(30)
+        let publisher = try await Publisher.connect(to: configuration)
+        let inbox = publisher.connection.core.inbox
+        server.pause()
+        let value = [UInt8](repeating: 7, count: 400 * 1024)
+        let first = Task { try await publisher.publish(value, to: "c") }
+        try await waitUntil { inbox.outstanding.commands == 1 }
+        let second = Task { try await publisher.publish(value, to: "c") }
+        try await waitUntil { inbox.outstanding.commands == 2 }
+        // Two commands wait, far below 100,000; 1.2 MB would pass the 1 MiB byte bound.
+        await #expect { try await publisher.publish(value, to: "c") } throws: { isRedisError($0, .overloaded) }
+        server.resume()
+        #expect(try await first.value == 0)
+        #expect(try await second.value == 0)
         await publisher.close()
     }
 
@@ -188,6 +301,34 @@ struct LifecycleTests {
         let core = connection.core
         let keepAlive = await onLoop(core) { core.keepAlive }
         #expect(keepAlive?.enabled == true && keepAlive?.idleSeconds == 15)
+        await connection.close()
+    }
+
+    @Test func aReusedDedicatedConnectionHonoursAShorterTimeout() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(500)
+        let connection = try await RedisConnection.connect(to: configuration)
+        let key = uniqueName()
+        let forever = Task { try await connection.sendBlocking("BLPOP", key, 0) }  // a deadline decades away
+        try await waitUntil { connection.dedicated.count.busy == 1 }
+        try await connection.send("RPUSH", key, "x")
+        _ = try await forever.value
+        #expect(connection.dedicated.count == (idle: 1, busy: 0))
+        server.pause()
+        // The same connection, now with a 1 s block: it must give up about 1.5 s later, not decades later.
+        let short = Task { try await connection.sendBlocking("BLPOP", key, 1) }
+        let done = Locked(false)
+        Task {
+            _ = try? await short.value
+            done.withLock { $0 = true }
+        }
+        try await waitUntil { done.withLock { $0 } }
+        await #expect { try await short.value } throws: { error in
+            isRedisError(error, .timeout) || isRedisError(error, .connectionClosed)
+        }
+        server.resume()
         await connection.close()
     }
 

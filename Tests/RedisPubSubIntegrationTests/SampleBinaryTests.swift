@@ -204,16 +204,15 @@ struct SampleBinaryFreezeTests {
     @Test func thePublishersHealthCheckIntervalDetectsAFrozenServer() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
+        // One message, then a minute of idling: only the health check can notice the freeze.
         let publisher = try SampleProcess(
-            "publisher", ["--url", server.url, "--interval", "0.2", "--health-check-interval", "0.3", "--message", "tick"])
-        try await waitUntil { publisher.stdoutLines.count >= 2 }
+            "publisher", ["--url", server.url, "--interval", "60", "--health-check-interval", "0.3", "--message", "tick"])
+        try await waitUntil { publisher.stdoutLines.count >= 1 }
         server.pause()
         try await waitUntil { publisher.stderr.contains("publisher: disconnected") }
         #expect(publisher.stderr.contains("health check"), "\(publisher.stderr)")
         server.resume()
         try await waitUntil { publisher.stderr.contains("publisher: reconnected") }
-        let before = publisher.stdoutLines.count
-        try await waitUntil { publisher.stdoutLines.count >= before + 2 }  // publishing again, same process
         publisher.signal(SIGTERM)
         #expect(await publisher.exitStatus() == 0)
     }

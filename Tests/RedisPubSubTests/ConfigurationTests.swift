@@ -124,7 +124,8 @@ struct ConfigurationTests {
         "redis://h:6379/secret", "redis://h#secret", "unix://:secret@/tmp/r.sock?x=1", "rediss://:secret@h",
         "http://:secret@h", "secret", "redis://secret@", "redis://[::1:secret@h", "redis://u:secret@[::1",
         "redis://u%:secret@h", "redis://se:cret:more@h:port", "unix:/:secret@/tmp/s", "REDIS://:secret@h:0",
-        "redis://h:secret", "redis://:secret@h?db=abc", "unix://u:secret@relative",
+        "redis://h:secret", "redis://:secret@h?db=abc", "unix://u:secret@relative", "redis://u:secret:6379",
+        "redis://:secret:6379", "unix://:p@/secret@/tmp/s", "redis://[::1]:secret",
     ])
     func noURLShapeLeaksItsPassword(url: String) {
         #expect(!RedisConfiguration.redact(url).contains("secret"), "\(RedisConfiguration.redact(url))")

@@ -235,6 +235,20 @@ struct ConnectionStateMachineTests {
         #expect(actions.contains(.ready(downtime: nil)))
     }
 
+    @Test func protectedModeIsRefusedNotTakenForConnected() {
+        var machine = handshaking(Handshake(authenticates: false, database: 0, clientName: nil))
+        let actions = machine.handshakeReply(.error("DENIED Redis is running in protected mode because ..."), now: t0)
+        #expect(finished(actions)??.code == .permissionDenied)
+        #expect(!actions.contains(.ready(downtime: nil)))
+    }
+
+    @Test func anotherErrorToThePingIsRetriedNotTakenForConnected() {
+        var machine = handshaking(Handshake(authenticates: false, database: 0, clientName: nil))
+        let actions = machine.handshakeReply(.error("ERR something the server says"), now: t0)
+        #expect(retries(actions))
+        #expect(!actions.contains(.ready(downtime: nil)))
+    }
+
     @Test func noAuthOnThePingIsAMissingPassword() {
         var machine = handshaking(Handshake(authenticates: false, database: 0, clientName: nil))
         #expect(finished(machine.handshakeReply(.error("NOAUTH Authentication required."), now: t0))??.code == .authenticationFailed)
@@ -342,6 +356,16 @@ struct ConnectionStateMachineTests {
         #expect(dead.contains { if case .closeSocket(let error) = $0 { error.message.contains("health check") } else { false } })
         #expect(lost(dead)?.code == .timeout)
         #expect(retries(dead))
+    }
+
+    @Test func aBusyConnectionIsNotPingedItsCommandsTimeoutsJudgeIt() {
+        var machine = Machine(settings: settings(fixed: a), seed: 3)
+        ready(&machine)
+        // A 3 s script was written at 4 s, due by 9 s: no PING behind it (it could not be answered in time).
+        #expect(machine.timerFired(.health, now: t0 + .seconds(5), lastRead: t0, busyUntil: t0 + .seconds(9)) == [.schedule(.health, at: t0 + .seconds(9))])
+        // Done at 7 s (read then); idle again: the next check counts from that read.
+        #expect(machine.timerFired(.health, now: t0 + .seconds(9), lastRead: t0 + .seconds(7), busyUntil: t0 + .seconds(9)) == [.schedule(.health, at: t0 + .seconds(12))])
+        #expect(machine.timerFired(.health, now: t0 + .seconds(12), lastRead: t0 + .seconds(7), busyUntil: nil).first == .sendHealthPing)
     }
 
     @Test func anyReplyToTheHealthPingProvesLife() {

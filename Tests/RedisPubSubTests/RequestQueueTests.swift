@@ -95,4 +95,24 @@ struct RequestQueueTests {
         _ = queue.removeAll()
         #expect(queue.takeReleased() == CommandCost(commands: 1, bytes: 7))
     }
+
+    @Test func theNewestOverdueSlotIsJudgedNotOnlyTheOldest() {
+        var queue = RequestQueue<Int>()
+        #expect(queue.newestOverdue(now: t0) == nil && queue.latestDeadline == nil)
+        queue.append(1, deadline: t0 + .seconds(5), writtenAt: t0)
+        queue.append(2, deadline: t0 + .seconds(7), writtenAt: t0 + .seconds(2))
+        queue.append(3, deadline: t0 + .seconds(9), writtenAt: t0 + .seconds(4))
+        #expect(queue.latestDeadline == t0 + .seconds(9))
+        #expect(queue.newestOverdue(now: t0 + .seconds(4)) == nil)
+        #expect(queue.newestOverdue(now: t0 + .seconds(7)) == t0 + .seconds(2))
+        _ = queue.expire(now: t0 + .seconds(7))
+        // The expired ones are remembered; the scan goes on from there.
+        #expect(queue.newestOverdue(now: t0 + .seconds(8)) == t0 + .seconds(2))
+        #expect(queue.newestOverdue(now: t0 + .seconds(9)) == t0 + .seconds(4))
+        _ = queue.popOwner()
+        _ = queue.popOwner()  // both late replies arrived
+        #expect(queue.newestOverdue(now: t0 + .seconds(8)) == nil)
+        _ = queue.removeAll()
+        #expect(queue.newestOverdue(now: t0 + .seconds(100)) == nil)
+    }
 }

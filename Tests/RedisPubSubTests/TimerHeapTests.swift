@@ -24,6 +24,20 @@ struct TimerHeapTests {
         #expect(fired == ["first", "second", "late"])
         #expect(heap.nextDeadline == nil)
     }
+
+    @Test func cancelledTimersFarInTheFutureAreSweptOut() {
+        let t0 = ContinuousClock.now
+        var heap = TimerHeap()
+        let soon = LoopTimer {}
+        heap.insert(deadline: t0 + .seconds(1), timer: soon)
+        for _ in 0..<5000 {
+            let far = LoopTimer {}
+            heap.insert(deadline: t0 + .seconds(1_000_000), timer: far)
+            far.cancel()
+        }
+        #expect(heap.count < 1100)  // not 5001: they never reach the top, so a sweep drops them
+        #expect(heap.nextDeadline == t0 + .seconds(1))
+    }
 }
 
 extension LoopTimer {

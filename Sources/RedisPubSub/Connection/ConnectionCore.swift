@@ -40,6 +40,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private var queue = RequestQueue<Waiter>()
     private var timers: [ConnectionStateMachine.Timer: LoopTimer] = [:]
     private var timeoutTimer: LoopTimer?
+    /// When `timeoutTimer` fires.
+    private var timeoutTimerDeadline: ContinuousClock.Instant?
     /// When the connection last read anything: the health check and the overdue-command rule judge silence by it.
     private var lastRead = ContinuousClock.now
     private var connectWaiter: Pending<Void>?
@@ -143,7 +145,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         timers[timer]?.cancel()
         timers[timer] = loop.scheduleTimer(at: deadline) { [self] in
             timers[timer] = nil  // a replaced timer is cancelled and never fires: this one is the current one
-            run(machine.timerFired(timer, now: .now, lastRead: lastRead))
+            run(machine.timerFired(timer, now: .now, lastRead: lastRead, busyUntil: queue.latestDeadline))
         }
     }
 
@@ -353,6 +355,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     func sendInternal(
         _ arguments: [RedisArgument],
         expects acknowledgement: Acknowledgement? = nil,
+        timeout: Duration? = nil,
         handler: @escaping (Result<RedisValue, RedisError>) -> Void
     ) {
         loop.assertInLoop()
@@ -366,7 +369,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return
         }
         let now = ContinuousClock.now
-        queue.append(.ownCommand(handler, expects: acknowledgement), deadline: now + configuration.commandTimeout, writtenAt: now)
+        queue.append(
+            .ownCommand(handler, expects: acknowledgement), deadline: now + (timeout ?? configuration.commandTimeout),
+            writtenAt: now)
         context.flush()
         armTimeoutTimer()
     }
@@ -374,11 +379,14 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private func sendHealthPing() {
         // hiredis never sees the PING (replies are matched here), so the PONG of a subscribed connection
         // (`["pong", ""]`) is fine on every hiredis version.
-        sendInternal(["PING"]) { [self] result in
-            if case .failure(let error) = result, error.code == .connectionClosed || error.code == .timeout {
-                return  // gone, or too late to matter: the machine judges silence by itself
+        // Its own deadline is the health check's: past it, the overdue rule judges the silence.
+        sendInternal(["PING"], timeout: configuration.healthCheckTimeout) { [self] result in
+            if case .failure(let error) = result, error.code == .connectionClosed {
+                return  // gone: nothing left to check
             }
-            run(machine.healthPingAnswered(now: .now))  // any reply, an error reply too, proves life
+            // Any reply, an error reply too, proves life; so does a PING that outlived its deadline without the
+            // connection being declared dead (something was read meanwhile): either way the next check may start.
+            run(machine.healthPingAnswered(now: .now))
         }
     }
 
@@ -388,25 +396,40 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         context?.close(cause: error)
     }
 
+    /// Arms the timeout timer for the next deadline, or moves it earlier (a dedicated connection's next command may
+    /// have a shorter timeout than the one before).
     private func armTimeoutTimer() {
-        guard timeoutTimer == nil, let deadline = queue.nextDeadline else { return }
+        guard let deadline = queue.nextDeadline else { return }
+        if timeoutTimer != nil, let armed = timeoutTimerDeadline, armed <= deadline { return }
+        timeoutTimer?.cancel()
+        timeoutTimerDeadline = deadline
         timeoutTimer = loop.scheduleTimer(at: deadline) { [self] in
             timeoutTimer = nil
+            timeoutTimerDeadline = nil
             expireTimeouts()
         }
     }
 
+    private func cancelTimeoutTimer() {
+        timeoutTimer?.cancel()
+        timeoutTimer = nil
+        timeoutTimerDeadline = nil
+    }
+
     private func expireTimeouts() {
         let now = ContinuousClock.now
+        // First the question whether the server is silent: then the overdue commands fail with the others, as
+        // connectionClosed (which PublishRetry sends again), not as timeouts on a connection about to be replaced.
+        if let writtenAt = queue.newestOverdue(now: now) {
+            run(machine.commandOverdue(writtenAt: writtenAt, lastRead: lastRead, now: now))
+            guard machine.acceptsCommands else { return }
+        }
         for waiter in queue.expire(now: now) {
             let error = RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")
             switch waiter {
             case .request(let request): request.fail(error)
             case .ownCommand(let handler, _): handler(.failure(error))
             }
-        }
-        if let oldest = queue.oldest(now: now), oldest.overdue {
-            run(machine.commandOverdue(writtenAt: oldest.writtenAt, lastRead: lastRead, now: now))
         }
         if machine.isClosing && queue.liveCount == 0 { run(machine.drained()) }
         armTimeoutTimer()
@@ -421,8 +444,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     private func connectionLost(_ error: RedisError) {
-        timeoutTimer?.cancel()
-        timeoutTimer = nil
+        cancelTimeoutTimer()
         logger.notice("connection lost", metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
         let date = Date()
         events.send(.disconnected(at: date, cause: error))
@@ -457,8 +479,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     /// The end: `nil` for `close()`, else the error that ended it. Fails everything still waiting.
     private func finish(_ error: RedisError?) {
-        timeoutTimer?.cancel()
-        timeoutTimer = nil
+        cancelTimeoutTimer()
         let failure = error ?? RedisError(.connectionClosed, "the connection was closed by close()")
         let leftovers = inbox.close(failure)
         let laterError = inbox.closedError ?? failure

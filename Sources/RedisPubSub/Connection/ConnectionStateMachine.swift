@@ -323,10 +323,10 @@ struct ConnectionStateMachine: Sendable {
         }
     }
 
-    /// The oldest command waiting for its reply, written at `writtenAt`, is past its deadline, and the connection
-    /// last read anything at `lastRead`. Silent ever since the command was written, the server is frozen, overloaded
-    /// or cut off: the connection is declared dead (its commands fail with ``RedisError/Code/connectionClosed``, so
-    /// ``PublishRetry`` can send them again) and replaced.
+    /// A command written at `writtenAt` is past its deadline, and the connection last read anything at `lastRead`.
+    /// Silent ever since the command was written, the server is frozen, overloaded or cut off: the connection is
+    /// declared dead and replaced. The owner asks before it fails the overdue commands with a timeout, so that they
+    /// too fail with ``RedisError/Code/connectionClosed``, which ``PublishRetry`` sends again.
     mutating func commandOverdue(writtenAt: Instant, lastRead: Instant, now: Instant) -> [Action] {
         guard acceptsCommands, lastRead < writtenAt else { return [] }
         return declareDead(
@@ -339,8 +339,9 @@ struct ConnectionStateMachine: Sendable {
 
     // MARK: Timers and the health check
 
-    /// A timer the owner scheduled fired; `lastRead` is when the connection last read anything.
-    mutating func timerFired(_ timer: Timer, now: Instant, lastRead: Instant) -> [Action] {
+    /// A timer the owner scheduled fired; `lastRead` is when the connection last read anything, `busyUntil` the
+    /// latest deadline of the commands waiting for replies (if any).
+    mutating func timerFired(_ timer: Timer, now: Instant, lastRead: Instant, busyUntil: Instant? = nil) -> [Action] {
         switch (timer, state) {
         case (.attempt, .connecting):
             return attemptFailed(
@@ -359,11 +360,11 @@ struct ConnectionStateMachine: Sendable {
         case (.retry, .waitingToRetry):
             return startAttempt(now: now)
         case (.health, .ready(var health?)):
-            let actions = healthCheckDue(&health, now: now, lastRead: lastRead)
+            let actions = healthCheckDue(&health, now: now, lastRead: lastRead, busyUntil: busyUntil)
             if case .ready = state { state = .ready(health) }
             return actions
         case (.health, .closing(var health?)):
-            let actions = healthCheckDue(&health, now: now, lastRead: lastRead)
+            let actions = healthCheckDue(&health, now: now, lastRead: lastRead, busyUntil: busyUntil)
             if case .closing = state { state = .closing(health) }
             return actions
         case (.closing, .closing):
@@ -373,8 +374,10 @@ struct ConnectionStateMachine: Sendable {
         }
     }
 
-    private mutating func healthCheckDue(_ health: inout HealthCheck, now: Instant, lastRead: Instant) -> [Action] {
-        switch health.due(now: now, lastRead: lastRead) {
+    private mutating func healthCheckDue(
+        _ health: inout HealthCheck, now: Instant, lastRead: Instant, busyUntil: Instant?
+    ) -> [Action] {
+        switch health.due(now: now, lastRead: lastRead, busyUntil: busyUntil) {
         case .ping(let checkAt):
             return [.sendHealthPing, .schedule(.health, at: checkAt)]
         case .wait(let checkAt):

@@ -61,13 +61,19 @@ struct Handshake: Hashable, Sendable {
         if isCredentialError(message) {
             return .failed(RedisError(.authenticationFailed, "authentication failed: \(message)"))
         }
+        if message.hasPrefix("DENIED") {
+            // Protected mode: no password is set and this client is not on loopback. Waiting cannot fix it.
+            return .failed(RedisError(.permissionDenied, "the server refuses this client: \(message)"))
+        }
         let permission = message.hasPrefix("NOPERM")
         let unknownCommand = message.hasPrefix("ERR unknown command")
         switch step {
         case .ping:
-            // Any reply but a credential error proves the connection works: an ACL user without `+ping` (one allowed
-            // only to subscribe, say) gets NOPERM here and is still connected and authenticated.
-            return .done
+            // The connection works if the server only refuses the PING itself: an ACL user without `+ping` (one
+            // allowed only to subscribe, say) gets NOPERM and is connected and authenticated; a server that renamed
+            // PING away says so. Any other error is the server's reason, retried with backoff.
+            if permission || unknownCommand { return .done }
+            return .failed(RedisError(.serverError, message))
         case .setName:
             if permission || unknownCommand {
                 return .doneWithWarning("the client name was not set: \(message)")

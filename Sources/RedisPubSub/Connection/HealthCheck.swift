@@ -28,19 +28,28 @@ struct HealthCheck: Hashable, Sendable {
     /// When to look first, on a connection that just became ready at `now`.
     func firstCheck(now: ContinuousClock.Instant) -> ContinuousClock.Instant { now + interval }
 
-    /// The timer fired at `now`; the connection last read something at `lastRead`.
-    mutating func due(now: ContinuousClock.Instant, lastRead: ContinuousClock.Instant) -> Decision {
+    /// The timer fired at `now`; the connection last read anything at `lastRead`, and until `busyUntil` a command
+    /// written on it may still be answered in time. A busy connection is not pinged: the PING would wait behind a
+    /// command that may rightly take longer than the health check's timeout (a slow script), and a silent server is
+    /// caught by the command's own timeout instead.
+    mutating func due(
+        now: ContinuousClock.Instant,
+        lastRead: ContinuousClock.Instant,
+        busyUntil: ContinuousClock.Instant? = nil
+    ) -> Decision {
         if let sent = pingSentAt {
             let since = max(sent, lastRead)
             if now - since >= timeout { return .dead(silence: now - sent) }
             return .wait(checkAt: since + timeout)
         }
+        if let busyUntil, busyUntil > now { return .wait(checkAt: max(lastRead + interval, busyUntil)) }
         guard now - lastRead >= interval else { return .wait(checkAt: lastRead + interval) }
         pingSentAt = now
         return .ping(checkAt: now + timeout)
     }
 
-    /// The PING got a reply (any reply) at `now`. Returns when to look next.
+    /// The PING got a reply (any reply) at `now`, or outlived its own deadline while the connection kept reading.
+    /// Returns when to look next.
     mutating func answered(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         guard pingSentAt != nil else { return nil }
         pingSentAt = nil

@@ -28,6 +28,8 @@ struct RequestQueue<Waiter> {
     private var slots = Deque<Slot>()
     /// The leading slots already expired: the timeout scan starts after them.
     private var expiredPrefix = 0
+    /// When the newest of those was written.
+    private var newestExpiredWrittenAt: ContinuousClock.Instant?
     /// Slots whose waiter can still be delivered to.
     private(set) var liveCount = 0
     /// The cost of the slots answered or removed since ``takeReleased()`` last ran.
@@ -49,6 +51,21 @@ struct RequestQueue<Waiter> {
         return (first.writtenAt, first.deadline <= now)
     }
 
+    /// When the newest command whose deadline has passed at `now` was written: if nothing was read since, the server
+    /// has been silent for at least a whole command timeout.
+    func newestOverdue(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        var newest = newestExpiredWrittenAt
+        var index = expiredPrefix
+        while index < slots.count, slots[index].deadline <= now {
+            newest = slots[index].writtenAt
+            index += 1
+        }
+        return newest
+    }
+
+    /// The latest deadline of the commands written: until then, some command may still be answered in time.
+    var latestDeadline: ContinuousClock.Instant? { slots.last?.deadline }
+
     /// Records a written command.
     mutating func append(
         _ waiter: Waiter,
@@ -68,7 +85,10 @@ struct RequestQueue<Waiter> {
     /// Takes the owner of the reply that just arrived.
     mutating func popOwner() -> Owner {
         guard let slot = slots.popFirst() else { return .none }
-        if expiredPrefix > 0 { expiredPrefix -= 1 }
+        if expiredPrefix > 0 {
+            expiredPrefix -= 1
+            if expiredPrefix == 0 { newestExpiredWrittenAt = nil }
+        }
         released.commands += slot.cost.commands
         released.bytes += slot.cost.bytes
         guard let waiter = slot.waiter else { return .abandoned }
@@ -85,6 +105,7 @@ struct RequestQueue<Waiter> {
                 slots[expiredPrefix].waiter = nil
                 liveCount -= 1
             }
+            newestExpiredWrittenAt = slots[expiredPrefix].writtenAt
             expiredPrefix += 1
         }
         return expired
@@ -100,6 +121,7 @@ struct RequestQueue<Waiter> {
         }
         slots.removeAll()
         expiredPrefix = 0
+        newestExpiredWrittenAt = nil
         liveCount = 0
         return live
     }

@@ -363,6 +363,9 @@ struct TimerHeap {
 
     private var entries = Heap<Entry>()
     private var sequence: UInt64 = 0
+    /// When the heap holds this many entries, the cancelled ones are swept out (a cancelled timer far in the future
+    /// would otherwise stay until its deadline came to the top).
+    private var sweepAt = 1024
 
     var nextDeadline: ContinuousClock.Instant? {
         mutating get {
@@ -374,7 +377,14 @@ struct TimerHeap {
     mutating func insert(deadline: ContinuousClock.Instant, timer: LoopTimer) {
         sequence &+= 1
         entries.insert(Entry(deadline: deadline, sequence: sequence, timer: timer))
+        if entries.count >= sweepAt {
+            entries = Heap(entries.unordered.filter { $0.timer.body != nil })
+            sweepAt = max(1024, entries.count * 2)  // amortised: a sweep per doubling
+        }
     }
+
+    /// Entries held, cancelled ones included (for tests).
+    var count: Int { entries.count }
 
     mutating func popDue(now: ContinuousClock.Instant) -> LoopTimer? {
         dropCancelledHead()

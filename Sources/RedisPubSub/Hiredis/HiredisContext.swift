@@ -64,8 +64,8 @@ final class HiredisContext: EventLoopSource {
     /// Keeps this object alive while hiredis holds pointers to it (`ac->data`, `ac->ev.data`); cleared by `cleanup`.
     private var retainedByContext: HiredisContext?
 
-    /// Starts a non-blocking connect. The delegate later gets ``HiredisContextDelegate/hiredisContextDidConnect()``
-    /// or ``HiredisContextDelegate/hiredisContextDidClose(_:)``.
+    /// Starts a non-blocking connect. The delegate later gets ``HiredisContextDelegate/hiredisContextDidConnect(_:)``
+    /// or ``HiredisContextDelegate/hiredisContext(_:didCloseWith:)``.
     ///
     /// - Throws: ``RedisError`` when the connect fails at once (for example a refused loopback port or a missing socket file).
     init(address: ServerAddress, loop: EventLoop, delegate: any HiredisContextDelegate) throws(RedisError) {

@@ -114,7 +114,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
                   elements[0].bytes == command.key.kind.acknowledgement(subscribe: command.subscribe),
                   elements[1].bytes == command.key.name
             else {
-                connection.closeNow(RedisError(.protocolError, "unexpected acknowledgement: \(reply)"))
+                connection.closeNow(RedisError(.protocolError, "unexpected acknowledgement: \(reply.shape)"))
                 return
             }
             let (ready, resubscribed) = machine.acknowledged(command)

@@ -19,10 +19,12 @@ public struct Subscription: AsyncSequence, Sendable {
 
     /// This subscription's gaps, from now on: ``SubscriptionEvent/disconnected(at:cause:)`` when the connection is
     /// lost, ``SubscriptionEvent/resubscribed(at:gap:)`` when every channel is confirmed again after the reconnect.
-    /// Each access returns a new sequence (keeping its newest 256 events); it ends when the subscription ends.
+    /// Each access returns a new sequence (keeping its newest 256 events); it ends when the subscription ends: on
+    /// ``cancel()``, when its loop is left, or when it is released.
     ///
     /// ```swift
-    /// Task { for await event in subscription.events { logger.warning("orders: \(event)") } }
+    /// let events = subscription.events   // outside the task, which then does not keep the subscription alive
+    /// Task { for await event in events { logger.warning("orders: \(event)") } }
     /// ```
     public var events: AsyncStream<SubscriptionEvent> { handle.sink.events.stream() }
 

@@ -50,10 +50,10 @@ final class RedisServer: @unchecked Sendable {
 
     deinit { stop() }
 
-    /// Kills the server (SIGKILL after a resume, so a paused server dies too) and removes its directory.
+    /// Kills the server and removes its directory. SIGKILL alone ends a paused server too, and without a SIGCONT first
+    /// a paused one answers nothing more on its way out.
     func stop() {
         if process.isRunning {
-            kill(process.processIdentifier, SIGCONT)
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
