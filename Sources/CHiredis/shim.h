@@ -6,6 +6,7 @@
 // Both header layouts resolve these: Debian's pkg-config adds -I/usr/include/hiredis, Homebrew's adds the prefix.
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 
 // Swift cannot evaluate `#if` on C macros: expose the library version as values.
 static inline int chiredis_version_major(void) { return HIREDIS_MAJOR; }
@@ -49,5 +50,11 @@ static inline int chiredis_reader_mid_reply(const redisContext *_Nonnull c) {
 // How deep the aggregate the reader is in the middle of is nested (-1: none). `ridx` exists in 0.14 and 1.x.
 static inline int chiredis_reader_depth(const redisContext *_Nonnull c) {
     return c->reader != NULL ? c->reader->ridx : -1;
+}
+
+// How many bytes hiredis's output buffer holds, not yet written to the socket. (hiredis moves the rest of the buffer
+// after every partial write, so the package keeps it small and feeds it as it drains.)
+static inline size_t chiredis_output_length(const redisContext *_Nonnull c) {
+    return c->obuf != NULL ? sdslen((sds)c->obuf) : 0;
 }
 #endif

@@ -296,6 +296,34 @@ struct LifecycleTests {
         await publisher.close()
     }
 
+    @Test func aLargeBacklogIsFedToHiredisInBoundedPiecesAndEveryReplyFindsItsCaller() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = nil
+        configuration.commandTimeout = .seconds(30)
+        let connection = try await RedisConnection.connect(to: configuration)
+        server.pause()
+        // 20 MB of commands for a frozen server: more than the socket buffers take.
+        let calls = (0..<100).map { index in
+            Task { () throws -> Bool in
+                let payload = "\(index):" + String(repeating: Character(UnicodeScalar(UInt8(65 + index % 26))), count: 200_000)
+                return try await connection.send("ECHO", payload).string == payload
+            }
+        }
+        try await waitUntil { connection.core.inbox.outstanding.commands == 100 }
+        let core = connection.core
+        let buffered = await onLoop(core) { core.bufferedOutput }
+        #expect(buffered.hiredis <= ConnectionCore.outputHighWater, "\(buffered)")
+        #expect(buffered.backlog > 1_000_000, "\(buffered)")
+        server.resume()
+        var matched = 0
+        for call in calls where try await call.value { matched += 1 }
+        #expect(matched == 100)
+        #expect(await onLoop(core) { core.bufferedOutput } == (0, 0))
+        await connection.close()
+    }
+
     @Test func tcpKeepaliveIsOnForTcpConnections() async throws {
         let connection = try await SharedServer.connect()
         let core = connection.core

@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import DequeModule
 import Logging
 
 /// The event-loop half of a connection: carries out what its ``ConnectionStateMachine`` decides (resolving, opening
@@ -36,7 +37,13 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     var pushHandler: (any PushHandler)?
 
     private var machine: ConnectionStateMachine
-    private var context: HiredisContext?
+    private var context: HiredisContext? {
+        didSet { if context !== oldValue { backlog.removeAll() } }  // bytes meant for the old socket die with it
+    }
+    /// Commands written by callers and not yet handed to hiredis, in order. hiredis moves the rest of its output
+    /// buffer after every partial write, so a large buffer costs time quadratic in its size on the loop thread; it is
+    /// kept under ``outputHighWater`` instead and refilled as the socket drains it.
+    private var backlog = Deque<ArraySlice<UInt8>>()
     private var queue = RequestQueue<Waiter>()
     private var timers: [ConnectionStateMachine.Timer: LoopTimer] = [:]
     private var timeoutTimer: LoopTimer?
@@ -97,6 +104,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     /// Safe because `submit` is reached on the loop only from task code, which the loop runs from its job queue with
     /// no package method on the stack (resuming a continuation only enqueues). Package code never calls `submit`.
     static let earlyWriteThreshold = 32
+
+    /// The most bytes handed to hiredis's output buffer at a time.
+    static let outputHighWater = 512 * 1024
 
     /// Closes the connection after its in-flight commands are answered, timed out, or the command timeout passed;
     /// commands submitted after this fail with ``RedisError/Code/connectionClosed``. `completion` runs once the
@@ -270,10 +280,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
                 notWritten.bytes += submission.bytes.count
                 continue
             }
-            submission.bytes.withUnsafeBytes { context.append($0) }
             // Buffering can fail (out of memory) and close the context at once: then nothing more may be queued for
             // it, or the next connection's replies would be matched to these.
-            guard self.context === context else {
+            guard output(submission.bytes, to: context) else {
                 inbox.release(notWritten)
                 fail(submissions[index...], RedisError(.connectionClosed, "the connection closed while commands were being written"))
                 return
@@ -288,8 +297,47 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             }
         }
         inbox.release(notWritten)
-        context.flush()
+        flushOutput(context)
         armTimeoutTimer()
+    }
+
+    /// Hands `bytes` to hiredis, or queues them behind the bytes already waiting. Returns `false` when the context
+    /// closed meanwhile (hiredis could not buffer them).
+    private func output(_ bytes: [UInt8], to context: HiredisContext) -> Bool {
+        if backlog.isEmpty, bytes.count <= Self.outputHighWater - context.outputLength {
+            bytes.withUnsafeBytes { context.append($0) }
+            return self.context === context
+        }
+        backlog.append(bytes[...])
+        return feed(context)
+    }
+
+    /// Moves waiting bytes into hiredis's output buffer while it is under the high-water mark.
+    private func feed(_ context: HiredisContext) -> Bool {
+        while var chunk = backlog.first {
+            let room = Self.outputHighWater - context.outputLength
+            guard room > 0 else { return true }
+            let piece = chunk.prefix(room)
+            piece.withUnsafeBytes { context.append($0) }
+            guard self.context === context else { return false }
+            chunk = chunk.dropFirst(piece.count)
+            if chunk.isEmpty { backlog.removeFirst() } else { backlog[backlog.startIndex] = chunk }
+        }
+        return true
+    }
+
+    /// Writes what hiredis holds, refilling it from the backlog for as long as the socket takes everything at once;
+    /// when it does not, hiredis waits for it to be writable and ``hiredisContextDidWrite(_:)`` goes on.
+    private func flushOutput(_ context: HiredisContext) {
+        while true {
+            context.flush()
+            guard self.context === context, !backlog.isEmpty, context.outputLength == 0, feed(context) else { return }
+        }
+    }
+
+    func hiredisContextDidWrite(_ writing: HiredisContext) {
+        guard writing === context, !backlog.isEmpty, feed(writing) else { return }
+        flushOutput(writing)
     }
 
     /// Fails submissions that were never written, and gives their cost back.
@@ -363,8 +411,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             handler(.failure(inbox.closedError ?? RedisError(.connectionClosed, "not connected")))
             return
         }
-        RESP.encode(arguments).withUnsafeBytes { context.append($0) }
-        guard self.context === context else {
+        // Through the backlog like everything else: a command that overtook waiting bytes would get their replies.
+        guard output(RESP.encode(arguments), to: context) else {
             handler(.failure(RedisError(.connectionClosed, "the connection closed while a command was being written")))
             return
         }
@@ -372,7 +420,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         queue.append(
             .ownCommand(handler, expects: acknowledgement), deadline: now + (timeout ?? configuration.commandTimeout),
             writtenAt: now)
-        context.flush()
+        flushOutput(context)
         armTimeoutTimer()
     }
 
@@ -525,6 +573,12 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     var readyWaiterCount: Int {
         loop.assertInLoop()
         return readyWaiters.count
+    }
+
+    /// Bytes in hiredis's output buffer and in the backlog behind it; loop only.
+    var bufferedOutput: (hiredis: Int, backlog: Int) {
+        loop.assertInLoop()
+        return (context?.outputLength ?? 0, backlog.reduce(0) { $0 + $1.count })
     }
 
     /// TCP keepalive of the current socket; loop only.

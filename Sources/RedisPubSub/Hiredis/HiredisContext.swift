@@ -19,6 +19,8 @@ protocol HiredisContextDelegate: AnyObject {
     func hiredisContext(_ context: HiredisContext, didReceivePush push: RawPush)
     /// The replies of one read from the socket were all delivered.
     func hiredisContextDidFinishReading(_ context: HiredisContext)
+    /// The socket took (part of) the output buffer: there is room for more (``HiredisContext/outputLength``).
+    func hiredisContextDidWrite(_ context: HiredisContext)
     /// The context is gone: a connect failure, a network or protocol error, end of stream, or ``HiredisContext/close(cause:)``.
     /// Called exactly once, last.
     func hiredisContext(_ context: HiredisContext, didCloseWith error: RedisError)
@@ -155,11 +157,19 @@ final class HiredisContext: EventLoopSource {
 
     func writable() {
         guard let ac = context else { return }
+        let wasConnected = connected
         dispatching += 1
         // Connect completion is decided inside (SO_ERROR on the first writable event, 0.14 async.c:509-526).
         redisAsyncHandleWrite(ac)
         dispatching -= 1
         deliverEvents()
+        if wasConnected, context != nil { delegate?.hiredisContextDidWrite(self) }
+    }
+
+    /// Bytes in hiredis's output buffer, not yet taken by the socket.
+    var outputLength: Int {
+        guard let ac = context else { return 0 }
+        return Int(chiredis_output_length(chiredis_context(ac)))
     }
 
     func readable() {
