@@ -23,11 +23,7 @@ extension RedisConnection {
         _ command: String,
         _ arguments: repeat each Argument
     ) async throws -> RedisValue {
-        var list = [RedisArgument(command)]
-        for argument in repeat each arguments {
-            list.append(argument.redisArgument)
-        }
-        return try await sendBlocking(list)
+        try await sendBlocking(Self.command(command, repeat each arguments))
     }
 
     /// Sends a blocking command, given as an array whose first element is the command name; see

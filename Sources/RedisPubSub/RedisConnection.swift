@@ -98,11 +98,19 @@ public final class RedisConnection: Sendable {
         _ command: String,
         _ arguments: repeat each Argument
     ) async throws -> RedisValue {
-        var list = [RedisArgument(command)]
+        try await send(Self.command(command, repeat each arguments))
+    }
+
+    /// The command name and its arguments as one array.
+    static func command<each Argument: RedisArgumentConvertible>(
+        _ name: String,
+        _ arguments: repeat each Argument
+    ) -> [RedisArgument] {
+        var list = [RedisArgument(name)]
         for argument in repeat each arguments {
             list.append(argument.redisArgument)
         }
-        return try await send(list)
+        return list
     }
 
     /// Sends one command, given as an array whose first element is the command name.

@@ -156,7 +156,7 @@ struct ConnectTests {
             _ = try await RedisConnection.connect(to: configuration)  // retried until the timeout, then the cause
         } throws: { error in
             guard let error = error as? RedisError else { return false }
-            return error.message.contains("max number of clients")
+            return error.code == .serverError && error.message.contains("max number of clients")
         }
         await first?.close()
     }

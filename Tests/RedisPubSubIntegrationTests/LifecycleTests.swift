@@ -193,23 +193,6 @@ struct LifecycleTests {
         await publisher.close()
     }
 
-    @Test func aFrozenServerIsDetectedWithoutAHealthCheckWhenACommandIsOverdue() async throws {
-        let server = try RedisServer.start()
-        defer { server.stop() }
-        var configuration = try RedisConfiguration(url: server.url)
-        configuration.commandTimeout = .milliseconds(400)
-        configuration.healthCheckInterval = nil
-        let connection = try await RedisConnection.connect(to: configuration)
-        let events = EventRecorder(connection.events)
-        server.pause()
-        await #expect { try await connection.send("ECHO", "late") } throws: { isRedisError($0, .connectionClosed) }
-        let cause = try await events.disconnected()
-        #expect(cause.message.contains("past the command timeout"), "\(cause)")
-        server.resume()
-        try await events.reconnected()
-        await connection.close()
-    }
-
     @Test func publishRetryWhileReconnectingCoversAFrozenServer() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }

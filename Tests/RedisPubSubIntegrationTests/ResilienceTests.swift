@@ -55,15 +55,30 @@ final class EventRecorder<Event: Sendable>: Sendable {
 /// A test's expectation did not hold and it cannot go on; the failure is already recorded.
 struct ExpectationFailed: Error {}
 
-extension EventRecorder where Event == ConnectionEvent {
-    /// The cause of the next `.disconnected`; records a failure and throws when none comes.
+/// Events that report a lost connection with its cause.
+protocol DisconnectReporting: Sendable {
+    /// The cause, if this is the event of a lost connection.
+    var disconnectCause: RedisError? { get }
+}
+
+extension ConnectionEvent: DisconnectReporting {
+    var disconnectCause: RedisError? { if case .disconnected(_, let cause) = self { cause } else { nil } }
+}
+
+extension SubscriptionEvent: DisconnectReporting {
+    var disconnectCause: RedisError? { if case .disconnected(_, let cause) = self { cause } else { nil } }
+}
+
+extension EventRecorder where Event: DisconnectReporting {
+    /// The cause of the next disconnect; records a failure and throws when none comes.
     func disconnected(sourceLocation: SourceLocation = #_sourceLocation) async throws -> RedisError {
-        guard case .disconnected(_, let cause)? = await next(sourceLocation: sourceLocation, where: {
-            if case .disconnected = $0 { true } else { false }
-        }) else { throw ExpectationFailed() }
+        guard let cause = await next(sourceLocation: sourceLocation, where: { $0.disconnectCause != nil })?.disconnectCause
+        else { throw ExpectationFailed() }
         return cause
     }
+}
 
+extension EventRecorder where Event == ConnectionEvent {
     /// The downtime of the next `.reconnected`; records a failure and throws when none comes.
     @discardableResult
     func reconnected(sourceLocation: SourceLocation = #_sourceLocation) async throws -> Duration {
@@ -75,14 +90,6 @@ extension EventRecorder where Event == ConnectionEvent {
 }
 
 extension EventRecorder where Event == SubscriptionEvent {
-    /// The cause of the next `.disconnected`; records a failure and throws when none comes.
-    func disconnected(sourceLocation: SourceLocation = #_sourceLocation) async throws -> RedisError {
-        guard case .disconnected(_, let cause)? = await next(sourceLocation: sourceLocation, where: {
-            if case .disconnected = $0 { true } else { false }
-        }) else { throw ExpectationFailed() }
-        return cause
-    }
-
     /// The gap of the next `.resubscribed`; records a failure and throws when none comes.
     @discardableResult
     func resubscribed(sourceLocation: SourceLocation = #_sourceLocation) async throws -> Duration {
@@ -432,7 +439,7 @@ struct ResilienceTests {
     }
 
     @Test func soakOfTenThousandSeededRandomOperations() async throws {
-        var random = SplitMix64(seed: 0x5EED_2026)
+        var random = JitterRandom(seed: 0x5EED_2026)  // SplitMix64: the same sequence on every run
         let server = try RedisServer.start()
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
@@ -522,19 +529,6 @@ struct ResilienceTests {
         await subscriber.close()
         await publisher.close()
         await admin.close()
-    }
-}
-
-/// A small seeded generator (SplitMix64), so the soak's sequence is the same on every run.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
