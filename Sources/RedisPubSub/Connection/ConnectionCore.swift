@@ -274,6 +274,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         let now = ContinuousClock.now
         let deadline = now + configuration.commandTimeout
         var notWritten = CommandCost.none
+        var room = Self.outputHighWater - context.outputLength  // asked once: hiredis only grows while we append
         for (index, submission) in submissions.enumerated() {
             if submission.request.isFinished {  // cancelled before writing: not sent
                 notWritten.commands += submission.commands
@@ -282,7 +283,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             }
             // Buffering can fail (out of memory) and close the context at once: then nothing more may be queued for
             // it, or the next connection's replies would be matched to these.
-            guard output(submission.bytes, to: context) else {
+            guard output(submission.bytes, to: context, room: &room) else {
                 inbox.release(notWritten)
                 fail(submissions[index...], RedisError(.connectionClosed, "the connection closed while commands were being written"))
                 return
@@ -301,14 +302,16 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         armTimeoutTimer()
     }
 
-    /// Hands `bytes` to hiredis, or queues them behind the bytes already waiting. Returns `false` when the context
-    /// closed meanwhile (hiredis could not buffer them).
-    private func output(_ bytes: [UInt8], to context: HiredisContext) -> Bool {
-        if backlog.isEmpty, bytes.count <= Self.outputHighWater - context.outputLength {
+    /// Hands `bytes` to hiredis, or queues them behind the bytes already waiting; `room` is what hiredis's buffer may
+    /// still take. Returns `false` when the context closed meanwhile (hiredis could not buffer them).
+    private func output(_ bytes: [UInt8], to context: HiredisContext, room: inout Int) -> Bool {
+        if backlog.isEmpty, bytes.count <= room {
             bytes.withUnsafeBytes { context.append($0) }
+            room -= bytes.count
             return self.context === context
         }
         backlog.append(bytes[...])
+        defer { room = 0 }  // from now on everything waits behind the backlog
         return feed(context)
     }
 
@@ -395,7 +398,18 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     func hiredisContextDidFinishReading(_ reading: HiredisContext) {
         lastRead = .now
         pushHandler?.flush()
-        inbox.release(queue.takeReleased())
+        // Give answered work back to the bound. The next write does it anyway (one lock for both), so here only when
+        // the connection went idle or enough has piled up to matter: the bound then errs early by 1/16 at most.
+        if queue.isEmpty || queue.releasedSoFar.commands >= releaseBatch.commands
+            || queue.releasedSoFar.bytes >= releaseBatch.bytes
+        {
+            inbox.release(queue.takeReleased())
+        }
+    }
+
+    /// How much answered work may wait before it is given back to the bound outside a write.
+    private var releaseBatch: CommandCost {
+        CommandCost(commands: max(1, inbox.limits.commands / 16), bytes: max(1, inbox.limits.bytes / 16))
     }
 
     /// Writes a command the package sends for itself; `handler` gets its reply, or the error that ended the
@@ -412,7 +426,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return
         }
         // Through the backlog like everything else: a command that overtook waiting bytes would get their replies.
-        guard output(RESP.encode(arguments), to: context) else {
+        var room = Self.outputHighWater - context.outputLength
+        guard output(RESP.encode(arguments), to: context, room: &room) else {
             handler(.failure(RedisError(.connectionClosed, "the connection closed while a command was being written")))
             return
         }

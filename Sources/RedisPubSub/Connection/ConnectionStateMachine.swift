@@ -89,8 +89,27 @@ struct ConnectionStateMachine: Sendable {
         case closed
     }
 
+    /// Which state the machine is in, without its details: a byte, cheap to read on the hot path (a reply's arrival
+    /// asks whether it belongs to the handshake).
+    enum Phase: UInt8, Hashable, Sendable {
+        case idle, connecting, handshaking, ready, waitingToRetry, closing, closed
+    }
+
     let settings: Settings
-    private var state = State.idle
+    private(set) var phase = Phase.idle
+    private var state = State.idle {
+        didSet {
+            switch state {
+            case .idle: phase = .idle
+            case .connecting: phase = .connecting
+            case .handshaking: phase = .handshaking
+            case .ready: phase = .ready
+            case .waitingToRetry: phase = .waitingToRetry
+            case .closing: phase = .closing
+            case .closed: phase = .closed
+            }
+        }
+    }
     private var attempts: UInt64 = 0
     /// While the first connection is being made: when to give up.
     private var startupDeadline: Instant?
@@ -111,29 +130,16 @@ struct ConnectionStateMachine: Sendable {
     // MARK: Questions the owner asks
 
     /// Replies now belong to the handshake, not to requests.
-    var isHandshaking: Bool {
-        if case .handshaking = state { true } else { false }
-    }
+    var isHandshaking: Bool { phase == .handshaking }
 
     /// Commands may be written (ready, or closing while in-flight ones finish).
-    var acceptsCommands: Bool {
-        switch state {
-        case .ready, .closing: true
-        default: false
-        }
-    }
+    var acceptsCommands: Bool { phase == .ready || phase == .closing }
 
-    var isClosing: Bool {
-        if case .closing = state { true } else { false }
-    }
+    var isClosing: Bool { phase == .closing }
 
-    var isClosed: Bool {
-        if case .closed = state { true } else { false }
-    }
+    var isClosed: Bool { phase == .closed }
 
-    var isReady: Bool {
-        if case .ready = state { true } else { false }
-    }
+    var isReady: Bool { phase == .ready }
 
     /// A `close()` now would end a connection that never was ready.
     var hasConnected: Bool { everConnected }

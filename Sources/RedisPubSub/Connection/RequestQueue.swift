@@ -126,6 +126,9 @@ struct RequestQueue<Waiter> {
         return live
     }
 
+    /// The cost given back since ``takeReleased()`` last ran, without taking it.
+    var releasedSoFar: CommandCost { released }
+
     /// The cost given back since the last call, for the connection's bound on outstanding work.
     mutating func takeReleased() -> CommandCost {
         defer { released = .none }
