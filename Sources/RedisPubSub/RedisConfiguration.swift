@@ -289,6 +289,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
     // MARK: URL pieces
 
     /// A URL split where the parser and the redactor agree: `scheme://[userinfo@]location[?query][#fragment]`.
+    /// Hand-written rather than `URLComponents` (which, tried on Linux, takes these shapes too): the redactor must
+    /// mask exactly what the parser takes for credentials, also in input `URLComponents` rejects without a reason, so
+    /// both use this one split; and each malformed part gets its own error message.
     /// User info ends at the last `@` (a password may contain `@` unencoded; a host cannot); for `unix:` a path may
     /// contain `@`, so there credentials are recognised only in `unix://[user]:password@/path`.
     struct URLParts {
