@@ -183,7 +183,7 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
             }
             guard !host.isEmpty else { throw invalid("missing host") }
             guard host.allSatisfy({ !$0.isWhitespace && $0 != "/" && $0 != "@" && $0 != "[" && $0 != "]" }) else {
-                throw invalid("bad host '\(host)'")
+                throw invalid("the host contains a space, '/', '@' or a bracket")  // not repeated: it may be anything
             }
             var port = 6379
             if let portText {
@@ -357,8 +357,13 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
                 let portStart = authority.hasPrefix("[") ? authority.firstIndex(of: "]").flatMap { close in
                     authority[close...].firstIndex(of: ":")
                 } : authority.lastIndex(of: ":")
-                if !authority.hasPrefix("["), authority.filter({ $0 == ":" }).count > 1 {
-                    shown = "***"
+                let hostCharacters = authority.allSatisfy {
+                    $0.isASCII && ($0.isLetter || $0.isNumber || ".-_:[]%".contains($0))
+                }
+                if !hostCharacters || (!authority.hasPrefix("[") && authority.filter({ $0 == ":" }).count > 1) {
+                    shown = "***"  // not a host and port: it may be anything
+                } else if authority.hasPrefix("["), !authority.contains("]") {
+                    shown = "***"  // an unclosed bracket: anything may follow it
                 } else if let colon = portStart {
                     let port = authority[authority.index(after: colon)...]
                     shown = String(authority[...colon]) + (port.allSatisfy(\.isNumber) ? String(port) : "***")

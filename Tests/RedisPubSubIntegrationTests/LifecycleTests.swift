@@ -109,6 +109,13 @@ struct LifecycleTests {
         // The server is busy for 1.5 s, answering nothing: the command's own timeout judges, not the health check.
         #expect(try await connection.send("DEBUG", "SLEEP", "1.5") == .simpleString("OK"))
         #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
+        // And the check comes back soon after, not at the 10 s deadline the command had.
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        let before = try await commandStats(admin, "ping").calls
+        try await Task.sleep(for: .milliseconds(1200))
+        let pings = try await commandStats(admin, "ping").calls - before
+        #expect(pings >= 3, "\(pings) health-check PINGs in 1.2 s after the slow command")
+        await admin.close()
         await connection.close()
     }
 
@@ -130,7 +137,31 @@ struct LifecycleTests {
         // The next one hears nothing at all: the connection is dead, though the oldest slot did hear something.
         await #expect { try await connection.send("PING") } throws: { isRedisError($0, .connectionClosed) }
         let cause = try await events.disconnected()
-        #expect(cause.message.contains("past the command timeout"), "\(cause)")
+        #expect(cause.message.contains("nothing else from the server"), "\(cause)")
+    }
+
+    @Test func aCommandBehindAHealthPingKeepsItsOwnShorterTimeout() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(300)
+        configuration.healthCheckInterval = .milliseconds(100)
+        configuration.healthCheckTimeout = .seconds(10)  // longer than the command timeout
+        let connection = try await RedisConnection.connect(to: configuration)
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        let before = try await commandStats(admin, "ping").calls
+        try await waitUntil { try await commandStats(admin, "ping").calls > before }  // the checks are running
+        server.pause()
+        try await Task.sleep(for: .milliseconds(150))  // a PING is on its way, unanswered
+        let time = await elapsed {
+            await #expect { try await connection.send("ECHO", "behind the ping") } throws: { error in
+                isRedisError(error, .connectionClosed) || isRedisError(error, .timeout)
+            }
+        }
+        #expect(time < .seconds(3), "\(time)")  // its 300 ms, not the PING's 10 s
+        server.resume()
+        await admin.close()
+        await connection.close()
     }
 
     @Test func publishRetryCoversAFrozenServerWithTheDefaultHealthCheck() async throws {
@@ -187,7 +218,7 @@ struct LifecycleTests {
         for call in inFlight {
             await #expect { try await call.value } throws: { isRedisError($0, .connectionClosed) }
         }
-        #expect(try await events.disconnected().message.contains("past the command timeout"))
+        #expect(try await events.disconnected().message.contains("nothing else from the server"))
         server.resume()
         try await events.reconnected()
         await publisher.close()
@@ -305,6 +336,34 @@ struct LifecycleTests {
         #expect(matched == 100)
         #expect(await onLoop(core) { core.bufferedOutput } == (0, 0))
         await connection.close()
+    }
+
+    @Test func theSubscribersOwnCommandsQueueBehindABacklogAndKeepTheirReplies() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .seconds(30)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        server.pause()
+        // Forty SUBSCRIBEs of 500 KB channel names: 20 MB of the package's own commands for a frozen server, more
+        // than the socket buffers take.
+        let names = (0..<40).map { "\($0):" + String(repeating: "n", count: 500_000) }
+        let subscribing = names.map { name in Task { try await subscriber.subscribe(to: name) } }
+        try await Task.sleep(for: .milliseconds(300))
+        let core = subscriber.lifetime.core.connection
+        #expect(await onLoop(core) { core.bufferedOutput.backlog } > 0)
+        server.resume()
+        var subscriptions: [Subscription] = []
+        for task in subscribing { subscriptions.append(try await task.value) }  // each confirmed by its own reply
+        for (index, name) in names.enumerated() {
+            #expect(try await admin.publish("to \(index)", to: name) == 1)
+        }
+        for (index, subscription) in subscriptions.enumerated() {
+            #expect(try await collect(subscription, 1).map(\.string) == ["to \(index)"])
+        }
+        await admin.close()
+        await subscriber.close()
     }
 
     @Test func tcpKeepaliveIsOnForTcpConnections() async throws {

@@ -160,19 +160,26 @@ struct ResilienceTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.connectTimeout = .milliseconds(500)
         let subscriber = try await Subscriber.connect(to: configuration)
+        // The cancellation half waits for a reconnect far longer than it takes to cancel, on a loaded machine too.
+        var patient = configuration
+        patient.connectTimeout = .seconds(30)
+        let patientSubscriber = try await Subscriber.connect(to: patient)
         let events = EventRecorder(subscriber.events)
+        let patientEvents = EventRecorder(patientSubscriber.events)
         server.stop()
         _ = try await events.disconnected()
+        _ = try await patientEvents.disconnected()
         let time = await elapsed {
             await #expect { try await subscriber.subscribe(to: "never") } throws: { isRedisError($0, .connectionClosed) }
         }
         #expect(time >= .milliseconds(400) && time < .seconds(5))
-        let cancelled = Task { try await subscriber.subscribe(to: "cancelled") }
-        try await Task.sleep(for: .milliseconds(100))
+        let cancelled = Task { try await patientSubscriber.subscribe(to: "cancelled") }
+        try await waitUntil { await patientSubscriber.activeSubscriptionCount() == 1 }  // parked, waiting
         cancelled.cancel()
         await #expect(throws: CancellationError.self) { try await cancelled.value }
-        try await waitUntil { await subscriber.activeSubscriptionCount() == 0 }  // nothing left waiting
+        try await waitUntil { await patientSubscriber.activeSubscriptionCount() == 0 }  // nothing left waiting
         await subscriber.close()
+        await patientSubscriber.close()
     }
 
     @Test func clientKillTypePubsubAndNormal() async throws {

@@ -125,7 +125,8 @@ struct ConfigurationTests {
         "http://:secret@h", "secret", "redis://secret@", "redis://[::1:secret@h", "redis://u:secret@[::1",
         "redis://u%:secret@h", "redis://se:cret:more@h:port", "unix:/:secret@/tmp/s", "REDIS://:secret@h:0",
         "redis://h:secret", "redis://:secret@h?db=abc", "unix://u:secret@relative", "redis://u:secret:6379",
-        "redis://:secret:6379", "unix://:p@/secret@/tmp/s", "redis://[::1]:secret",
+        "redis://:secret:6379", "unix://:p@/secret@/tmp/s", "redis://[::1]:secret", "redis://[::1:secret",
+        "redis://my secret", "redis://a b:secret@h", 
     ])
     func noURLShapeLeaksItsPassword(url: String) {
         #expect(!RedisConfiguration.redact(url).contains("secret"), "\(RedisConfiguration.redact(url))")

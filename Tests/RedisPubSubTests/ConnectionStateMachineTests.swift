@@ -368,6 +368,23 @@ struct ConnectionStateMachineTests {
         #expect(machine.timerFired(.health, now: t0 + .seconds(12), lastRead: t0 + .seconds(7), busyUntil: nil).first == .sendHealthPing)
     }
 
+    @Test func aLongDeadlineAheadDoesNotPostponeTheNextCheckPastAnInterval() {
+        var machine = Machine(settings: settings(fixed: a), seed: 3)
+        ready(&machine)
+        // A command due in 30 s: the check looks again after one interval, not at 30 s.
+        #expect(machine.timerFired(.health, now: t0 + .seconds(5), lastRead: t0, busyUntil: t0 + .seconds(35)) == [.schedule(.health, at: t0 + .seconds(10))])
+    }
+
+    @Test func aHealthPingThatOutlivedItsDeadlineIsSentAgain() {
+        var machine = Machine(settings: settings(fixed: a), seed: 3)
+        ready(&machine)
+        _ = machine.timerFired(.health, now: t0 + .seconds(5), lastRead: t0)  // PING
+        // Something was read at 5.5 s, no PONG; the PING's own deadline passed at 7 s: ping again, judge from that.
+        #expect(machine.healthPingTimedOut(now: t0 + .seconds(7)) == [.sendHealthPing, .schedule(.health, at: t0 + .seconds(9))])
+        let dead = machine.timerFired(.health, now: t0 + .seconds(9), lastRead: t0 + .milliseconds(5500))
+        #expect(lost(dead)?.message.contains("health check") == true)
+    }
+
     @Test func anyReplyToTheHealthPingProvesLife() {
         var machine = Machine(settings: settings(fixed: a), seed: 3)
         ready(&machine)

@@ -27,7 +27,7 @@ struct RequestQueueTests {
         queue.append(1, deadline: t0 + .seconds(1), writtenAt: t0)
         queue.append(2, deadline: t0 + .seconds(2), writtenAt: t0)
         queue.append(3, deadline: t0 + .seconds(3), writtenAt: t0)
-        #expect(queue.expire(now: t0 + .milliseconds(2500)) == [1, 2])
+        #expect(queue.expire(now: t0 + .milliseconds(2500)).map(\.waiter) == [1, 2])
         #expect(queue.liveCount == 1)
         #expect(queue.nextDeadline == t0 + .seconds(3))
         // The late replies of 1 and 2 arrive: they must not reach 3.
@@ -36,11 +36,18 @@ struct RequestQueueTests {
         #expect(waiter(queue.popOwner()) == 3)
     }
 
+    @Test func anExpiredWaiterComesWithTheTimeItWasAllowed() {
+        var queue = RequestQueue<Int>()
+        queue.append(1, deadline: t0 + .seconds(3), writtenAt: t0 + .seconds(1))
+        let expired = queue.expire(now: t0 + .seconds(3))
+        #expect(expired.map(\.waiter) == [1] && expired.map(\.allowed) == [.seconds(2)])
+    }
+
     @Test func expiringTwiceTakesNothingTwice() {
         var queue = RequestQueue<Int>()
         queue.append(1, deadline: t0, writtenAt: t0)
-        #expect(queue.expire(now: t0) == [1])
-        #expect(queue.expire(now: t0 + .seconds(10)) == [])
+        #expect(queue.expire(now: t0).map(\.waiter) == [1])
+        #expect(queue.expire(now: t0 + .seconds(10)).map(\.waiter) == [])
         #expect(queue.nextDeadline == nil)
         #expect(queue.count == 1)
     }
@@ -52,7 +59,7 @@ struct RequestQueueTests {
         _ = queue.expire(now: t0)
         _ = queue.popOwner()  // 1's late reply
         queue.append(3, deadline: t0 + .seconds(6), writtenAt: t0)
-        #expect(queue.expire(now: t0 + .seconds(5)) == [2])
+        #expect(queue.expire(now: t0 + .seconds(5)).map(\.waiter) == [2])
         #expect(queue.nextDeadline == t0 + .seconds(6))
     }
 

@@ -308,7 +308,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         if backlog.isEmpty, bytes.count <= room {
             bytes.withUnsafeBytes { context.append($0) }
             room -= bytes.count
-            return self.context === context
+            return self.context === context && context.isOpen
         }
         backlog.append(bytes[...])
         defer { room = 0 }  // from now on everything waits behind the backlog
@@ -322,7 +322,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             guard room > 0 else { return true }
             let piece = chunk.prefix(room)
             piece.withUnsafeBytes { context.append($0) }
-            guard self.context === context else { return false }
+            // `isOpen` too: inside a hiredis call a close is reported only when the call returns.
+            guard self.context === context, context.isOpen else { return false }
             chunk = chunk.dropFirst(piece.count)
             if chunk.isEmpty { backlog.removeFirst() } else { backlog[backlog.startIndex] = chunk }
         }
@@ -339,7 +340,11 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     }
 
     func hiredisContextDidWrite(_ writing: HiredisContext) {
-        guard writing === context, !backlog.isEmpty, feed(writing) else { return }
+        guard writing === context, !backlog.isEmpty else { return }
+        // A buffer the write left non-empty keeps hiredis waiting for writability: topping it up is enough. An empty
+        // one no longer does, so the refill must be written now.
+        let drained = writing.outputLength == 0
+        guard feed(writing), drained else { return }
         flushOutput(writing)
     }
 
@@ -442,14 +447,19 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private func sendHealthPing() {
         // hiredis never sees the PING (replies are matched here), so the PONG of a subscribed connection
         // (`["pong", ""]`) is fine on every hiredis version.
-        // Its own deadline is the health check's: past it, the overdue rule judges the silence.
-        sendInternal(["PING"], timeout: configuration.healthCheckTimeout) { [self] result in
-            if case .failure(let error) = result, error.code == .connectionClosed {
+        // Its own deadline is the health check's, or the command timeout if shorter: commands written behind it
+        // must not wait for their timer on a longer deadline ahead of them (deadlines grow in the order of writing).
+        let timeout = min(configuration.healthCheckTimeout, configuration.commandTimeout)
+        sendInternal(["PING"], timeout: timeout) { [self] result in
+            switch result {
+            case .failure(let error) where error.code == .connectionClosed:
                 return  // gone: nothing left to check
+            case .failure(let error) where error.code == .timeout:
+                // Outlived its deadline, and the connection was not declared dead (something was read meanwhile).
+                run(machine.healthPingTimedOut(now: .now))
+            default:
+                run(machine.healthPingAnswered(now: .now))  // any reply, an error reply too, proves life
             }
-            // Any reply, an error reply too, proves life; so does a PING that outlived its deadline without the
-            // connection being declared dead (something was read meanwhile): either way the next check may start.
-            run(machine.healthPingAnswered(now: .now))
         }
     }
 
@@ -487,8 +497,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             run(machine.commandOverdue(writtenAt: writtenAt, lastRead: lastRead, now: now))
             guard machine.acceptsCommands else { return }
         }
-        for waiter in queue.expire(now: now) {
-            let error = RedisError(.timeout, "no reply within the command timeout of \(configuration.commandTimeout)")
+        for (waiter, allowed) in queue.expire(now: now) {
+            let error = RedisError(.timeout, "no reply within its timeout of \(allowed)")
             switch waiter {
             case .request(let request): request.fail(error)
             case .ownCommand(let handler, _): handler(.failure(error))

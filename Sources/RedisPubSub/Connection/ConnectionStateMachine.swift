@@ -338,7 +338,7 @@ struct ConnectionStateMachine: Sendable {
         return declareDead(
             RedisError(
                 .timeout,
-                "no reply and nothing else from the server for \(now - writtenAt) (past the command timeout): "
+                "no reply and nothing else from the server for \(now - writtenAt) (past the command's deadline): "
                     + "the connection is replaced"),
             now: now)
     }
@@ -394,6 +394,23 @@ struct ConnectionStateMachine: Sendable {
                     .timeout,
                     "health check: no reply to PING, and nothing else, within \(silence); the connection is replaced"),
                 now: now)
+        }
+    }
+
+    /// The health check's PING outlived its own deadline while the connection still read something: send another,
+    /// and judge the silence from it.
+    mutating func healthPingTimedOut(now: Instant) -> [Action] {
+        switch state {
+        case .ready(var health?):
+            guard let next = health.pingTimedOut(now: now) else { return [] }
+            state = .ready(health)
+            return [.sendHealthPing, .schedule(.health, at: next)]
+        case .closing(var health?):
+            guard let next = health.pingTimedOut(now: now) else { return [] }
+            state = .closing(health)
+            return [.sendHealthPing, .schedule(.health, at: next)]
+        default:
+            return []
         }
     }
 

@@ -42,17 +42,25 @@ struct HealthCheck: Hashable, Sendable {
             if now - since >= timeout { return .dead(silence: now - sent) }
             return .wait(checkAt: since + timeout)
         }
-        if let busyUntil, busyUntil > now { return .wait(checkAt: max(lastRead + interval, busyUntil)) }
+        // Busy: look again within an interval (the command may be answered long before its deadline).
+        if let busyUntil, busyUntil > now { return .wait(checkAt: max(lastRead + interval, min(busyUntil, now + interval))) }
         guard now - lastRead >= interval else { return .wait(checkAt: lastRead + interval) }
         pingSentAt = now
         return .ping(checkAt: now + timeout)
     }
 
-    /// The PING got a reply (any reply) at `now`, or outlived its own deadline while the connection kept reading.
-    /// Returns when to look next.
+    /// The PING got a reply (any reply) at `now`. Returns when to look next.
     mutating func answered(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         guard pingSentAt != nil else { return nil }
         pingSentAt = nil
         return now + interval
+    }
+
+    /// The PING outlived its own deadline, yet the connection read something meanwhile (or it would have been declared
+    /// dead): its reply, if it ever comes, will be dropped. A new PING goes out at `now`; returns when to look next.
+    mutating func pingTimedOut(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        guard pingSentAt != nil else { return nil }
+        pingSentAt = now
+        return now + timeout
     }
 }

@@ -96,12 +96,13 @@ struct RequestQueue<Waiter> {
         return .waiter(waiter)
     }
 
-    /// Takes the waiters whose deadline is at or before `now`; their slots stay, abandoned.
-    mutating func expire(now: ContinuousClock.Instant) -> [Waiter] {
-        var expired: [Waiter] = []
+    /// Takes the waiters whose deadline is at or before `now`, each with the time it was allowed; their slots stay,
+    /// abandoned.
+    mutating func expire(now: ContinuousClock.Instant) -> [(waiter: Waiter, allowed: Duration)] {
+        var expired: [(waiter: Waiter, allowed: Duration)] = []
         while expiredPrefix < slots.count, slots[expiredPrefix].deadline <= now {
             if let waiter = slots[expiredPrefix].waiter {
-                expired.append(waiter)
+                expired.append((waiter, slots[expiredPrefix].deadline - slots[expiredPrefix].writtenAt))
                 slots[expiredPrefix].waiter = nil
                 liveCount -= 1
             }
