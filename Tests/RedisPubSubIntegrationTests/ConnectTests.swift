@@ -12,7 +12,9 @@ struct ConnectTests {
     }
 
     @Test func refusedPortIsConnectionRefused() async throws {
-        let port = try RedisServer.freePort()
+        let refusing = try RefusingPort()
+        defer { withExtendedLifetime(refusing) {} }  // held to the end: nobody else can take the port meanwhile
+        let port = refusing.port
         await #expect {
             _ = try await RedisConnection.connect(to: Self.quick("redis://127.0.0.1:\(port)"))
         } throws: { error in

@@ -84,13 +84,13 @@ struct LifecycleTests {
         }
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
-        configuration.connectTimeout = .seconds(5)
+        configuration.connectTimeout = .seconds(30)
         let time = await elapsed {
             await #expect { _ = try await RedisConnection.connect(to: configuration) } throws: { error in
                 isRedisError(error, .permissionDenied) && "\(error)".contains("protected mode")
             }
         }
-        #expect(time < .seconds(2))  // not retried until the connect timeout
+        #expect(time < .seconds(15))  // not retried until the connect timeout
         #expect(accepted.withLock { $0 } == 1)
     }
 
@@ -158,7 +158,7 @@ struct LifecycleTests {
                 isRedisError(error, .connectionClosed) || isRedisError(error, .timeout)
             }
         }
-        #expect(time < .seconds(3), "\(time)")  // its 300 ms, not the PING's 10 s
+        #expect(time < .seconds(8), "\(time)")  // its 300 ms, not the PING's 10 s
         server.resume()
         await admin.close()
         await connection.close()
@@ -194,12 +194,12 @@ struct LifecycleTests {
         let started = ContinuousClock.now
         let cause = try await events.disconnected()
         #expect(cause.code == .timeout && cause.message.contains("health check"), "\(cause)")
-        #expect(ContinuousClock.now - started < .seconds(5))  // not the 30 s command timeout
+        #expect(ContinuousClock.now - started < .seconds(15))  // not the 30 s command timeout
         // While it is down, a publish fails at once instead of waiting on a dead socket.
         let time = await elapsed {
             await #expect { try await publisher.publish("down", to: "c") } throws: { isRedisError($0, .connectionClosed) }
         }
-        #expect(time < .seconds(1))
+        #expect(time < .seconds(10))  // at once, not after the 30 s command timeout (a loaded loop may take a moment)
         server.resume()
         try await events.reconnected()
         #expect(try await publisher.publish("after", to: "c") == 0)
@@ -650,7 +650,7 @@ struct LifecycleTests {
             closing.cancel()
             await closing.value
         }
-        #expect(forced < .seconds(2), "\(forced)")
+        #expect(forced < .seconds(15), "\(forced)")  // not the 60 s command timeout
 
         configuration.commandTimeout = .milliseconds(500)
         server.resume()
@@ -658,7 +658,7 @@ struct LifecycleTests {
         _ = try await bounded.subscribe(to: "frozen")
         server.pause()
         let time = await elapsed { await bounded.close() }
-        #expect(time >= .milliseconds(400) && time < .seconds(3), "\(time)")  // the command timeout, once
+        #expect(time >= .milliseconds(400) && time < .seconds(5), "\(time)")  // the command timeout, once
         server.resume()
     }
 
@@ -682,7 +682,7 @@ struct LifecycleTests {
             await group.triggerGracefulShutdown()
             _ = try? await running.value
         }
-        #expect(time < .seconds(3), "\(time)")
+        #expect(time < .seconds(15), "\(time)")  // not the 60 s command timeout
         server.resume()
     }
 

@@ -144,7 +144,9 @@ struct SampleBinaryTests {
     }
 
     @Test func connectTimeoutWithoutAServerExitsOneWithAClearMessage() async throws {
-        let port = try RedisServer.freePort()
+        let refusing = try RefusingPort()
+        defer { withExtendedLifetime(refusing) {} }  // held to the end: nobody else can take the port meanwhile
+        let port = refusing.port
         let started = ContinuousClock.now
         let subscriber = try SampleProcess("subscriber", ["--url", "redis://127.0.0.1:\(port)", "--connect-timeout", "1"])
         #expect(await subscriber.exitStatus() == 1)

@@ -133,6 +133,32 @@ final class FakeConnection: @unchecked Sendable {
     }
 }
 
+/// A loopback port that refuses connects for as long as this object lives: bound, never listening, so no other test
+/// can start a server on it in the meantime (a port merely probed free can be taken by a parallel test at once).
+final class RefusingPort: @unchecked Sendable {
+    // @unchecked Sendable because: every property is immutable.
+    let port: Int
+    private let socket: Int32
+
+    init() throws {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard bound == 0 else {
+            posixClose(fd)
+            throw POSIXError(.EADDRINUSE)
+        }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        socket = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { posixClose(socket) }
+}
+
 /// A loopback port whose connects never complete: its listen queue is full and nobody accepts, so the kernel drops
 /// the SYNs, as a firewalled or vanished host would.
 final class BlackHole: @unchecked Sendable {
