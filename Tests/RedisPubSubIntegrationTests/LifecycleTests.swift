@@ -316,7 +316,9 @@ struct LifecycleTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.healthCheckInterval = nil
         configuration.commandTimeout = .seconds(30)
-        let connection = try await RedisConnection.connect(to: configuration)
+        // A loop of its own: 20 MB through the shared one would slow every test running alongside.
+        let connection = try await RedisConnection.connect(
+            to: configuration, logger: RedisConnection.disabledLogger, on: EventLoop(name: "backlog-test"))
         server.pause()
         // 20 MB of commands for a frozen server: more than the socket buffers take.
         let calls = (0..<100).map { index in
@@ -343,7 +345,9 @@ struct LifecycleTests {
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .seconds(30)
-        let subscriber = try await Subscriber.connect(to: configuration)
+        // A loop of its own: 20 MB through the shared one would slow every test running alongside.
+        let subscriber = try await Subscriber.connect(
+            to: configuration, logger: RedisConnection.disabledLogger, on: EventLoop(name: "subscriber-backlog-test"))
         let admin = try await RedisConnection.connect(to: .init(url: server.url))
         server.pause()
         // Forty SUBSCRIBEs of 500 KB channel names: 20 MB of the package's own commands for a frozen server, more

@@ -36,8 +36,13 @@ public final class Subscriber: Sendable {
         to configuration: RedisConfiguration,
         logger: Logger = RedisConnection.disabledLogger
     ) async throws -> Subscriber {
+        try await connect(to: configuration, logger: logger, on: .shared)
+    }
+
+    /// Connects on a loop of the caller's choosing (tests that load a loop heavily use their own).
+    static func connect(to configuration: RedisConfiguration, logger: Logger, on loop: EventLoop) async throws -> Subscriber {
         try configuration.validate()
-        let connection = ConnectionCore(configuration: configuration, logger: logger, loop: .shared)
+        let connection = ConnectionCore(configuration: configuration, logger: logger, loop: loop)
         let core = SubscriberCore(connection: connection)
         let lifetime = SubscriberLifetime(core: core)  // closes the connection if connecting fails
         let waiter = Pending<Void>()
