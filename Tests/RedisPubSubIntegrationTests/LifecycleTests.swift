@@ -114,7 +114,8 @@ struct LifecycleTests {
         let before = try await commandStats(admin, "ping").calls
         try await Task.sleep(for: .milliseconds(1200))
         let pings = try await commandStats(admin, "ping").calls - before
-        #expect(pings >= 3, "\(pings) health-check PINGs in 1.2 s after the slow command")
+        // Every 200 ms when idle; before, none for the rest of the slow command's 10 s deadline.
+        #expect(pings >= 2, "\(pings) health-check PINGs in 1.2 s after the slow command")
         await admin.close()
         await connection.close()
     }
@@ -419,13 +420,13 @@ struct LifecycleTests {
         defer { _ = AddressResolver.overrides.withLock { $0.removeValue(forKey: host) } }
         var configuration = RedisConfiguration(endpoint: .tcp(host: host, port: server.port))
         configuration.connectTimeout = .seconds(4)
-        let time = try await elapsed {
-            let connection = try await RedisConnection.connect(to: configuration)
-            #expect(try await connection.ping() == "PONG")
-            await connection.close()
-        }
-        // Half of the 4 s on the black hole, then the second address in what is left (before, the black hole took it all).
-        #expect(time >= .milliseconds(1800) && time < .seconds(4), "\(time)")
+        var connection: RedisConnection?
+        let time = try await elapsed { connection = try await RedisConnection.connect(to: configuration) }
+        // Half of the 4 s on the black hole, then the second address in what is left (before, the black hole took it
+        // all and the connect failed).
+        #expect(time >= .milliseconds(1800), "\(time)")
+        #expect(try await connection?.ping() == "PONG")
+        await connection?.close()
     }
 
     // MARK: Pushes
