@@ -130,7 +130,11 @@ struct ResilienceTests {
         #expect(recoveries.count == 20)
         let p95 = recoveries.sorted()[Int((Double(recoveries.count) * 0.95).rounded(.up)) - 1]
         print("resubscribe after restart: p95 \(p95), max \(recoveries.max() ?? .zero), over \(recoveries.count) trials")
-        #expect(p95 < .seconds(1), "p95 recovery \(p95)")
+        // Within a second normally (measured p95 0.1-0.3 s); a sanitizer build on a loaded machine runs several times
+        // slower everywhere, the reconnect path included.
+        let sanitized = ProcessInfo.processInfo.environment["TSAN_OPTIONS"] != nil
+            || ProcessInfo.processInfo.environment["ASAN_OPTIONS"] != nil
+        #expect(p95 < (sanitized ? .seconds(4) : .seconds(1)), "p95 recovery \(p95)")
         await subscriber.close()
     }
 
