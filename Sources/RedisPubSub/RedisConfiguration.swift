@@ -61,7 +61,8 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
     /// off. Default: 5 seconds.
     public var healthCheckInterval: Duration?
     /// How long the connection may stay silent after the health check's PING before it is declared dead, closed and
-    /// replaced. Any reply, an error reply included, proves it alive. Default: 2 seconds.
+    /// replaced; at most ``commandTimeout``, which also bounds the PING. Any reply, an error reply included, proves it
+    /// alive. Default: 2 seconds.
     public var healthCheckTimeout: Duration
     /// The most commands a connection holds unanswered (queued, buffered or in flight); past it a call fails at once
     /// with ``RedisError/Code/overloaded``. Default: 100,000.

@@ -453,6 +453,7 @@ struct LifecycleTests {
         #expect(messages.map(\.channel) == ["__redis__:invalidate", "__redis__:invalidate"])
         #expect(messages.first?.payloadValue == .array([.bulkString(Array("cached".utf8))]))
         #expect(messages.first?.payload == [])
+        #expect("\(messages[0])" == #"__redis__:invalidate: ["cached"]"#)
         #expect(messages.last?.payloadValue == .null)  // FLUSHALL invalidates everything
         #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
         for connection in [tracking, admin] { await connection.close() }

@@ -115,6 +115,8 @@ struct ConfigurationTests {
         #expect(throws: RedisError.self) { try RedisConfiguration(connectTimeout: .zero).validate() }
         #expect(throws: RedisError.self) { try RedisConfiguration(username: "u").validate() }
         #expect(throws: RedisError.self) { try RedisConfiguration(clientName: "has space").validate() }
+        #expect(throws: RedisError.self) { try RedisConfiguration(maximumPendingCommands: 0).validate() }
+        #expect(throws: RedisError.self) { try RedisConfiguration(maximumPendingBytes: 0).validate() }
         #expect(throws: Never.self) { try RedisConfiguration(clientName: "worker-1").validate() }
     }
 

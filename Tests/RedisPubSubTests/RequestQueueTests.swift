@@ -72,20 +72,6 @@ struct RequestQueueTests {
         #expect(queue.isEmpty && queue.liveCount == 0 && queue.nextDeadline == nil)
     }
 
-    @Test func theOldestSlotSaysWhenItWasWrittenAndWhetherItIsOverdue() {
-        var queue = RequestQueue<Int>()
-        #expect(queue.oldest(now: t0) == nil)
-        queue.append(1, deadline: t0 + .seconds(5), writtenAt: t0)
-        queue.append(2, deadline: t0 + .seconds(6), writtenAt: t0 + .seconds(1))
-        #expect(queue.oldest(now: t0 + .seconds(4))?.overdue == false)
-        #expect(queue.oldest(now: t0 + .seconds(5))?.overdue == true)
-        _ = queue.expire(now: t0 + .seconds(5))
-        // An expired slot stays the oldest until its late reply arrives.
-        #expect(queue.oldest(now: t0 + .seconds(5))?.writtenAt == t0)
-        _ = queue.popOwner()
-        #expect(queue.oldest(now: t0 + .seconds(5))?.writtenAt == t0 + .seconds(1))
-    }
-
     @Test func costsComeBackWhenRepliesArriveOrTheQueueEmpties() {
         var queue = RequestQueue<Int>()
         queue.append(1, deadline: t0, writtenAt: t0, cost: CommandCost(commands: 1, bytes: 0))

@@ -32,6 +32,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     let events = EventBroadcaster<ConnectionEvent>()
     /// Commands submitted from any thread, and the bound on outstanding work.
     let inbox: CommandInbox
+    /// How much answered work may wait before it is given back to the bound outside a write: 1/16 of the bound.
+    private let releaseBatch: CommandCost
 
     /// Set on Subscriber connections before `connect`: receives pushes and connection changes.
     var pushHandler: (any PushHandler)?
@@ -62,6 +64,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         self.loop = loop
         self.inbox = CommandInbox(
             limits: .init(commands: configuration.maximumPendingCommands, bytes: configuration.maximumPendingBytes))
+        self.releaseBatch = CommandCost(
+            commands: max(1, configuration.maximumPendingCommands / 16), bytes: max(1, configuration.maximumPendingBytes / 16))
         let fixedAddress: ServerAddress?
         switch configuration.endpoint {
         case .unixSocket(let path): fixedAddress = .unix(path: path)
@@ -412,10 +416,6 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         }
     }
 
-    /// How much answered work may wait before it is given back to the bound outside a write.
-    private var releaseBatch: CommandCost {
-        CommandCost(commands: max(1, inbox.limits.commands / 16), bytes: max(1, inbox.limits.bytes / 16))
-    }
 
     /// Writes a command the package sends for itself; `handler` gets its reply, or the error that ended the
     /// connection. Loop only.

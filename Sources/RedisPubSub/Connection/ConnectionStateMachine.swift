@@ -365,14 +365,10 @@ struct ConnectionStateMachine: Sendable {
             return [.closeSocket(error)] + openNext(&attempt, now: now)
         case (.retry, .waitingToRetry):
             return startAttempt(now: now)
-        case (.health, .ready(var health?)):
-            let actions = healthCheckDue(&health, now: now, lastRead: lastRead, busyUntil: busyUntil)
-            if case .ready = state { state = .ready(health) }
-            return actions
-        case (.health, .closing(var health?)):
-            let actions = healthCheckDue(&health, now: now, lastRead: lastRead, busyUntil: busyUntil)
-            if case .closing = state { state = .closing(health) }
-            return actions
+        case (.health, .ready), (.health, .closing):
+            return updatingHealth { machine, health in
+                machine.healthCheckDue(&health, now: now, lastRead: lastRead, busyUntil: busyUntil)
+            }
         case (.closing, .closing):
             return finish(nil)
         default:
@@ -400,34 +396,33 @@ struct ConnectionStateMachine: Sendable {
     /// The health check's PING outlived its own deadline while the connection still read something: send another,
     /// and judge the silence from it.
     mutating func healthPingTimedOut(now: Instant) -> [Action] {
-        switch state {
-        case .ready(var health?):
-            guard let next = health.pingTimedOut(now: now) else { return [] }
-            state = .ready(health)
-            return [.sendHealthPing, .schedule(.health, at: next)]
-        case .closing(var health?):
-            guard let next = health.pingTimedOut(now: now) else { return [] }
-            state = .closing(health)
-            return [.sendHealthPing, .schedule(.health, at: next)]
-        default:
-            return []
+        updatingHealth { _, health in
+            health.pingTimedOut(now: now).map { [.sendHealthPing, .schedule(.health, at: $0)] } ?? []
         }
     }
 
     /// The health check's PING got a reply: any reply, an error reply included, proves the connection alive.
     mutating func healthPingAnswered(now: Instant) -> [Action] {
+        updatingHealth { _, health in health.answered(now: now).map { [.schedule(.health, at: $0)] } ?? [] }
+    }
+
+    /// Runs `body` on the health check of a ready or closing connection (that has one) and keeps what it made of it;
+    /// does nothing in any other state. If `body` ends the connection, the state it left stays.
+    private mutating func updatingHealth(_ body: (inout Self, inout HealthCheck) -> [Action]) -> [Action] {
+        var health: HealthCheck
+        let closing: Bool
         switch state {
-        case .ready(var health?):
-            guard let next = health.answered(now: now) else { return [] }
-            state = .ready(health)
-            return [.schedule(.health, at: next)]
-        case .closing(var health?):
-            guard let next = health.answered(now: now) else { return [] }
-            state = .closing(health)
-            return [.schedule(.health, at: next)]
-        default:
-            return []
+        case .ready(let check?): (health, closing) = (check, false)
+        case .closing(let check?): (health, closing) = (check, true)
+        default: return []
         }
+        let actions = body(&self, &health)
+        switch phase {
+        case .ready where !closing: state = .ready(health)
+        case .closing where closing: state = .closing(health)
+        default: break
+        }
+        return actions
     }
 
     // MARK: Closing

@@ -45,12 +45,6 @@ struct RequestQueue<Waiter> {
         expiredPrefix < slots.count ? slots[expiredPrefix].deadline : nil
     }
 
-    /// When the oldest command still expecting its reply was written, and whether its deadline has passed.
-    func oldest(now: ContinuousClock.Instant) -> (writtenAt: ContinuousClock.Instant, overdue: Bool)? {
-        guard let first = slots.first else { return nil }
-        return (first.writtenAt, first.deadline <= now)
-    }
-
     /// When the newest command whose deadline has passed at `now` was written: if nothing was read since, the server
     /// has been silent for at least a whole command timeout.
     func newestOverdue(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
