@@ -648,10 +648,17 @@ struct LifecycleTests {
         configuration.healthCheckInterval = nil
         configuration.commandTimeout = .seconds(60)
         let subscriber = try await Subscriber.connect(to: configuration)
-        _ = try await subscriber.subscribe(to: "frozen")
+        // Held, so the close has a live subscription to unsubscribe (a released one unsubscribes at once).
+        let subscription = try await subscriber.subscribe(to: "frozen")
+        defer { withExtendedLifetime(subscription) {} }
         server.pause()  // the UNSUBSCRIBE of a graceful close will get no acknowledgement
-        let closing = Task { await subscriber.close() }
+        let closed = Locked(false)
+        let closing = Task {
+            await subscriber.close()
+            closed.withLock { $0 = true }
+        }
         try await Task.sleep(for: .milliseconds(300))
+        #expect(!closed.withLock { $0 })  // still waiting for the acknowledgement: there is something to force
         let forced = await elapsed {
             closing.cancel()
             await closing.value
@@ -661,7 +668,8 @@ struct LifecycleTests {
         configuration.commandTimeout = .milliseconds(500)
         server.resume()
         let bounded = try await Subscriber.connect(to: configuration)
-        _ = try await bounded.subscribe(to: "frozen")
+        let held = try await bounded.subscribe(to: "frozen")
+        defer { withExtendedLifetime(held) {} }
         server.pause()
         let time = await elapsed { await bounded.close() }
         #expect(time >= .milliseconds(400) && time < .seconds(5), "\(time)")  // the command timeout, once
@@ -676,7 +684,8 @@ struct LifecycleTests {
         configuration.commandTimeout = .seconds(60)
         let subscriber = try await Subscriber.connect(to: configuration)
         let publisher = try await Publisher.connect(to: configuration)
-        _ = try await subscriber.subscribe(to: "frozen")
+        let subscription = try await subscriber.subscribe(to: "frozen")  // held: the close has something to wait for
+        defer { withExtendedLifetime(subscription) {} }
         var groupConfiguration = ServiceGroupConfiguration(
             services: [.init(service: subscriber), .init(service: publisher)], logger: RedisConnection.disabledLogger)
         groupConfiguration.maximumGracefulShutdownDuration = .milliseconds(300)
