@@ -52,7 +52,7 @@ struct PublisherCommand: AsyncParsableCommand {
         let publisher = await connectWithRetry(configuration, timeout: connectTimeout) {
             try await Publisher.connect(to: $0, encoder: Notification.encoder)
         }
-        let eventLog = logConnectionEvents(publisher.events, name: "publisher")
+        let eventLog = logConnectionEvents(publisher.events(), name: "publisher")
         let loop = PublishLoop(
             publisher: publisher, channel: channel, interval: interval, count: count, message: message, json: json)
         guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
@@ -82,7 +82,7 @@ struct PublishLoop: Service {
                     if json {
                         let notification = Notification(id: sent, text: text, sentAt: now)
                         payload = String(decoding: try Notification.encoder.encode(notification), as: UTF8.self)
-                        receivers = try await publisher.publish(notification, to: channel)
+                        receivers = try await publisher.publish(json: notification, to: channel)
                     } else {
                         payload = text
                         receivers = try await publisher.publish(text, to: channel)

@@ -50,7 +50,7 @@ struct SubscriberCommand: AsyncParsableCommand {
         let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
             try await Subscriber.connect(to: $0)
         }
-        let eventLog = logConnectionEvents(subscriber.events, name: "subscriber")
+        let eventLog = logConnectionEvents(subscriber.events(), name: "subscriber")
         let subscription: Subscription
         do {
             subscription = try await subscriber.subscribe(channels: channels, patterns: patterns)

@@ -9,7 +9,7 @@ public import Foundation
 ///
 /// String and integer literals convert implicitly: `send("SET", "key", 42)`.
 public struct RedisArgument: Hashable, Sendable, ExpressibleByStringLiteral, ExpressibleByIntegerLiteral {
-    enum Storage: Hashable, Sendable {
+    enum Storage: Sendable {
         case string(String)
         case bytes([UInt8])
     }
@@ -34,6 +34,24 @@ public struct RedisArgument: Hashable, Sendable, ExpressibleByStringLiteral, Exp
         case .string(let string): Array(string.utf8)
         case .bytes(let bytes): bytes
         }
+    }
+
+    /// Runs `body` with the bytes on the wire, without copying them.
+    func withBytes<Result>(_ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        switch storage {
+        case .string(var string): string.withUTF8 { body(UnsafeRawBufferPointer($0)) }
+        case .bytes(let bytes): bytes.withUnsafeBytes(body)
+        }
+    }
+
+    /// Equal when the bytes on the wire are: `RedisArgument("a") == RedisArgument([0x61])`.
+    public static func == (a: RedisArgument, b: RedisArgument) -> Bool {
+        a.withBytes { x in b.withBytes { y in x.elementsEqual(y) } }
+    }
+
+    /// Hashes the bytes on the wire.
+    public func hash(into hasher: inout Hasher) {
+        withBytes { hasher.combine(bytes: $0) }
     }
 
     /// The first byte on the wire, without copying.

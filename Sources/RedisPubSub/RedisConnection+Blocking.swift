@@ -22,14 +22,14 @@ extension RedisConnection {
     public func sendBlocking<each Argument: RedisArgumentConvertible>(
         _ command: String,
         _ arguments: repeat each Argument
-    ) async throws -> RedisValue {
+    ) async throws(RedisError) -> RedisValue {
         try await sendBlocking(Self.command(command, repeat each arguments))
     }
 
     /// Sends a blocking command, given as an array whose first element is the command name; see
     /// ``sendBlocking(_:_:)``.
     @discardableResult
-    public func sendBlocking(_ command: [RedisArgument]) async throws -> RedisValue {
+    public func sendBlocking(_ command: [RedisArgument]) async throws(RedisError) -> RedisValue {
         let timeout: Duration
         switch try CommandRules.use(of: command) {
         case .ordinary: timeout = configuration.commandTimeout

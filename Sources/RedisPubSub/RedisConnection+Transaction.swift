@@ -22,8 +22,8 @@ extension RedisConnection {
     ///   apply to each (no nested MULTI, no SUBSCRIBE, no blocking command).
     /// - Returns: one reply per command, in order.
     /// - Throws: ``RedisError`` (the refused command's error, ``RedisError/Code/connectionClosed``,
-    ///   ``RedisError/Code/timeout``, ...), `CancellationError` before anything was written.
-    public func transaction(_ commands: [[RedisArgument]]) async throws -> [RedisValue] {
+    ///   ``RedisError/Code/timeout``, ...), ``RedisError/Code/cancelled`` before anything was written.
+    public func transaction(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RedisValue] {
         guard !commands.isEmpty else { return [] }
         for command in commands { try CommandRules.checkShared(command) }
         var bytes = RESP.encode(["MULTI"])

@@ -56,16 +56,18 @@ public final class RedisConnection: Sendable {
     /// - Throws: ``RedisError`` (``RedisError/Code/connectionRefused``, ``RedisError/Code/hostUnreachable``,
     ///   ``RedisError/Code/nameResolutionFailed``, ``RedisError/Code/timeout``,
     ///   ``RedisError/Code/authenticationFailed``, ``RedisError/Code/invalidConfiguration``, ...), or
-    ///   `CancellationError` when the task is cancelled.
+    ///   ``RedisError/Code/cancelled`` when the task is cancelled.
     public static func connect(
         to configuration: RedisConfiguration,
         logger: Logger = RedisConnection.disabledLogger
-    ) async throws -> RedisConnection {
+    ) async throws(RedisError) -> RedisConnection {
         try await connect(to: configuration, logger: logger, on: .shared)
     }
 
     /// Connects on a loop of the caller's choosing (tests that block a loop on purpose use their own).
-    static func connect(to configuration: RedisConfiguration, logger: Logger, on loop: EventLoop) async throws -> RedisConnection {
+    static func connect(
+        to configuration: RedisConfiguration, logger: Logger, on loop: EventLoop
+    ) async throws(RedisError) -> RedisConnection {
         try configuration.validate()
         let core = ConnectionCore(configuration: configuration, logger: logger, loop: loop)
         let connection = RedisConnection(core: core)  // its deinit closes the core if connecting fails
@@ -92,12 +94,12 @@ public final class RedisConnection: Sendable {
     ///   ``RedisError/Code/invalidArgument`` for commands a shared, reconnecting connection cannot take, each with
     ///   what to use instead: SUBSCRIBE and the like (``Subscriber``), MULTI/EXEC (``transaction(_:)``), blocking
     ///   commands such as BLPOP (``sendBlocking(_:)``), SELECT, AUTH and CLIENT SETNAME (``RedisConfiguration``),
-    ///   WATCH, HELLO, MONITOR, RESET; `CancellationError` when the task is cancelled (a late reply is discarded).
+    ///   WATCH, HELLO, MONITOR, RESET; ``RedisError/Code/cancelled`` when the task is cancelled (a late reply is discarded).
     @discardableResult
     public func send<each Argument: RedisArgumentConvertible>(
         _ command: String,
         _ arguments: repeat each Argument
-    ) async throws -> RedisValue {
+    ) async throws(RedisError) -> RedisValue {
         try await send(Self.command(command, repeat each arguments))
     }
 
@@ -117,12 +119,12 @@ public final class RedisConnection: Sendable {
     ///
     /// - Throws: as ``send(_:_:)``.
     @discardableResult
-    public func send(_ command: [RedisArgument]) async throws -> RedisValue {
+    public func send(_ command: [RedisArgument]) async throws(RedisError) -> RedisValue {
         try CommandRules.checkShared(command)
         return try await send(encoded: RESP.encode(command))
     }
 
-    func send(encoded bytes: [UInt8]) async throws -> RedisValue {
+    func send(encoded bytes: [UInt8]) async throws(RedisError) -> RedisValue {
         let pending = Pending<RedisValue>()
         return try await pending.wait { core.submit(Submission(bytes: bytes, request: .cancellable(pending))) }
     }
@@ -130,23 +132,25 @@ public final class RedisConnection: Sendable {
     /// Sends a command whose caller waits for the reply even when its task is cancelled meanwhile (cancellation is
     /// checked before sending). For PUBLISH: once sent it is delivered anyway, so the caller may as well learn the
     /// count. The wait is bounded by the command timeout; it needs no `Pending` object and no cancellation handler.
-    func sendUninterruptible(encoded bytes: [UInt8]) async throws -> RedisValue {
-        try Task.checkCancellation()
-        return try await withUnsafeThrowingContinuation { continuation in
+    func sendUninterruptible(encoded bytes: [UInt8]) async throws(RedisError) -> RedisValue {
+        try RedisError.checkCancellation()
+        return try await withUnsafeContinuation { continuation in
             core.submit(Submission(bytes: bytes, request: .direct(continuation)))
-        }
+        }.get()
     }
 
     /// Sends `commands` commands encoded back to back in `bytes`, written together, and waits once for all their
     /// replies, in order; throws the first failure once every command is resolved. Interruptible only before sending,
     /// like ``sendUninterruptible(encoded:)``.
-    func sendBatch(encoded bytes: [UInt8], commands: Int, keepsErrorReplies: Bool = false) async throws -> [RedisValue] {
-        try Task.checkCancellation()
+    func sendBatch(
+        encoded bytes: [UInt8], commands: Int, keepsErrorReplies: Bool = false
+    ) async throws(RedisError) -> [RedisValue] {
+        try RedisError.checkCancellation()
         guard commands > 0 else { return [] }
-        return try await withUnsafeThrowingContinuation { continuation in
+        return try await withUnsafeContinuation { continuation in
             let batch = Batch(count: commands, keepsErrorReplies: keepsErrorReplies, continuation: continuation)
             core.submit(Submission(bytes: bytes, request: .batchPart(batch), commands: commands))
-        }
+        }.get()
     }
 
     /// Closes the connection. Commands already sent get their replies first, for at most
@@ -170,28 +174,33 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    /// The connection's changes from now on: disconnected (with the cause), reconnecting, reconnected, closed.
-    /// Each access returns a new sequence; it ends when the connection is closed for good.
-    public var events: AsyncStream<ConnectionEvent> { core.events.stream() }
+    /// The connection's state and changes: first where it stands now (the last event so far: connected,
+    /// disconnected, reconnecting, reconnected), then every change. Each call returns a new sequence; it ends when the
+    /// connection is closed for good.
+    public func events() -> AsyncStream<ConnectionEvent> { core.events.stream() }
 
     /// Waits until the connection is (again) ready. Returns `false` when `deadline` passes first; throws when the
     /// connection is closed for good.
-    func waitUntilConnected(before deadline: ContinuousClock.Instant) async throws -> Bool {
+    func waitUntilConnected(before deadline: ContinuousClock.Instant) async throws(RedisError) -> Bool {
         let core = self.core
-        return try await withThrowingTaskGroup(of: Bool.self) { group in
+        return try await withTaskGroup(of: Result<Bool, RedisError>.self) { group in
             group.addTask {
                 let waiter = Pending<Void>()
-                try await waiter.wait { core.loop.execute { core.whenReady(waiter) } }
-                return true
+                do throws(RedisError) {
+                    try await waiter.wait { core.loop.execute { core.whenReady(waiter) } }
+                    return .success(true)
+                } catch {
+                    return .failure(error)
+                }
             }
             group.addTask {
-                try await Task.sleep(until: deadline)
-                return false
+                try? await Task.sleep(until: deadline)
+                return .success(false)
             }
-            let first = try await group.next() ?? false
+            let first = await group.next() ?? .success(false)
             group.cancelAll()
             return first
-        }
+        }.get()
     }
 
     /// A logger that discards everything: the default of every API that takes a `Logger`.

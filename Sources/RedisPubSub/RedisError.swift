@@ -16,6 +16,7 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case invalidConfiguration, invalidArgument, connectionRefused, hostUnreachable, nameResolutionFailed
             case timeout, authenticationFailed, permissionDenied, serverError, protocolError, connectionClosed, overloaded
+            case cancelled
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -47,6 +48,9 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
         /// ``RedisConfiguration/maximumPendingCommands`` and ``RedisConfiguration/maximumPendingBytes`` allow, because
         /// the server answers slower than the callers send, or not at all. Retry later, or slow down.
         public static let overloaded = Code(.overloaded)
+        /// The calling task was cancelled before the result arrived (Swift's `CancellationError`, as a code: every
+        /// call of this package throws ``RedisError`` only). Whether a command already written ran is unknown.
+        public static let cancelled = Code(.cancelled)
 
         /// The code's name, e.g. `timeout`.
         public var description: String { base.rawValue }
@@ -65,6 +69,14 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
 
     /// `code: message`.
     public var description: String { "\(code): \(message)" }
+
+    /// The error of a call whose task was cancelled.
+    static let cancelled = RedisError(.cancelled, "the task was cancelled")
+
+    /// Throws ``cancelled`` when the current task is cancelled.
+    static func checkCancellation() throws(RedisError) {
+        if Task.isCancelled { throw cancelled }
+    }
 
     /// Classifies a server error reply (`-ERR ...`, `-NOPERM ...`) by its prefix.
     static func server(_ message: String) -> RedisError {

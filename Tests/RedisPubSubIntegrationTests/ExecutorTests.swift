@@ -160,7 +160,7 @@ struct BatchPublishTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .milliseconds(300)
         let publisher = try await Publisher.connect(to: configuration)
-        let events = EventRecorder(publisher.events)
+        let events = EventRecorder(publisher.events())
         server.pause()
         await #expect {
             try await publisher.publish(contentsOf: (0..<500).map { "m\($0)" }, to: uniqueName("ch"))

@@ -10,7 +10,7 @@ struct FailureTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .milliseconds(300)
         let connection = try await RedisConnection.connect(to: configuration)
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         server.pause()
         let time = await elapsed {
             await #expect { try await connection.send("ECHO", "first") } throws: { error in
@@ -44,7 +44,7 @@ struct FailureTests {
         configuration.commandTimeout = .milliseconds(300)
         configuration.healthCheckInterval = nil
         let connection = try await RedisConnection.connect(to: configuration)
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         await #expect { try await connection.send("GET", "slow") } throws: { isRedisError($0, .timeout) }
         // Written after the timeout, answered after the slow reply's end: which is discarded, not taken for this one.
         #expect(try await connection.send("ECHO", "mine").string == "mine")
@@ -142,7 +142,7 @@ struct FailureTests {
         let connection = try await SharedServer.connect { $0.reconnect = .disabled }
         let admin = try await SharedServer.connect()
         let id = try #require(try await connection.send("CLIENT", "ID").int)
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         try await admin.send("CLIENT", "KILL", "ID", id)
         let first = try #require(await events.next())
         #expect({ if case .disconnected = first { true } else { false } }(), "\(first)")

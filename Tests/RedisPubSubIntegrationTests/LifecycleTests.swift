@@ -60,7 +60,7 @@ struct LifecycleTests {
         configuration.clientName = "listener-1"  // CLIENT SETNAME is refused too: connected anyway
         configuration.healthCheckInterval = .milliseconds(100)
         let subscriber = try await Subscriber.connect(to: configuration)
-        let events = EventRecorder(subscriber.events)
+        let events = EventRecorder(subscriber.events())
         let subscription = try await subscriber.subscribe(to: "news")
         #expect(try await admin.publish("first", to: "news") == 1)
         let before = try await commandStats(admin, "ping").rejected
@@ -104,7 +104,7 @@ struct LifecycleTests {
         configuration.healthCheckTimeout = .milliseconds(200)
         configuration.commandTimeout = .seconds(10)
         let connection = try await RedisConnection.connect(to: configuration)
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         try await Task.sleep(for: .milliseconds(300))  // idle: a health check has run
         // The server is busy for 1.5 s, answering nothing: the command's own timeout judges, not the health check.
         #expect(try await connection.send("DEBUG", "SLEEP", "1.5") == .simpleString("OK"))
@@ -132,7 +132,7 @@ struct LifecycleTests {
         configuration.healthCheckInterval = nil
         configuration.reconnect = .disabled
         let connection = try await RedisConnection.connect(to: configuration)
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         // The first command heard part of its reply: only it times out.
         await #expect { try await connection.send("GET", "big") } throws: { isRedisError($0, .timeout) }
         // The next one hears nothing at all: the connection is dead, though the oldest slot did hear something.
@@ -189,7 +189,7 @@ struct LifecycleTests {
         configuration.healthCheckInterval = .milliseconds(200)
         configuration.healthCheckTimeout = .milliseconds(300)
         let publisher = try await Publisher.connect(to: configuration)
-        let events = EventRecorder(publisher.events)
+        let events = EventRecorder(publisher.events())
         #expect(try await publisher.publish("before", to: "c") == 0)
         server.pause()
         let started = ContinuousClock.now
@@ -213,7 +213,7 @@ struct LifecycleTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .milliseconds(800)
         let publisher = try await Publisher.connect(to: configuration)
-        let events = EventRecorder(publisher.events)
+        let events = EventRecorder(publisher.events())
         server.pause()
         let inFlight = (0..<8).map { index in Task { try await publisher.publish("frozen \(index)", to: "c") } }
         for call in inFlight {
@@ -437,7 +437,7 @@ struct LifecycleTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.clientName = "invalidations"
         let subscriber = try await Subscriber.connect(to: configuration)
-        let events = EventRecorder(subscriber.events)
+        let events = EventRecorder(subscriber.events())
         let invalidations = try await subscriber.subscribe(to: "__redis__:invalidate")
         let admin = try await RedisConnection.connect(to: .init(url: server.url))
         let list = try await admin.send("CLIENT", "LIST").string ?? ""
@@ -473,7 +473,7 @@ struct LifecycleTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.healthCheckInterval = nil
         let subscriber = try await Subscriber.connect(to: configuration)
-        let events = EventRecorder(subscriber.events)
+        let events = EventRecorder(subscriber.events())
         let subscription = try await subscriber.subscribe(to: "ch")
         #expect(try await collect(subscription, 1).map(\.string) == ["kept"])
         #expect(subscriber.discardedPushCount == 2)
@@ -510,7 +510,7 @@ struct LifecycleTests {
             }
             #expect(depth == 100 && value == .integer(7))
         }
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         await #expect { try await connection.send("DEEP") } throws: { isRedisError($0, .connectionClosed) }
         let cause = try await events.disconnected()
         #expect(cause.code == .protocolError, "\(cause)")
@@ -528,7 +528,7 @@ struct LifecycleTests {
         configuration.reconnect = .disabled
         let connection = try await RedisConnection.connect(
             to: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(storage: storage) })
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         #expect(try await connection.send("ECHO", "x") == .simpleString("OK"))
         let cause = try await events.disconnected()
         #expect(cause.code == .protocolError)
@@ -543,7 +543,7 @@ struct LifecycleTests {
     @Test func subscriptionEventsEndWhenTheSubscriptionEndsInAnyWay() async throws {
         let (subscriber, publisher) = try await pubSubPair()
         func listener(_ subscription: Subscription) -> Task<Void, Never> {
-            let events = subscription.events
+            let events = subscription.events()
             return Task { for await _ in events {} }
         }
         // cancel()
@@ -565,8 +565,8 @@ struct LifecycleTests {
         #expect(await finishes(third))
         _ = released
         // The subscriber's and the publisher's own events end with close().
-        let subscriberEvents = Task { for await _ in subscriber.events {} }
-        let publisherEvents = Task { for await _ in publisher.events {} }
+        let subscriberEvents = Task { for await _ in subscriber.events() {} }
+        let publisherEvents = Task { for await _ in publisher.events() {} }
         await subscriber.close()
         await publisher.close()
         #expect(await finishes(subscriberEvents))
@@ -575,7 +575,7 @@ struct LifecycleTests {
 
     @Test func connectionEventsEndWhenTheConnectionIsReleased() async throws {
         var connection: RedisConnection? = try await SharedServer.connect()
-        let events = connection!.events
+        let events = connection!.events()
         let listening = Task { for await _ in events {} }
         connection = nil
         #expect(await finishes(listening))
@@ -707,7 +707,7 @@ struct LifecycleTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
         let connection = try await RedisConnection.connect(to: configuration)
-        let events = EventRecorder(connection.events)
+        let events = EventRecorder(connection.events())
         server.stop()
         _ = try await events.disconnected()
         for _ in 0..<100 {

@@ -39,7 +39,7 @@ struct PubSubTests {
         try await publisher.publish("text", to: channel)
         try await publisher.publish([1, 2, 3] as [UInt8], to: channel)
         try await publisher.publish(Data([4, 5]), to: channel)
-        try await publisher.publish(Note(id: 7, text: "seven"), to: channel)
+        try await publisher.publish(json: Note(id: 7, text: "seven"), to: channel)
         let messages = try await collect(subscription, 4)
         #expect(messages.prefix(3).map(\.payload) == [Array("text".utf8), [1, 2, 3], [4, 5]])
         #expect(try messages[3].decode(Note.self) == Note(id: 7, text: "seven"))
@@ -106,13 +106,13 @@ struct PubSubTests {
         let plain = try await subscriber.subscribe(to: channel)  // same name, other namespace
         #expect(try await publisher.publish("sharded", toShard: channel) == 1)
         #expect(try await publisher.publish("plain", to: channel) == 1)
-        #expect(try await publisher.shardChannels(matching: channel) == [channel])
-        #expect(try await publisher.shardNumberOfSubscribers([channel]) == [channel: 1])
+        #expect(try await publisher.connection.pubsubShardChannels(matching: channel) == [RedisName(channel)])
+        #expect(try await publisher.connection.pubsubShardNumberOfSubscribers([channel]) == [RedisName(channel): 1])
         let message = try await collect(subscription, 1)
         #expect(message.map(\.string) == ["sharded"])
         #expect(message.first?.isSharded == true)
         #expect(try await collect(plain, 1).map(\.string) == ["plain"])
-        try await waitUntil { try await publisher.shardNumberOfSubscribers([channel]) == [channel: 0] }
+        try await waitUntil { try await publisher.connection.pubsubShardNumberOfSubscribers([channel]) == [RedisName(channel): 0] }
         await subscriber.close()
         await publisher.close()
     }
@@ -123,16 +123,16 @@ struct PubSubTests {
         let subscriber = try await Subscriber.connect(to: .init(url: server.url))
         let publisher = try await Publisher.connect(to: .init(url: server.url))
         let channel = uniqueName("intro")
-        let before = try await publisher.numberOfPatterns()
+        let before = try await publisher.connection.pubsubNumberOfPatterns()
         let s1 = try await subscriber.subscribe(to: channel)
         let s2 = try await subscriber.subscribe(toPatterns: channel + "*")
-        #expect(try await publisher.channels(matching: channel) == [channel])
-        #expect(try await publisher.numberOfSubscribers([channel, channel + "-none"]) == [channel: 1, channel + "-none": 0])
-        #expect(try await publisher.numberOfPatterns() == before + 1)
+        #expect(try await publisher.connection.pubsubChannels(matching: channel) == [RedisName(channel)])
+        #expect(try await publisher.connection.pubsubNumberOfSubscribers([channel, channel + "-none"]) == [RedisName(channel): 1, RedisName(channel + "-none"): 0])
+        #expect(try await publisher.connection.pubsubNumberOfPatterns() == before + 1)
         s1.cancel()
         s2.cancel()
-        try await waitUntil { try await publisher.numberOfSubscribers([channel]) == [channel: 0] }
-        try await waitUntil { try await publisher.numberOfPatterns() == before }
+        try await waitUntil { try await publisher.connection.pubsubNumberOfSubscribers([channel]) == [RedisName(channel): 0] }
+        try await waitUntil { try await publisher.connection.pubsubNumberOfPatterns() == before }
         await subscriber.close()
         await publisher.close()
     }
@@ -142,7 +142,7 @@ struct PubSubTests {
         let channel = uniqueName("fan")
         var subscriptions: [Subscription] = []
         for _ in 0..<50 { subscriptions.append(try await subscriber.subscribe(to: channel)) }
-        #expect(try await publisher.numberOfSubscribers([channel]) == [channel: 1])  // one connection, one server subscription
+        #expect(try await publisher.connection.pubsubNumberOfSubscribers([channel]) == [RedisName(channel): 1])  // one connection, one server subscription
         for index in 0..<100 { #expect(try await publisher.publish("\(index)", to: channel) == 1) }
         let expected = (0..<100).map(String.init)
         try await withThrowingTaskGroup(of: [String].self) { group in
@@ -184,7 +184,7 @@ struct PubSubTests {
         // `second` still receives, and the server still has the channel.
         #expect(try await publisher.publish("after", to: channel) == 1)
         #expect(try await collect(second, 2).map(\.string) == ["both", "after"])
-        try await waitUntil { try await publisher.numberOfSubscribers([channel]) == [channel: 0] }
+        try await waitUntil { try await publisher.connection.pubsubNumberOfSubscribers([channel]) == [RedisName(channel): 0] }
         #expect(await subscriber.activeSubscriptionCount() == 0)
         await subscriber.close()
         await publisher.close()
@@ -192,7 +192,7 @@ struct PubSubTests {
 
     @Test func aSubscriptionEndsWhenCancelledDroppedOrItsTaskIsCancelled() async throws {
         let (subscriber, publisher) = try await pubSubPair()
-        func count(_ channel: String) async throws -> Int { try await publisher.numberOfSubscribers([channel])[channel] ?? -1 }
+        func count(_ channel: String) async throws -> Int { try await publisher.connection.pubsubNumberOfSubscribers([channel])[RedisName(channel)] ?? -1 }
 
         let dropped = uniqueName("drop")
         do { _ = try await subscriber.subscribe(to: dropped) }
@@ -271,7 +271,7 @@ struct PubSubTests {
             }
         }
         #expect(try await collect(witness, 10).map(\.string) == stride(from: 0, to: 10_000, by: 1000).map(String.init))
-        try await waitUntil { try await publisher.numberOfSubscribers([channel]) == [channel: 0] }
+        try await waitUntil { try await publisher.connection.pubsubNumberOfSubscribers([channel]) == [RedisName(channel): 0] }
         witness.cancel()
         try await waitUntil { await subscriber.activeSubscriptionCount() == 0 }
         await subscriber.close()
@@ -293,29 +293,28 @@ struct PubSubTests {
         await publisher.close()
     }
 
-    @Test func decodedMessagesSkipOrThrowPerMessage() async throws {
+    /// A payload that does not decode is an element, so `for try await` goes on past it (the old `next()` threw, and
+    /// a loop could not continue).
+    @Test func decodedMessagesAreResultsAndTheLoopGoesOnPastABadPayload() async throws {
         struct Event: Codable, Equatable { let id: Int }
         let (subscriber, publisher) = try await pubSubPair()
         let channel = uniqueName("json")
-        let skipping = try await subscriber.subscribe(to: channel)
-        let throwing = try await subscriber.subscribe(to: channel)
-        try await publisher.publish(Event(id: 1), to: channel)
+        let subscription = try await subscriber.subscribe(to: channel)
+        try await publisher.publish(json: Event(id: 1), to: channel)
         try await publisher.publish("not json", to: channel)
-        try await publisher.publish(Event(id: 2), to: channel)
+        try await publisher.publish(json: Event(id: 2), to: channel)
 
-        let failures = Counter()
         var events: [Event] = []
-        for try await event in skipping.decoded(as: Event.self, onFailure: { _ in failures.increment() }) {
-            events.append(event)
-            if events.count == 2 { break }
+        var failures: [MessageDecodingError] = []
+        for try await result in subscription.decoded(as: Event.self) {
+            switch result {
+            case .success(let event): events.append(event)
+            case .failure(let error): failures.append(error)
+            }
+            if events.count + failures.count == 3 { break }
         }
         #expect(events == [Event(id: 1), Event(id: 2)])
-        #expect(failures.value == 1)
-
-        var iterator = throwing.decoded(as: Event.self).makeAsyncIterator()
-        #expect(try await iterator.next() == Event(id: 1))
-        await #expect(throws: MessageDecodingError.self) { _ = try await iterator.next() }
-        #expect(try await iterator.next() == Event(id: 2))  // the sequence goes on
+        #expect(failures.map(\.message.string) == ["not json"])
         await subscriber.close()
         await publisher.close()
     }
@@ -375,7 +374,7 @@ struct PubSubTests {
         // redis-cli's SUBSCRIBE sees our PUBLISH.
         let cli = try ExternalSubscriber(port: server.port, command: "SUBSCRIBE", channel: channel)
         defer { cli.stop() }
-        try await waitUntil { try await publisher.numberOfSubscribers([channel]) == [channel: 1] }
+        try await waitUntil { try await publisher.connection.pubsubNumberOfSubscribers([channel]) == [RedisName(channel): 1] }
         try await publisher.publish("from swift", to: channel)
         try await waitUntil { cli.output.contains("from swift") }
         // redis-cli's PUBLISH reaches our Subscriber.

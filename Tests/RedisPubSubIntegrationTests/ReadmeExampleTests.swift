@@ -15,13 +15,14 @@ struct ReadmeExampleTests {
         let publisher = try await Publisher.connect(to: configuration)
 
         let subscription = try await subscriber.subscribe(to: "orders")   // returns once the server acknowledged
-        try await publisher.publish(Order(id: 1, total: 9.5), to: "orders")      // JSON
+        try await publisher.publish(json: Order(id: 1, total: 9.5), to: "orders")
         try await publisher.publish("not an order", to: "orders")
 
-        for try await order in subscription.decoded(as: Order.self, onFailure: { print("skipped: \($0)") }) {
+        for try await result in subscription.decoded(as: Order.self) {
+            guard case .success(let order) = result else { print("skipped: \(result)"); continue }
             print("order", order.id, order.total)
             seen.append(order.id)
-            break                                                         // leaving the loop unsubscribes
+            break                                      // the subscription ends when it is released, here
         }
         await subscriber.close()
         await publisher.close()

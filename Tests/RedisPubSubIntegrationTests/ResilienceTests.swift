@@ -109,7 +109,7 @@ struct ResilienceTests {
         configuration.connectTimeout = .seconds(2)
         let subscriber = try await Subscriber.connect(to: configuration)
         let subscription = try await subscriber.subscribe(to: "restart", "other")
-        let events = EventRecorder(subscription.events)
+        let events = EventRecorder(subscription.events())
         var recoveries: [Duration] = []
         for trial in 0..<20 {
             server.stop()  // SIGKILL
@@ -144,7 +144,7 @@ struct ResilienceTests {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.connectTimeout = .seconds(5)
         let subscriber = try await Subscriber.connect(to: configuration)
-        let events = EventRecorder(subscriber.events)
+        let events = EventRecorder(subscriber.events())
         server.stop()
         _ = try await events.disconnected()
         let waiting = Task { try await subscriber.subscribe(to: "late") }
@@ -168,8 +168,8 @@ struct ResilienceTests {
         var patient = configuration
         patient.connectTimeout = .seconds(30)
         let patientSubscriber = try await Subscriber.connect(to: patient)
-        let events = EventRecorder(subscriber.events)
-        let patientEvents = EventRecorder(patientSubscriber.events)
+        let events = EventRecorder(subscriber.events())
+        let patientEvents = EventRecorder(patientSubscriber.events())
         server.stop()
         _ = try await events.disconnected()
         _ = try await patientEvents.disconnected()
@@ -195,9 +195,9 @@ struct ResilienceTests {
         let subscription = try await subscriber.subscribe(to: "news")
         let patterns = try await subscriber.subscribe(toPatterns: "n*")
         let shards = try await subscriber.subscribe(toShardChannels: "shard")
-        let gaps = EventRecorder(subscription.events)
-        let subscriberEvents = EventRecorder(subscriber.events)
-        let publisherEvents = EventRecorder(publisher.events)
+        let gaps = EventRecorder(subscription.events())
+        let subscriberEvents = EventRecorder(subscriber.events())
+        let publisherEvents = EventRecorder(publisher.events())
 
         try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
         #expect(try await gaps.disconnected().code == .connectionClosed)
@@ -229,7 +229,7 @@ struct ResilienceTests {
         configuration.connectTimeout = .milliseconds(500)
         let subscriber = try await Subscriber.connect(to: configuration)
         let subscription = try await subscriber.subscribe(to: "frozen")
-        let gaps = EventRecorder(subscription.events)
+        let gaps = EventRecorder(subscription.events())
         server.pause()  // longer than interval + timeout
         let cause = try await gaps.disconnected()
         #expect(cause.code == .timeout)
@@ -276,7 +276,7 @@ struct ResilienceTests {
         configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(100))
         let subscriber = try await Subscriber.connect(to: configuration)
         let subscription = try await subscriber.subscribe(to: "full")
-        let events = EventRecorder(subscriber.events)
+        let events = EventRecorder(subscriber.events())
         let admin = try await RedisConnection.connect(to: configuration)
         // Existing clients stay; new ones are refused with "max number of clients reached".
         try await admin.send("CONFIG", "SET", "maxclients", 1)
@@ -326,7 +326,7 @@ struct ResilienceTests {
         let subscriber = try await Subscriber.connect(to: .init(url: "redis://reader:pw@127.0.0.1:\(server.port)"))
         let news = try await subscriber.subscribe(to: "news:today")
         let sport = try await subscriber.subscribe(to: "sport:today")
-        let newsGaps = EventRecorder(news.events)
+        let newsGaps = EventRecorder(news.events())
         // The user loses access to sport:* (Redis disconnects it), and the reconnect's resubscribe is refused there.
         try await admin.send("ACL", "SETUSER", "reader", "resetchannels", "&news:*")
         await #expect {
@@ -426,7 +426,7 @@ struct ResilienceTests {
             to: .init(url: server.url), logger: RedisConnection.disabledLogger, on: loop)
         let slow = try await subscriber.subscribe(to: "big", bufferingPolicy: .bufferingNewest(10))  // never read
         defer { withExtendedLifetime(slow) {} }
-        let gaps = EventRecorder(slow.events)
+        let gaps = EventRecorder(slow.events())
         let publisher = try await Publisher.connect(to: .init(url: server.url))
         for index in 0..<30 { try await publisher.publish("\(index)", to: "big") }
         try await waitUntil { slow.droppedMessageCount == 20 }  // the bounded policy drops instead of growing

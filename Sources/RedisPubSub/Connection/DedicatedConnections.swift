@@ -32,7 +32,7 @@ final class DedicatedConnections: Sendable {
     }
 
     /// Runs `bytes` (one command) on a dedicated connection and waits up to `timeout` for its reply.
-    func send(encoded bytes: [UInt8], timeout: Duration) async throws -> RedisValue {
+    func send(encoded bytes: [UInt8], timeout: Duration) async throws(RedisError) -> RedisValue {
         let core = try await take()
         let pending = Pending<RedisValue>()
         do {
@@ -41,7 +41,7 @@ final class DedicatedConnections: Sendable {
             }
             giveBack(core)
             return reply
-        } catch let error as RedisError where error.code == .serverError || error.code == .permissionDenied {
+        } catch where error.code == .serverError || error.code == .permissionDenied {
             giveBack(core)  // an error reply leaves the connection as it was
             throw error
         } catch {
@@ -50,7 +50,7 @@ final class DedicatedConnections: Sendable {
         }
     }
 
-    private func take() async throws -> ConnectionCore {
+    private func take() async throws(RedisError) -> ConnectionCore {
         while true {
             let taken = try state.withLock { state throws(RedisError) -> ConnectionCore? in
                 if state.closed { throw RedisError(.connectionClosed, "the connection was closed by close()") }

@@ -1,10 +1,12 @@
-/// Sends events to every current listener; each listener is an `AsyncStream` keeping its newest 256 events.
-/// Events are rare (connection changes), so a stream per listener costs nothing that matters.
+/// Sends events to every current listener; each listener is an `AsyncStream` keeping its newest 256 events, and
+/// starting with the last event sent before it listened (where things stand), so a late listener misses nothing that
+/// matters. Events are rare (connection changes), so a stream per listener costs nothing that matters.
 final class EventBroadcaster<Event: Sendable>: Sendable {
     private struct State {
         var listeners: [Int: AsyncStream<Event>.Continuation] = [:]
         var nextID = 0
         var finished = false
+        var last: Event?
     }
     private let state = Locked(State())
 
@@ -13,10 +15,11 @@ final class EventBroadcaster<Event: Sendable>: Sendable {
         finish()
     }
 
-    /// A new listener's stream: the events sent from now on.
+    /// A new listener's stream: the last event sent so far, then the events sent from now on.
     func stream() -> AsyncStream<Event> {
         let (stream, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingNewest(256))
         let id = state.withLock { state -> Int? in
+            if let last = state.last { continuation.yield(last) }  // under the lock: before any later event
             guard !state.finished else { return nil }
             state.nextID += 1
             state.listeners[state.nextID] = continuation
@@ -33,8 +36,12 @@ final class EventBroadcaster<Event: Sendable>: Sendable {
     }
 
     func send(_ event: Event) {
-        let listeners = state.withLock { Array($0.listeners.values) }
-        for listener in listeners { listener.yield(event) }
+        // Yielded under the lock, so every listener sees the events in the order they were sent, and a new listener's
+        // replayed event is never newer than the first live one (yielding to an AsyncStream never blocks).
+        state.withLock { state in
+            state.last = event
+            for listener in state.listeners.values { listener.yield(event) }
+        }
     }
 
     /// Ends every stream, present and future.

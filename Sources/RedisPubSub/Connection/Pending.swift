@@ -8,7 +8,7 @@
 final class Pending<Value: Sendable>: Sendable {
     private enum State {
         case initial
-        case waiting(UnsafeContinuation<Value, any Error>)
+        case waiting(UnsafeContinuation<Result<Value, RedisError>, Never>)
         case finished
     }
 
@@ -21,9 +21,9 @@ final class Pending<Value: Sendable>: Sendable {
 
     /// Suspends until ``succeed(_:)``, ``fail(_:)`` or task cancellation. `start` runs once the continuation is
     /// installed, unless the task was cancelled already.
-    func wait(start: () -> Void) async throws -> Value {
-        try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Value, any Error>) in
+    func wait(start: () -> Void) async throws(RedisError) -> Value {
+        let result = await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Value, RedisError>, Never>) in
                 let installed = state.withLock { state -> Bool in
                     guard case .initial = state else { return false }
                     state = .waiting(continuation)
@@ -33,20 +33,21 @@ final class Pending<Value: Sendable>: Sendable {
                     start()
                 } else {
                     // Only cancellation can finish a wait before it starts.
-                    continuation.resume(throwing: CancellationError())
+                    continuation.resume(returning: .failure(.cancelled))
                 }
             }
         } onCancel: {
-            fail(CancellationError())
+            fail(.cancelled)
         }
+        return try result.get()
     }
 
     func succeed(_ value: Value) { resume(.success(value)) }
 
-    func fail(_ error: any Error) { resume(.failure(error)) }
+    func fail(_ error: RedisError) { resume(.failure(error)) }
 
-    private func resume(_ result: Result<Value, any Error>) {
-        let continuation = state.withLock { state -> UnsafeContinuation<Value, any Error>? in
+    private func resume(_ result: Result<Value, RedisError>) {
+        let continuation = state.withLock { state -> UnsafeContinuation<Result<Value, RedisError>, Never>? in
             switch state {
             case .initial:
                 state = .finished  // the waiter has not suspended yet; it will see `finished`
@@ -58,6 +59,6 @@ final class Pending<Value: Sendable>: Sendable {
                 return nil
             }
         }
-        continuation?.resume(with: result)
+        continuation?.resume(returning: result)
     }
 }

@@ -5,7 +5,7 @@ enum Request {
     /// A caller resumed only by the reply, the command timeout or the connection's end (on the loop, or at
     /// submission when the connection is already closed); it cannot leave early, so its wait needs no lock and no
     /// cancellation handler (publishing).
-    case direct(UnsafeContinuation<RedisValue, any Error>)
+    case direct(UnsafeContinuation<Result<RedisValue, RedisError>, Never>)
     /// One command of a batch written together; the batch resumes its caller once every command is resolved.
     case batchPart(Batch)
 
@@ -31,15 +31,15 @@ enum Request {
     func succeed(_ value: RedisValue) {
         switch self {
         case .cancellable(let pending): pending.succeed(value)
-        case .direct(let continuation): continuation.resume(returning: value)
+        case .direct(let continuation): continuation.resume(returning: .success(value))
         case .batchPart(let batch): batch.resolveNext(.success(value))
         }
     }
 
-    func fail(_ error: any Error) {
+    func fail(_ error: RedisError) {
         switch self {
         case .cancellable(let pending): pending.fail(error)
-        case .direct(let continuation): continuation.resume(throwing: error)
+        case .direct(let continuation): continuation.resume(returning: .failure(error))
         case .batchPart(let batch): batch.resolveNext(.failure(error))
         }
     }
@@ -50,14 +50,14 @@ enum Request {
 final class Batch: @unchecked Sendable {
     // @unchecked Sendable because: the caller only creates it; from its submission on, only the loop touches it.
     private var replies: [RedisValue] = []
-    private var failure: (any Error)?
+    private var failure: RedisError?
     private let count: Int
-    private let continuation: UnsafeContinuation<[RedisValue], any Error>
+    private let continuation: UnsafeContinuation<Result<[RedisValue], RedisError>, Never>
     /// Error replies are kept in `replies` as ``RedisValue/error(_:)`` instead of failing the batch (a transaction
     /// judges them itself); a timeout or a lost connection still fails it.
     let keepsErrorReplies: Bool
 
-    init(count: Int, keepsErrorReplies: Bool = false, continuation: UnsafeContinuation<[RedisValue], any Error>) {
+    init(count: Int, keepsErrorReplies: Bool = false, continuation: UnsafeContinuation<Result<[RedisValue], RedisError>, Never>) {
         precondition(count > 0)
         self.count = count
         self.keepsErrorReplies = keepsErrorReplies
@@ -67,7 +67,7 @@ final class Batch: @unchecked Sendable {
 
     /// The outcome of the next command (outcomes arrive in the order the commands were written; a batch that was
     /// never written gets one failure per command).
-    func resolveNext(_ outcome: Result<RedisValue, any Error>) {
+    func resolveNext(_ outcome: Result<RedisValue, RedisError>) {
         switch outcome {
         case .success(let reply): replies.append(reply)
         case .failure(let error):
@@ -75,7 +75,7 @@ final class Batch: @unchecked Sendable {
             replies.append(.null)
         }
         guard replies.count == count else { return }
-        if let failure { continuation.resume(throwing: failure) } else { continuation.resume(returning: replies) }
+        continuation.resume(returning: failure.map { .failure($0) } ?? .success(replies))
     }
 }
 
@@ -89,7 +89,7 @@ struct Submission {
     var timeout: Duration?
 
     /// Fails a submission that was never written: each of its commands.
-    func fail(_ error: any Error) {
+    func fail(_ error: RedisError) {
         for _ in 0..<commands { request.fail(error) }
     }
 }

@@ -91,6 +91,8 @@ struct PubSubStateMachine<Sink: AnyObject> {
     /// Subscriptions still waiting for acknowledgements, with the channels they wait for; `resubscribing` after a
     /// reconnect, else a first subscribe.
     private var waiting: [ObjectIdentifier: (sink: Sink, keys: Set<ChannelKey>, resubscribing: Bool)] = [:]
+    /// Channels added to live subscriptions and not yet acknowledged, by request number (see ``add(_:to:request:)``).
+    private var additions: [UInt64: (sink: Sink, keys: Set<ChannelKey>)] = [:]
 
     /// Subscriptions currently registered on at least one channel.
     var sinkCount: Int {
@@ -101,12 +103,22 @@ struct PubSubStateMachine<Sink: AnyObject> {
 
     /// Adds `sink` to `keys`. Returns the commands to send and whether every channel is already confirmed (then the
     /// subscription is live at once; otherwise ``acknowledged(_:)`` reports it later).
-    mutating func add(_ sink: Sink, to keys: [ChannelKey]) -> (commands: [Command], confirmed: Bool) {
+    ///
+    /// With a `request` number, `sink` is a live subscription that adds `keys` to what it holds: keys it holds
+    /// already are skipped, and ``acknowledged(_:)`` reports the request in `added` once the others are confirmed.
+    mutating func add(_ sink: Sink, to keys: [ChannelKey], request: UInt64? = nil) -> (commands: [Command], confirmed: Bool) {
         var commands: [Command] = []
         var pending = Set<ChannelKey>()
         var seen = Set<ChannelKey>()
         for key in keys where seen.insert(key).inserted {
             var channel = channels[key] ?? Channel()
+            if request != nil {  // a live subscription (only then can it be registered already)
+                if channel.sinks.contains(where: { $0 === sink }) { continue }
+                if channel.joining.contains(where: { $0 === sink }) {
+                    pending.insert(key)
+                    continue
+                }
+            }
             if !channel.subscribedAfterLastCommand {
                 sequence += 1
                 channel.subscribedAfterLastCommand = true
@@ -123,13 +135,65 @@ struct PubSubStateMachine<Sink: AnyObject> {
             channels[key] = channel
         }
         if pending.isEmpty { return (commands, true) }
-        waiting[ObjectIdentifier(sink)] = (sink, pending, false)
+        if let request {
+            additions[request] = (sink, pending)
+        } else {
+            waiting[ObjectIdentifier(sink)] = (sink, pending, false)
+        }
         return (commands, false)
     }
 
-    /// Removes `sink` from `keys`. Returns UNSUBSCRIBE commands for the channels nobody listens to any more.
+    /// Removes `sink` from `keys` (all of them: the subscription ends). Returns UNSUBSCRIBE commands for the
+    /// channels nobody listens to any more.
     mutating func remove(_ sink: Sink, from keys: [ChannelKey]) -> [Command] {
         waiting[ObjectIdentifier(sink)] = nil
+        for (request, addition) in additions where addition.sink === sink { additions[request] = nil }
+        return unregister(sink, from: keys)
+    }
+
+    /// Removes some of a live subscription's `keys`. Returns the UNSUBSCRIBE commands to send, whether the
+    /// subscription is now resubscribed (it waited for a reconnect's acknowledgements of only these keys), and the
+    /// additions that waited only for these keys (they are settled: the keys are gone).
+    mutating func remove(
+        _ sink: Sink, someOf keys: [ChannelKey]
+    ) -> (commands: [Command], resubscribed: Bool, settled: [UInt64]) {
+        let removed = Set(keys)
+        var resubscribed = false
+        let id = ObjectIdentifier(sink)
+        if var entry = waiting[id] {
+            entry.keys.subtract(removed)
+            if entry.keys.isEmpty {
+                waiting[id] = nil
+                resubscribed = entry.resubscribing
+            } else {
+                waiting[id] = entry
+            }
+        }
+        var settled: [UInt64] = []
+        for (request, var addition) in additions where addition.sink === sink {
+            addition.keys.subtract(removed)
+            if addition.keys.isEmpty {
+                additions[request] = nil
+                settled.append(request)
+            } else {
+                additions[request] = addition
+            }
+        }
+        return (unregister(sink, from: keys), resubscribed, settled.sorted())
+    }
+
+    /// Forgets an addition whose caller stopped waiting (its keys stay registered until removed).
+    mutating func forgetAddition(_ request: UInt64) {
+        additions[request] = nil
+    }
+
+    /// Every addition still waiting, forgotten (the connection was lost: the caller removes and replays them).
+    mutating func takeAdditions() -> [(request: UInt64, sink: Sink)] {
+        defer { additions = [:] }
+        return additions.sorted { $0.key < $1.key }.map { ($0.key, $0.value.sink) }
+    }
+
+    private mutating func unregister(_ sink: Sink, from keys: [ChannelKey]) -> [Command] {
         var commands: [Command] = []
         var seen = Set<ChannelKey>()
         for key in keys where seen.insert(key).inserted {
@@ -156,14 +220,15 @@ struct PubSubStateMachine<Sink: AnyObject> {
 
     /// The server acknowledged `command`. Returns the subscriptions that are now live (all their channels confirmed):
     /// new ones in `ready`, ones that came back after a reconnect in `resubscribed`.
-    mutating func acknowledged(_ command: Command) -> (ready: [Sink], resubscribed: [Sink]) {
-        guard var channel = channels[command.key] else { return ([], []) }
+    /// Additions whose every key is now confirmed are in `added`.
+    mutating func acknowledged(_ command: Command) -> (ready: [Sink], resubscribed: [Sink], added: [UInt64]) {
+        guard var channel = channels[command.key] else { return ([], [], []) }
         if !command.subscribe {
             channel.unsubscribesInFlight -= 1
             store(channel, at: command.key)
-            return ([], [])
+            return ([], [], [])
         }
-        guard command.sequence == channel.lastSequence else { return ([], []) }  // superseded by a later UNSUBSCRIBE
+        guard command.sequence == channel.lastSequence else { return ([], [], []) }  // superseded by an UNSUBSCRIBE
         channel.confirmed = true
         channel.sinks += channel.joining  // from now on, messages are theirs too
         channel.joining = []
@@ -180,7 +245,16 @@ struct PubSubStateMachine<Sink: AnyObject> {
                 waiting[id] = entry
             }
         }
-        return (ready, resubscribed)
+        var added: [UInt64] = []
+        for (request, var addition) in additions where addition.keys.remove(command.key) != nil {
+            if addition.keys.isEmpty {
+                additions[request] = nil
+                added.append(request)
+            } else {
+                additions[request] = addition
+            }
+        }
+        return (ready, resubscribed, added.sorted())
     }
 
     /// The connection was lost: the server forgot every subscription. Subscriptions still waiting for their first
@@ -296,6 +370,7 @@ struct PubSubStateMachine<Sink: AnyObject> {
         for entry in waiting.values where seen.insert(ObjectIdentifier(entry.sink)).inserted { all.append(entry.sink) }
         channels = [:]
         waiting = [:]
+        additions = [:]
         return all
     }
 

@@ -11,12 +11,15 @@ public import Logging
 /// ```swift
 /// let publisher = try await Publisher.connect(to: .fromEnvironment())
 /// let receivers = try await publisher.publish("Hello", to: "notifications")
-/// try await publisher.publish(Notification(id: 1, text: "Hi", sentAt: .now), to: "notifications")
+/// try await publisher.publish(json: Notification(id: 1, text: "Hi", sentAt: .now), to: "notifications")
 /// ```
+///
+/// Channel introspection (`PUBSUB CHANNELS`, `NUMSUB`, ...) is on the ``connection``:
+/// `publisher.connection.pubsubNumberOfSubscribers(["notifications"])`.
 public final class Publisher: Sendable {
     /// The command connection underneath, for anything else (e.g. `GET`, `XADD`).
     public let connection: RedisConnection
-    /// The encoder for ``publish(_:to:encoder:)`` when none is passed.
+    /// The encoder for ``publish(json:to:encoder:)`` when none is passed.
     public let encoder: JSONEncoder
     /// What a publish does when the connection is down.
     public let retry: PublishRetry
@@ -41,41 +44,59 @@ public final class Publisher: Sendable {
         encoder: JSONEncoder = JSONEncoder(),
         retry: PublishRetry = .never,
         logger: Logger = RedisConnection.disabledLogger
-    ) async throws -> Publisher {
+    ) async throws(RedisError) -> Publisher {
         Publisher(
             connection: try await RedisConnection.connect(to: configuration, logger: logger), encoder: encoder, retry: retry)
     }
 
-    /// The connection's changes from now on; see ``RedisConnection/events``.
-    public var events: AsyncStream<ConnectionEvent> { connection.events }
+    /// The connection's state and changes; see ``RedisConnection/events()``.
+    public func events() -> AsyncStream<ConnectionEvent> { connection.events() }
 
     /// Sends a PUBLISH or SPUBLISH, and per ``retry`` sends it again after a reconnect when it failed because the
     /// connection was down. Not generic: the public overloads are inlined into their callers (where the channel's
     /// type is known) and only convert.
     @usableFromInline
-    func send(_ verb: StaticString, _ channel: RedisArgument, _ message: RedisArgument) async throws -> Int {
+    func send(_ verb: StaticString, _ channel: RedisArgument, _ message: RedisArgument) async throws(RedisError) -> Int {
         guard case .whileReconnecting(let limit) = retry.base else {
             return try await connection.publish(verb, channel, message)  // no retry: no closure, no extra frame
         }
-        return try await retrying(upTo: limit) { try await connection.publish(verb, channel, message) }
+        return try await retrying(upTo: limit) { () async throws(RedisError) in
+            try await connection.publish(verb, channel, message)
+        }
     }
 
     /// One PUBLISH or SPUBLISH per message, written together, waited for once; retried as ``send(_:_:_:)``.
     @usableFromInline
-    func sendBatch(_ verb: StaticString, _ channel: RedisArgument, _ messages: [RedisArgument]) async throws -> [Int] {
+    func sendBatch(
+        _ verb: StaticString, _ channel: RedisArgument, _ messages: [RedisArgument]
+    ) async throws(RedisError) -> [Int] {
         guard case .whileReconnecting(let limit) = retry.base else {
             return try await connection.publish(verb, channel, contentsOf: messages)
         }
-        return try await retrying(upTo: limit) { try await connection.publish(verb, channel, contentsOf: messages) }
+        return try await retrying(upTo: limit) { () async throws(RedisError) in
+            try await connection.publish(verb, channel, contentsOf: messages)
+        }
+    }
+
+    /// Encodes `value` as JSON with `encoder` (or the publisher's).
+    @usableFromInline
+    func json(_ value: some Encodable, _ encoder: JSONEncoder?) throws(RedisError) -> RedisArgument {
+        do {
+            return RedisArgument(try (encoder ?? self.encoder).encode(value))
+        } catch {
+            throw RedisError(.invalidArgument, "cannot encode a \(type(of: value)) as JSON (nothing was sent): \(error)")
+        }
     }
 
     /// Runs `body`, and runs it again after a reconnect when it failed because the connection was down, until `limit`.
-    private func retrying<Result>(upTo limit: Duration, _ body: () async throws -> Result) async throws -> Result {
+    private func retrying<Result>(
+        upTo limit: Duration, _ body: () async throws(RedisError) -> Result
+    ) async throws(RedisError) -> Result {
         let deadline = ContinuousClock.now + limit
         while true {
             do {
                 return try await body()
-            } catch let error as RedisError where error.code == .connectionClosed && ContinuousClock.now < deadline {
+            } catch where error.code == .connectionClosed && ContinuousClock.now < deadline {
                 guard try await connection.waitUntilConnected(before: deadline) else { throw error }
             }
         }
@@ -88,39 +109,42 @@ public final class Publisher: Sendable {
     /// it reach about twice the throughput of tasks on the default executor (see the README's performance table).
     public var taskExecutor: any TaskExecutor { connection.taskExecutor }
 
-    // MARK: PUBLISH
+    // MARK: Publishing
 
-    /// Publishes text (as UTF-8).
+    /// Publishes `message` byte for byte (`PUBLISH`): text as its UTF-8, bytes as they are.
+    ///
+    /// ```swift
+    /// try await publisher.publish("Hello", to: "notifications")
+    /// try await publisher.publish([0x00, 0xFF], to: "raw")            // two bytes, never the JSON text [0,255]
+    /// try await publisher.publish(Array(text.utf8), to: "raw")
+    /// ```
+    ///
+    /// Cancellation is checked when the call starts; once sent, the message is delivered whatever the caller does,
+    /// so the call waits for the count.
     ///
     /// - Returns: the number of subscribers that received it, as the server counts them.
-    /// - Throws: ``RedisError``, `CancellationError`.
+    /// - Throws: ``RedisError``: ``RedisError/Code/connectionClosed`` while the connection is down (see ``retry``),
+    ///   ``RedisError/Code/timeout``, ``RedisError/Code/overloaded``, ``RedisError/Code/cancelled``, ...
     @inlinable @discardableResult
-    public func publish(_ message: String, to channel: some RedisArgumentConvertible) async throws -> Int {
+    public func publish(_ message: some RedisPayload, to channel: some RedisNameConvertible) async throws(RedisError) -> Int {
         try await send("PUBLISH", channel.redisArgument, message.redisArgument)
     }
 
-    /// Publishes bytes as they are.
-    @inlinable @discardableResult
-    public func publish(_ message: [UInt8], to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("PUBLISH", channel.redisArgument, message.redisArgument)
-    }
-
-    /// Publishes the bytes of `message`.
-    @inlinable @discardableResult
-    public func publish(_ message: Data, to channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("PUBLISH", channel.redisArgument, message.redisArgument)
-    }
-
-    /// Publishes `value` encoded as JSON with `encoder` (default: the publisher's ``encoder``).
+    /// Publishes `value` encoded as JSON, with `encoder` or else the publisher's ``encoder``.
     ///
-    /// - Throws: the encoder's error (nothing is sent), ``RedisError``, `CancellationError`.
+    /// ```swift
+    /// try await publisher.publish(json: Notification(id: 1, text: "Hi"), to: "notifications")
+    /// ```
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` when the value does not encode (nothing is sent), else as
+    ///   ``publish(_:to:)``.
     @discardableResult
-    public func publish<Value: Encodable>(
-        _ value: Value,
-        to channel: some RedisArgumentConvertible,
+    public func publish(
+        json value: some Encodable,
+        to channel: some RedisNameConvertible,
         encoder: JSONEncoder? = nil
-    ) async throws -> Int {
-        try await send("PUBLISH", channel.redisArgument, (encoder ?? self.encoder).encode(value).redisArgument)
+    ) async throws(RedisError) -> Int {
+        try await send("PUBLISH", channel.redisArgument, json(value, encoder))
     }
 
     /// Publishes many messages to one channel in one write, waiting once for all the replies: the fastest way to
@@ -136,80 +160,41 @@ public final class Publisher: Sendable {
     /// off by a disconnect is sent again in full (the messages that had arrived arrive twice).
     ///
     /// - Returns: each message's receiver count, in order.
-    /// - Throws: `CancellationError` before sending anything; ``RedisError`` once every message is answered or
-    ///   failed (some messages may have been delivered, say when the connection dropped midway).
+    /// - Throws: ``RedisError``: ``RedisError/Code/cancelled`` before sending anything; any other once every message
+    ///   is answered or failed (some messages may have been delivered, say when the connection dropped midway).
     @inlinable @discardableResult
     public func publish<Messages: Sequence>(
         contentsOf messages: Messages,
-        to channel: some RedisArgumentConvertible
-    ) async throws -> [Int] where Messages.Element: RedisArgumentConvertible {
+        to channel: some RedisNameConvertible
+    ) async throws(RedisError) -> [Int] where Messages.Element: RedisPayload {
         try await sendBatch("PUBLISH", channel.redisArgument, messages.map(\.redisArgument))
+    }
+
+    // MARK: Sharded channels
+
+    /// Publishes `message` to a sharded channel (`SPUBLISH`, Redis 7); see ``publish(_:to:)``.
+    @inlinable @discardableResult
+    public func publish(_ message: some RedisPayload, toShard channel: some RedisNameConvertible) async throws(RedisError) -> Int {
+        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
+    }
+
+    /// Publishes `value` as JSON to a sharded channel (`SPUBLISH`); see ``publish(json:to:encoder:)``.
+    @discardableResult
+    public func publish(
+        json value: some Encodable,
+        toShard channel: some RedisNameConvertible,
+        encoder: JSONEncoder? = nil
+    ) async throws(RedisError) -> Int {
+        try await send("SPUBLISH", channel.redisArgument, json(value, encoder))
     }
 
     /// Publishes many messages to one sharded channel in one write (`SPUBLISH`); see ``publish(contentsOf:to:)``.
     @inlinable @discardableResult
     public func publish<Messages: Sequence>(
         contentsOf messages: Messages,
-        toShard channel: some RedisArgumentConvertible
-    ) async throws -> [Int] where Messages.Element: RedisArgumentConvertible {
+        toShard channel: some RedisNameConvertible
+    ) async throws(RedisError) -> [Int] where Messages.Element: RedisPayload {
         try await sendBatch("SPUBLISH", channel.redisArgument, messages.map(\.redisArgument))
-    }
-
-    // MARK: SPUBLISH
-
-    /// Publishes text to a sharded channel (`SPUBLISH`, Redis 7).
-    @inlinable @discardableResult
-    public func publish(_ message: String, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
-    }
-
-    /// Publishes bytes to a sharded channel (`SPUBLISH`).
-    @inlinable @discardableResult
-    public func publish(_ message: [UInt8], toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
-    }
-
-    /// Publishes the bytes of `message` to a sharded channel (`SPUBLISH`).
-    @inlinable @discardableResult
-    public func publish(_ message: Data, toShard channel: some RedisArgumentConvertible) async throws -> Int {
-        try await send("SPUBLISH", channel.redisArgument, message.redisArgument)
-    }
-
-    /// Publishes `value` as JSON to a sharded channel (`SPUBLISH`).
-    @discardableResult
-    public func publish<Value: Encodable>(
-        _ value: Value,
-        toShard channel: some RedisArgumentConvertible,
-        encoder: JSONEncoder? = nil
-    ) async throws -> Int {
-        try await send("SPUBLISH", channel.redisArgument, (encoder ?? self.encoder).encode(value).redisArgument)
-    }
-
-    // MARK: Introspection
-
-    /// `PUBSUB CHANNELS [pattern]`; see ``RedisConnection/pubsubChannels(matching:)``.
-    public func channels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
-        try await connection.pubsubChannels(matching: pattern)
-    }
-
-    /// `PUBSUB NUMSUB`; see ``RedisConnection/pubsubNumberOfSubscribers(_:)``.
-    public func numberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
-        try await connection.pubsubNumberOfSubscribers(channels)
-    }
-
-    /// `PUBSUB NUMPAT`; see ``RedisConnection/pubsubNumberOfPatterns()``.
-    public func numberOfPatterns() async throws -> Int {
-        try await connection.pubsubNumberOfPatterns()
-    }
-
-    /// `PUBSUB SHARDCHANNELS [pattern]`; see ``RedisConnection/pubsubShardChannels(matching:)``.
-    public func shardChannels(matching pattern: (any RedisArgumentConvertible)? = nil) async throws -> [String] {
-        try await connection.pubsubShardChannels(matching: pattern)
-    }
-
-    /// `PUBSUB SHARDNUMSUB`; see ``RedisConnection/pubsubShardNumberOfSubscribers(_:)``.
-    public func shardNumberOfSubscribers(_ channels: [any RedisArgumentConvertible]) async throws -> [String: Int] {
-        try await connection.pubsubShardNumberOfSubscribers(channels)
     }
 
     /// Closes the connection after in-flight publishes are answered.

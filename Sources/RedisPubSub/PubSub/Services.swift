@@ -6,8 +6,8 @@ extension Subscriber: Service {
     ///
     /// - Throws: the ``RedisError`` that closed the connection for good (a changed password, say), if that happens
     ///   first, so the service group learns of it.
-    public func run() async throws {
-        try await runUntilShutdown(events: events) { await self.close() }
+    public func run() async throws(RedisError) {
+        try await runUntilShutdown(events: events()) { await self.close() }
     }
 }
 
@@ -16,13 +16,13 @@ extension Publisher: Service {
     /// publishes in flight are answered.
     ///
     /// - Throws: the ``RedisError`` that closed the connection for good, if that happens first.
-    public func run() async throws {
-        try await runUntilShutdown(events: events) { await self.close() }
+    public func run() async throws(RedisError) {
+        try await runUntilShutdown(events: events()) { await self.close() }
     }
 }
 
 /// Waits for graceful shutdown, cancellation, or the connection's end, whichever comes first; then `close`.
-private func runUntilShutdown(events: AsyncStream<ConnectionEvent>, close: @escaping @Sendable () async -> Void) async throws {
+private func runUntilShutdown(events: AsyncStream<ConnectionEvent>, close: @escaping @Sendable () async -> Void) async throws(RedisError) {
     let ended: RedisError? = await withTaskGroup(of: RedisError?.self) { group in
         group.addTask {
             try? await gracefulShutdown()

@@ -14,7 +14,8 @@ import Synchronization
 /// `subscribe` returns once the server acknowledged every channel, so a message published after it returns is
 /// received. Channels are reference-counted: two subscriptions to one channel both get every message, and the server
 /// is told to unsubscribe only when the last of them ends. A subscription ends, and unsubscribes, when its `for` loop
-/// exits, when its task is cancelled, or when it is released.
+/// exits, when its task is cancelled, or when it is released (see ``Subscription`` for the rules), or when the closure
+/// of ``subscribe(to:bufferingPolicy:isolation:_:)`` returns.
 public final class Subscriber: Sendable {
     let lifetime: SubscriberLifetime
 
@@ -35,12 +36,14 @@ public final class Subscriber: Sendable {
     public static func connect(
         to configuration: RedisConfiguration,
         logger: Logger = RedisConnection.disabledLogger
-    ) async throws -> Subscriber {
+    ) async throws(RedisError) -> Subscriber {
         try await connect(to: configuration, logger: logger, on: .shared)
     }
 
     /// Connects on a loop of the caller's choosing (tests that load a loop heavily use their own).
-    static func connect(to configuration: RedisConfiguration, logger: Logger, on loop: EventLoop) async throws -> Subscriber {
+    static func connect(
+        to configuration: RedisConfiguration, logger: Logger, on loop: EventLoop
+    ) async throws(RedisError) -> Subscriber {
         try configuration.validate()
         let connection = ConnectionCore(configuration: configuration, logger: logger, loop: loop)
         let core = SubscriberCore(connection: connection)
@@ -57,81 +60,127 @@ public final class Subscriber: Sendable {
 
     /// Subscribes to one or more channels (`SUBSCRIBE`) and returns once the server acknowledged all of them.
     ///
+    /// ```swift
+    /// let subscription = try await subscriber.subscribe(to: "orders", "payments")
+    /// ```
+    ///
     /// While the connection is down (reconnecting), the call waits for the reconnect, up to
     /// ``RedisConfiguration/connectTimeout``, then throws ``RedisError/Code/connectionClosed``.
     ///
     /// - Parameters:
-    ///   - channels: channel names; text or bytes.
+    ///   - channels: channel names: text, or bytes (`[UInt8]`, `Data`, ``RedisName``).
     ///   - bufferingPolicy: what to drop when the consumer falls behind; ``BufferingPolicy/default`` keeps the
     ///     newest 10,000 messages.
     /// - Throws: ``RedisError`` (``RedisError/Code/permissionDenied`` when an ACL forbids a channel,
-    ///   ``RedisError/Code/connectionClosed``, ``RedisError/Code/timeout``), `CancellationError`.
+    ///   ``RedisError/Code/connectionClosed``, ``RedisError/Code/timeout``, ``RedisError/Code/cancelled``).
     public func subscribe(
-        to channels: any RedisArgumentConvertible...,
+        to channels: any RedisNameConvertible...,
         bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        try await subscribe(.channel, channels, bufferingPolicy)
-    }
-
-    /// Subscribes to the channels in an array; see ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
-    public func subscribe(
-        to channels: [any RedisArgumentConvertible],
-        bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        try await subscribe(.channel, channels, bufferingPolicy)
+    ) async throws(RedisError) -> Subscription {
+        try await subscribe(ChannelKey.keys(channels: channels, patterns: [], shardChannels: []), bufferingPolicy)
     }
 
     /// Subscribes to glob patterns (`PSUBSCRIBE`: `*`, `?`, `[ae]`, `\*` for a literal star). Messages carry the
     /// matching ``Message/pattern``.
     ///
-    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)``.
     public func subscribe(
-        toPatterns patterns: any RedisArgumentConvertible...,
+        toPatterns patterns: any RedisNameConvertible...,
         bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        try await subscribe(.pattern, patterns, bufferingPolicy)
-    }
-
-    /// Subscribes to the glob patterns in an array (`PSUBSCRIBE`).
-    public func subscribe(
-        toPatterns patterns: [any RedisArgumentConvertible],
-        bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        try await subscribe(.pattern, patterns, bufferingPolicy)
+    ) async throws(RedisError) -> Subscription {
+        try await subscribe(ChannelKey.keys(channels: [], patterns: patterns, shardChannels: []), bufferingPolicy)
     }
 
     /// Subscribes to sharded channels (`SSUBSCRIBE`, Redis 7). Messages have ``Message/isSharded`` set.
     ///
-    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)``.
     public func subscribe(
-        toShardChannels channels: any RedisArgumentConvertible...,
+        toShardChannels channels: any RedisNameConvertible...,
         bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        try await subscribe(.shardChannel, channels, bufferingPolicy)
+    ) async throws(RedisError) -> Subscription {
+        try await subscribe(ChannelKey.keys(channels: [], patterns: [], shardChannels: channels), bufferingPolicy)
     }
 
-    /// Subscribes to the sharded channels in an array (`SSUBSCRIBE`).
-    public func subscribe(
-        toShardChannels channels: [any RedisArgumentConvertible],
-        bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        try await subscribe(.shardChannel, channels, bufferingPolicy)
-    }
-
-    /// One subscription to channels, patterns and sharded channels together: its messages arrive in the order the
-    /// server sent them, so a message matching both a channel and a pattern arrives twice, first as the channel's.
+    /// One subscription to channels, patterns and sharded channels together, given as arrays: its messages arrive in
+    /// the order the server sent them, so a message matching both a channel and a pattern arrives twice, first as
+    /// the channel's.
     ///
-    /// - Throws: as ``subscribe(to:bufferingPolicy:)-(RedisArgumentConvertible...,_)``.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)``, and ``RedisError/Code/invalidArgument`` when all three are
+    ///   empty.
     public func subscribe(
-        channels: [any RedisArgumentConvertible] = [],
-        patterns: [any RedisArgumentConvertible] = [],
-        shardChannels: [any RedisArgumentConvertible] = [],
+        channels: [any RedisNameConvertible] = [],
+        patterns: [any RedisNameConvertible] = [],
+        shardChannels: [any RedisNameConvertible] = [],
         bufferingPolicy: BufferingPolicy = .default
-    ) async throws -> Subscription {
-        let keys = channels.map { ChannelKey(kind: .channel, name: $0.redisArgument.bytes) }
-            + patterns.map { ChannelKey(kind: .pattern, name: $0.redisArgument.bytes) }
-            + shardChannels.map { ChannelKey(kind: .shardChannel, name: $0.redisArgument.bytes) }
-        return try await subscribe(keys, bufferingPolicy)
+    ) async throws(RedisError) -> Subscription {
+        try await subscribe(
+            ChannelKey.keys(channels: channels, patterns: patterns, shardChannels: shardChannels), bufferingPolicy)
+    }
+
+    /// Subscribes to `channels`, runs `body` with the subscription, then unsubscribes (and waits for the server's
+    /// acknowledgement) however `body` ends: the subscription cannot outlive it.
+    ///
+    /// ```swift
+    /// try await subscriber.subscribe(to: "orders") { subscription in
+    ///     for try await message in subscription { try await handle(message) }
+    /// }
+    /// ```
+    ///
+    /// - Returns: what `body` returns.
+    /// - Throws: as ``subscribe(to:bufferingPolicy:)``, or what `body` throws.
+    public func subscribe<Result>(
+        to channels: any RedisNameConvertible...,
+        bufferingPolicy: BufferingPolicy = .default,
+        isolation actor: isolated (any Actor)? = #isolation,
+        _ body: (Subscription) async throws -> Result
+    ) async throws -> Result {
+        let subscription = try await subscribe(
+            ChannelKey.keys(channels: channels, patterns: [], shardChannels: []), bufferingPolicy)
+        return try await Self.scoped(subscription, body)
+    }
+
+    /// Subscribes to channels, patterns and sharded channels together, runs `body` with the subscription, then
+    /// unsubscribes; see ``subscribe(to:bufferingPolicy:isolation:_:)``.
+    public func subscribe<Result>(
+        channels: [any RedisNameConvertible] = [],
+        patterns: [any RedisNameConvertible] = [],
+        shardChannels: [any RedisNameConvertible] = [],
+        bufferingPolicy: BufferingPolicy = .default,
+        isolation actor: isolated (any Actor)? = #isolation,
+        _ body: (Subscription) async throws -> Result
+    ) async throws -> Result {
+        let subscription = try await subscribe(
+            ChannelKey.keys(channels: channels, patterns: patterns, shardChannels: shardChannels), bufferingPolicy)
+        return try await Self.scoped(subscription, body)
+    }
+
+    private static func scoped<Result>(
+        _ subscription: Subscription,
+        isolation actor: isolated (any Actor)? = #isolation,
+        _ body: (Subscription) async throws -> Result
+    ) async throws -> Result {
+        do {
+            let result = try await body(subscription)
+            await subscription.unsubscribe()
+            return result
+        } catch {
+            await subscription.unsubscribe()
+            throw error
+        }
+    }
+
+    /// Sends `PING` on the subscriber's connection, in order with its subscribes, and returns the round-trip time:
+    /// a check that the connection and the server answer right now (the health check does this by itself; see
+    /// ``RedisConfiguration/healthCheckInterval``).
+    ///
+    /// - Throws: ``RedisError/Code/connectionClosed`` while the connection is down,
+    ///   ``RedisError/Code/timeout``, ``RedisError/Code/cancelled``.
+    @discardableResult
+    public func ping() async throws(RedisError) -> Duration {
+        let start = ContinuousClock.now
+        let pending = Pending<Void>()
+        try await pending.wait { lifetime.core.execute { $0.ping(pending) } }
+        return ContinuousClock.now - start
     }
 
     /// The number of subscriptions registered on the connection right now.
@@ -141,15 +190,7 @@ public final class Subscriber: Sendable {
         }
     }
 
-    private func subscribe(
-        _ kind: SubscriptionKind,
-        _ names: [any RedisArgumentConvertible],
-        _ policy: BufferingPolicy
-    ) async throws -> Subscription {
-        try await subscribe(names.map { ChannelKey(kind: kind, name: $0.redisArgument.bytes) }, policy)
-    }
-
-    private func subscribe(_ keys: [ChannelKey], _ policy: BufferingPolicy) async throws -> Subscription {
+    private func subscribe(_ keys: [ChannelKey], _ policy: BufferingPolicy) async throws(RedisError) -> Subscription {
         guard !keys.isEmpty else { throw RedisError(.invalidArgument, "subscribe needs at least one channel or pattern") }
         let sink = SubscriptionSink(keys: keys, policy: policy)
         let handle = SubscriptionHandle(sink: sink, lifetime: lifetime)  // ends (unsubscribes) if we fail below
@@ -179,9 +220,10 @@ public final class Subscriber: Sendable {
     /// say), dropped and counted here rather than treated as a reason to reset the connection.
     public var discardedPushCount: Int { lifetime.core.discardedPushes.load(ordering: .relaxed) }
 
-    /// The connection's changes from now on: disconnected (with the cause), reconnecting, reconnected, closed.
-    /// Each access returns a new sequence; it ends when the subscriber is closed.
-    public var events: AsyncStream<ConnectionEvent> { lifetime.core.connection.events.stream() }
+    /// The connection's state and changes: first where it stands now (the last event so far: connected,
+    /// disconnected, reconnecting, reconnected), then every change. Each call returns a new sequence; it ends when
+    /// the subscriber is closed.
+    public func events() -> AsyncStream<ConnectionEvent> { lifetime.core.connection.events.stream() }
 }
 
 /// Keeps a subscriber's connection open while its `Subscriber` or any of its subscriptions exists.

@@ -21,6 +21,16 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     private var closedError: RedisError?
     /// Subscriptions waiting for the connection to come back (see ``park(_:)``), in the order they were made.
     private var parked: [(sink: SubscriptionSink, timer: LoopTimer)] = []
+    /// Channels being added to live subscriptions (``addKeys(_:to:_:)``), by request number; `timer` is set while
+    /// one waits for a reconnect.
+    private var additions: [UInt64: Addition] = [:]
+    private var nextAddition: UInt64 = 0
+    private struct Addition {
+        let sink: SubscriptionSink
+        var keys: [ChannelKey]
+        let pending: Pending<Void>
+        var timer: LoopTimer?
+    }
     /// The last routed channel (or pattern): its interned name and recipients, so a burst on one channel costs no
     /// hashing and no channel-name allocation. Cleared whenever the registry changes.
     private var routeCache: (kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
@@ -53,17 +63,116 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         routeCache = nil
         let (commands, confirmed) = machine.add(sink, to: sink.keys)
         send(commands)
-        if confirmed { sink.ready.succeed(()) }
+        if confirmed { ready(sink) }
     }
 
-    func remove(_ sink: SubscriptionSink) {
+    /// The subscription ends: unsubscribes what nobody else needs, then calls `completion` once the server
+    /// acknowledged it (or at once when nothing was sent, or the connection is gone).
+    func remove(_ sink: SubscriptionSink, completion: (@Sendable () -> Void)? = nil) {
         connection.loop.assertInLoop()
+        settleAdditions(of: sink, RedisError(.invalidArgument, "the subscription ended before the server confirmed"))
         if let index = parked.firstIndex(where: { $0.sink === sink }) {
             parked.remove(at: index).timer.cancel()
+            completion?()
             return
         }
         routeCache = nil
-        send(machine.remove(sink, from: sink.keys))
+        send(machine.remove(sink, from: sink.keys), completion: completion)
+    }
+
+    /// A subscription is live: its `subscribe` call returns, and its events start with `subscribed`.
+    private func ready(_ sink: SubscriptionSink) {
+        sink.setSubscribed(true)
+        sink.events.send(.subscribed(at: Date()))
+        sink.ready.succeed(())
+    }
+
+    // MARK: Reshaping a live subscription (loop)
+
+    /// Adds `keys` to a live subscription; `pending` succeeds once the server confirmed every one of them.
+    func addKeys(_ keys: [ChannelKey], to sink: SubscriptionSink, _ pending: Pending<Void>) {
+        connection.loop.assertInLoop()
+        if let closedError { return pending.fail(closedError) }
+        guard !sink.hasEnded else {
+            return pending.fail(RedisError(.invalidArgument, "the subscription has ended: subscribe again"))
+        }
+        let new = sink.insertKeys(keys)
+        guard !new.isEmpty else { return pending.succeed(()) }
+        nextAddition += 1
+        additions[nextAddition] = Addition(sink: sink, keys: new, pending: pending)
+        if lostError != nil {
+            parkAddition(nextAddition)
+        } else {
+            apply(nextAddition)
+        }
+    }
+
+    /// Sends an addition's SUBSCRIBEs (those the connection is not subscribed to already).
+    private func apply(_ request: UInt64) {
+        guard let addition = additions[request] else { return }
+        routeCache = nil
+        let (commands, confirmed) = machine.add(addition.sink, to: addition.keys, request: request)
+        send(commands)
+        if confirmed { additions.removeValue(forKey: request)?.pending.succeed(()) }
+    }
+
+    /// An addition made (or cut off) while the connection is down waits for the reconnect, up to the connect timeout,
+    /// as a new subscription does; then it fails and its channels are taken out again.
+    private func parkAddition(_ request: UInt64) {
+        let limit = connection.configuration.connectTimeout
+        additions[request]?.timer = connection.loop.scheduleTimer(at: .now + limit) { [self] in
+            guard let addition = additions.removeValue(forKey: request) else { return }
+            _ = addition.sink.removeKeys(addition.keys)
+            let cause = lostError.map { ": \($0.message)" } ?? ""
+            addition.pending.fail(RedisError(.connectionClosed, "not connected: still reconnecting after \(limit)\(cause)"))
+        }
+    }
+
+    /// Fails every addition of `sink` (it ended, or the connection closed for good).
+    private func settleAdditions(of sink: SubscriptionSink?, _ error: RedisError) {
+        for (request, addition) in additions where sink == nil || addition.sink === sink {
+            additions[request] = nil
+            addition.timer?.cancel()
+            machine.forgetAddition(request)
+            addition.pending.fail(error)
+        }
+    }
+
+    /// Removes `keys` from a live subscription: its messages on them stop at once; `completion` runs once the server
+    /// acknowledged the UNSUBSCRIBEs that nobody else's need kept from being sent (at once when there are none).
+    func removeKeys(_ keys: [ChannelKey], from sink: SubscriptionSink, completion: @escaping @Sendable () -> Void) {
+        connection.loop.assertInLoop()
+        let held = sink.removeKeys(keys)
+        guard !held.isEmpty, closedError == nil else { return completion() }
+        routeCache = nil
+        let removed = Set(held)
+        // Additions still waiting for the reconnect simply lose these keys.
+        for (request, var addition) in additions where addition.sink === sink && addition.timer != nil {
+            addition.keys.removeAll { removed.contains($0) }
+            if addition.keys.isEmpty {
+                additions[request] = nil
+                addition.timer?.cancel()
+                addition.pending.succeed(())
+            } else {
+                additions[request] = addition
+            }
+        }
+        if parked.contains(where: { $0.sink === sink }) { return completion() }  // not registered yet: keys suffice
+        let (commands, resubscribed, settled) = machine.remove(sink, someOf: held)
+        for request in settled { additions.removeValue(forKey: request)?.pending.succeed(()) }
+        if resubscribed { reportResubscribed([sink]) }
+        send(commands, completion: completion)
+    }
+
+    /// `PING` on the subscriber connection (answered in order with everything else on it).
+    func ping(_ pending: Pending<Void>) {
+        connection.loop.assertInLoop()
+        connection.sendInternal(["PING"]) { result in
+            switch result {
+            case .success: pending.succeed(())
+            case .failure(let error): pending.fail(error)
+            }
+        }
     }
 
     /// Subscriptions registered right now (for tests and introspection), counting those waiting for a reconnect.
@@ -92,14 +201,32 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         connection.close(completion)
     }
 
-    private func send(_ commands: [PubSubStateMachine<SubscriptionSink>.Command]) {
+    /// Sends `commands`; `completion` runs once every one of them is answered or failed (at once when there are none).
+    private func send(
+        _ commands: [PubSubStateMachine<SubscriptionSink>.Command],
+        completion: (@Sendable () -> Void)? = nil
+    ) {
+        var outstanding = commands.count
+        if outstanding == 0 { completion?() }
         for command in commands {
             let verb = command.subscribe ? command.key.kind.subscribeCommand : command.key.kind.unsubscribeCommand
             let expects = command.subscribe
                 ? nil : Acknowledgement(type: command.key.kind.acknowledgement(subscribe: false), name: command.key.name)
             connection.sendInternal([verb, RedisArgument(command.key.name)], expects: expects) { [self] result in
                 acknowledgement(of: command, result)
+                outstanding -= 1
+                if outstanding == 0 { completion?() }
             }
+        }
+    }
+
+    private func reportResubscribed(_ sinks: [SubscriptionSink]) {
+        guard !sinks.isEmpty else { return }
+        let date = Date()
+        let gap = lostAt.map { ContinuousClock.now - $0 } ?? .zero
+        for sink in sinks {
+            sink.setSubscribed(true)
+            sink.events.send(.resubscribed(at: date, gap: gap))
         }
     }
 
@@ -117,26 +244,38 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
                 connection.closeNow(RedisError(.protocolError, "unexpected acknowledgement: \(reply.shape)"))
                 return
             }
-            let (ready, resubscribed) = machine.acknowledged(command)
-            for sink in ready { sink.ready.succeed(()) }
-            if !resubscribed.isEmpty {
-                let date = Date()
-                let gap = lostAt.map { ContinuousClock.now - $0 } ?? .zero
-                for sink in resubscribed { sink.events.send(.resubscribed(at: date, gap: gap)) }
-            }
+            let (ready, resubscribed, added) = machine.acknowledged(command)
+            for sink in ready { self.ready(sink) }
+            reportResubscribed(resubscribed)
+            for request in added { additions.removeValue(forKey: request)?.pending.succeed(()) }
         case .failure(let error) where error.code == .timeout:
             // The server may still act on the command later: only a new connection is certain of its state.
             connection.closeNow(error)
         case .failure(let error) where error.code == .connectionClosed:
             break  // the connection is gone: `connectionLost` or `connectionClosed` handles everything
         case .failure(let error):
-            // An error reply (an ACL's NOPERM, say): the channel is not subscribed; its subscriptions fail.
-            for sink in machine.refused(command) { fail(sink, error) }
+            // An error reply (an ACL's NOPERM, say): the channel is not subscribed. A subscription that was adding it
+            // keeps what it had and its `add` call fails; the others fail.
+            for sink in machine.refused(command) {
+                if let (request, addition) = additions.first(where: { $0.value.sink === sink && $0.value.keys.contains(command.key) }) {
+                    additions[request] = nil
+                    machine.forgetAddition(request)
+                    _ = sink.removeKeys(addition.keys)
+                    let others = addition.keys.filter { $0 != command.key }
+                    let (commands, resubscribed, _) = machine.remove(sink, someOf: others)
+                    send(commands)
+                    if resubscribed { reportResubscribed([sink]) }
+                    addition.pending.fail(error)
+                } else {
+                    fail(sink, error)
+                }
+            }
         }
     }
 
     private func fail(_ sink: SubscriptionSink, _ error: RedisError) {
         routeCache = nil
+        settleAdditions(of: sink, error)
         sink.ready.fail(error)
         sink.finish(.failed(error))
         send(machine.remove(sink, from: sink.keys))
@@ -234,11 +373,17 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         lostError = error
         lostAt = .now
         // Subscriptions not yet confirmed start again after the reconnect (their `subscribe` call still waits); the
-        // others are resubscribed then.
+        // others are resubscribed then. So are additions not yet confirmed (their keys are taken out, then replayed).
         for sink in machine.connectionLost() { park(sink) }
+        for (request, sink) in machine.takeAdditions() {
+            guard let addition = additions[request] else { continue }
+            _ = machine.remove(sink, someOf: addition.keys)  // no UNSUBSCRIBE while disconnected
+            parkAddition(request)
+        }
         var notified = Set<ObjectIdentifier>()
         for key in machine.channels.keys {
             for sink in machine.recipients(key) where notified.insert(ObjectIdentifier(sink)).inserted {
+                sink.setSubscribed(false)
                 sink.events.send(.disconnected(at: date, cause: error))
             }
         }
@@ -254,12 +399,18 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             timer.cancel()
             add(sink)
         }
+        for (request, addition) in additions.sorted(by: { $0.key < $1.key }) where addition.timer != nil {
+            addition.timer?.cancel()
+            additions[request]?.timer = nil
+            apply(request)
+        }
     }
 
     func connectionClosed(_ error: RedisError?) {
         flush()
         routeCache = nil
         closedError = error ?? RedisError(.connectionClosed, "the subscriber was closed by close()")
+        settleAdditions(of: nil, closedError!)
         let waiting = parked
         parked = []
         for (sink, timer) in waiting {

@@ -1,40 +1,127 @@
 import DequeModule
 import Synchronization
 
-/// The messages of one `subscribe` call, in the order the server sent them.
+/// The messages of one `subscribe` call, in the order the server sent them, and what the subscription holds.
 ///
-/// Iterate it once, with `for try await`: a subscription has one consumer, and a second iterator ends at once.
-/// The loop ends normally after ``Subscriber/close()``, and throws a ``RedisError`` when the connection closes for good
-/// (a lost connection is re-established and resubscribed; see ``events``) or the server refuses or drops the
-/// subscription. Leaving the loop, cancelling its task or releasing the subscription unsubscribes (when no other
-/// subscription needs the channel).
+/// Read it with `for try await`, one reader at a time: a second iterator while one is reading throws
+/// ``RedisError/Code/invalidArgument`` from `next()` (subscribe again for a second, independent consumer). An
+/// iterator that stops early (`break`, `first(where:)`) keeps the subscription and the messages it had not returned:
+/// the next iterator goes on from there, and ``nextMessage(timeout:)`` reads one message without a loop.
+///
+/// The loop ends normally after ``cancel()``, ``unsubscribe()`` or ``Subscriber/close()``, and throws a
+/// ``RedisError`` when the connection closes for good (a lost connection is re-established and resubscribed; see
+/// ``events()``) or the server refuses or drops the subscription. The subscription ends, and unsubscribes what no
+/// other subscription needs, on ``cancel()`` or ``unsubscribe()``, when the task reading it is cancelled, or when the
+/// last copy of it is released: `for try await message in try await subscriber.subscribe(to: "a") { ... }` ends it
+/// when the loop is left. ``Subscriber/subscribe(to:bufferingPolicy:_:)`` ends it when its closure returns.
 public struct Subscription: AsyncSequence, Sendable {
     /// Each element is one message.
     public typealias Element = Message
+    /// Every error is a ``RedisError``.
+    public typealias Failure = RedisError
 
     let handle: SubscriptionHandle
 
     /// How many messages the buffering policy has dropped so far because the consumer fell behind.
     public var droppedMessageCount: Int { handle.sink.droppedCount }
 
-    /// This subscription's gaps, from now on: ``SubscriptionEvent/disconnected(at:cause:)`` when the connection is
-    /// lost, ``SubscriptionEvent/resubscribed(at:gap:)`` when every channel is confirmed again after the reconnect.
-    /// Each access returns a new sequence (keeping its newest 256 events); it ends when the subscription ends: on
-    /// ``cancel()``, when its loop is left, or when it is released.
+    /// The channels this subscription holds now (confirmed or being confirmed), in the order they were added.
+    public var channels: [RedisName] { names(.channel) }
+    /// The glob patterns this subscription holds now.
+    public var patterns: [RedisName] { names(.pattern) }
+    /// The sharded channels this subscription holds now.
+    public var shardChannels: [RedisName] { names(.shardChannel) }
+
+    /// Whether the server confirmed every channel and pattern and the subscription goes on: `false` while the
+    /// connection is down (between ``SubscriptionEvent/disconnected(at:cause:)`` and
+    /// ``SubscriptionEvent/resubscribed(at:gap:)``), while an addition is not yet confirmed, and once it has ended.
+    public var isSubscribed: Bool { handle.sink.isSubscribed }
+
+    /// Whether the subscription has ended: cancelled, unsubscribed, failed, or its subscriber closed. Its reader gets
+    /// the messages still buffered, then the end.
+    public var hasEnded: Bool { handle.sink.hasEnded }
+
+    private func names(_ kind: SubscriptionKind) -> [RedisName] {
+        handle.sink.keys.filter { $0.kind == kind }.map { RedisName(bytes: $0.name) }
+    }
+
+    /// This subscription's state and gaps: first where it stands now (``SubscriptionEvent/subscribed(at:)``, or the
+    /// last ``SubscriptionEvent/disconnected(at:cause:)`` or ``SubscriptionEvent/resubscribed(at:gap:)``), then every
+    /// change. Each call returns a new sequence (keeping its newest 256 events); it ends when the subscription ends.
     ///
     /// ```swift
-    /// let events = subscription.events   // outside the task, which then does not keep the subscription alive
+    /// let events = subscription.events()   // outside the task, which then does not keep the subscription alive
     /// Task { for await event in events { logger.warning("orders: \(event)") } }
     /// ```
-    public var events: AsyncStream<SubscriptionEvent> { handle.sink.events.stream() }
+    public func events() -> AsyncStream<SubscriptionEvent> { handle.sink.events.stream() }
+
+    /// Adds channels, patterns and sharded channels to this subscription, and returns once the server confirmed
+    /// every one of them: messages published after that are received. Names it holds already are skipped.
+    ///
+    /// While the connection is down, the call waits for the reconnect, up to ``RedisConfiguration/connectTimeout``.
+    ///
+    /// - Throws: ``RedisError``: ``RedisError/Code/permissionDenied`` when an ACL forbids a name (then none of
+    ///   these names is added, and the subscription keeps what it had), ``RedisError/Code/connectionClosed``,
+    ///   ``RedisError/Code/invalidArgument`` when the subscription has ended, ``RedisError/Code/cancelled``.
+    public func add(
+        channels: [any RedisNameConvertible] = [],
+        patterns: [any RedisNameConvertible] = [],
+        shardChannels: [any RedisNameConvertible] = []
+    ) async throws(RedisError) {
+        let keys = ChannelKey.keys(channels: channels, patterns: patterns, shardChannels: shardChannels)
+        guard !keys.isEmpty else { return }
+        let sink = handle.sink
+        let pending = Pending<Void>()
+        try await pending.wait { handle.lifetime.core.execute { $0.addKeys(keys, to: sink, pending) } }
+    }
+
+    /// Removes channels, patterns and sharded channels from this subscription: no message arrives through them from
+    /// now on. Returns once the server acknowledged the unsubscribes this needed (none when another subscription of
+    /// the same ``Subscriber`` still holds a name), or at once when the connection is down.
+    public func remove(
+        channels: [any RedisNameConvertible] = [],
+        patterns: [any RedisNameConvertible] = [],
+        shardChannels: [any RedisNameConvertible] = []
+    ) async {
+        let keys = ChannelKey.keys(channels: channels, patterns: patterns, shardChannels: shardChannels)
+        guard !keys.isEmpty else { return }
+        let sink = handle.sink
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            handle.lifetime.core.execute { $0.removeKeys(keys, from: sink) { continuation.resume() } }
+        }
+    }
+
+    /// The next message, waiting at most `timeout`; `nil` when none arrived in time or the subscription has ended
+    /// (``hasEnded`` tells which). The subscription goes on either way.
+    ///
+    /// ```swift
+    /// while let message = try await subscription.nextMessage(timeout: .seconds(5)) { ... }
+    /// ```
+    ///
+    /// - Throws: as the iterator's `next()`.
+    public func nextMessage(
+        timeout: Duration,
+        isolation actor: isolated (any Actor)? = #isolation
+    ) async throws(RedisError) -> Message? {
+        var iterator = makeAsyncIterator()
+        return try await iterator.next(isolation: actor, until: .now + timeout)
+    }
 
     /// Ends the subscription now: the loop ends (after nothing more), and the channels are unsubscribed when no other
-    /// subscription needs them.
+    /// subscription needs them. Returns at once; ``unsubscribe()`` waits for the server.
     public func cancel() {
         handle.end()
     }
 
-    /// The iterator; the subscription ends when it is released.
+    /// Ends the subscription as ``cancel()`` does, and returns once the server acknowledged the unsubscribes (at
+    /// once when the connection is down): from then on, `PUBLISH` no longer counts this subscription.
+    public func unsubscribe() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            handle.end { continuation.resume() }
+        }
+    }
+
+    /// The iterator. Releasing it keeps the subscription.
     public func makeAsyncIterator() -> Iterator {
         Iterator(handle: handle)
     }
@@ -42,30 +129,42 @@ public struct Subscription: AsyncSequence, Sendable {
     /// Reads messages in batches: one lock per batch, no suspension while messages are buffered.
     public struct Iterator: AsyncIteratorProtocol {
         private let handle: SubscriptionHandle
-        /// Only the first iterator reads (and ends the subscription when released); later ones are empty.
-        private let token: IteratorToken?
-        private var batch = Deque<Message>()
+        /// Holds the right to read and the batch taken from the buffer; `nil` when another iterator reads.
+        private let reader: Reader?
 
         init(handle: SubscriptionHandle) {
             self.handle = handle
-            self.token = handle.claimIterator() ? IteratorToken(handle: handle) : nil
+            self.reader = handle.sink.claimReading() ? Reader(sink: handle.sink) : nil
         }
 
-        /// The next message; `nil` when the subscription ended normally or the task was cancelled.
+        /// The next message; `nil` when the subscription ended normally or the task was cancelled (which ends it).
         ///
-        /// - Throws: ``RedisError`` when the connection closed for good or the server refused or dropped the subscription.
-        public mutating func next() async throws -> Message? {
-            try await next(isolation: nil)
+        /// - Throws: ``RedisError`` when the connection closed for good or the server refused or dropped the
+        ///   subscription, and ``RedisError/Code/invalidArgument`` when another iterator is reading.
+        public mutating func next() async throws(RedisError) -> Message? {
+            try await next(isolation: nil, until: nil)
         }
 
         /// The next message, staying on the caller's actor; see ``next()``.
-        public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws -> Message? {
-            guard token != nil else { return nil }
-            if let message = batch.popFirst() { return message }
+        public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws(RedisError) -> Message? {
+            try await next(isolation: actor, until: nil)
+        }
+
+        mutating func next(
+            isolation actor: isolated (any Actor)?,
+            until deadline: ContinuousClock.Instant?
+        ) async throws(RedisError) -> Message? {
+            guard let reader else {
+                throw RedisError(
+                    .invalidArgument,
+                    "another iterator is reading this subscription: it has one reader at a time (subscribe again "
+                        + "for a second consumer)")
+            }
+            if let message = reader.batch.popFirst() { return message }
             while true {
-                switch handle.sink.take(into: &batch) {
+                switch handle.sink.take(into: &reader.batch) {
                 case .messages:
-                    return batch.popFirst()
+                    return reader.batch.popFirst()
                 case .end(.finished):
                     handle.end()
                     return nil
@@ -77,7 +176,8 @@ public struct Subscription: AsyncSequence, Sendable {
                         handle.end()
                         return nil
                     }
-                    await handle.sink.waitForMessages(isolation: actor)
+                    if let deadline, ContinuousClock.now >= deadline { return nil }
+                    await handle.sink.waitForMessages(isolation: actor, until: deadline)
                 }
             }
         }
@@ -87,11 +187,26 @@ public struct Subscription: AsyncSequence, Sendable {
 @available(*, unavailable, message: "an iterator belongs to the task that iterates")
 extension Subscription.Iterator: Sendable {}
 
-/// Ends the subscription when the iterator goes away (the `for` loop exited).
-final class IteratorToken: Sendable {
-    let handle: SubscriptionHandle
-    init(handle: SubscriptionHandle) { self.handle = handle }
-    deinit { handle.end() }
+/// An iterator's right to read, and the messages it took from the buffer: when the iterator goes away, the right
+/// passes on and the messages it had not returned go back to the front of the buffer.
+final class Reader {
+    let sink: SubscriptionSink
+    var batch = Deque<Message>()
+    init(sink: SubscriptionSink) { self.sink = sink }
+    deinit { sink.releaseReading(returning: batch) }
+}
+
+extension ChannelKey {
+    /// The keys of a channels/patterns/sharded channels triple, in that order.
+    static func keys(
+        channels: [any RedisNameConvertible],
+        patterns: [any RedisNameConvertible],
+        shardChannels: [any RedisNameConvertible]
+    ) -> [ChannelKey] {
+        channels.map { ChannelKey(kind: .channel, name: $0.redisArgument.bytes) }
+            + patterns.map { ChannelKey(kind: .pattern, name: $0.redisArgument.bytes) }
+            + shardChannels.map { ChannelKey(kind: .shardChannel, name: $0.redisArgument.bytes) }
+    }
 }
 
 /// One subscription's registration; ends it (once) when told to or when released.
@@ -99,7 +214,6 @@ final class SubscriptionHandle: Sendable {
     let sink: SubscriptionSink
     let lifetime: SubscriberLifetime
     private let ended = Atomic(false)
-    private let iterated = Atomic(false)
 
     init(sink: SubscriptionSink, lifetime: SubscriberLifetime) {
         self.sink = sink
@@ -108,17 +222,15 @@ final class SubscriptionHandle: Sendable {
 
     deinit { end() }
 
-    /// Whether the caller is the first to iterate.
-    func claimIterator() -> Bool {
-        !iterated.exchange(true, ordering: .acquiringAndReleasing)
-    }
-
-    /// Stops delivery and unsubscribes on the loop. Idempotent.
-    func end() {
-        guard !ended.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    /// Stops delivery and unsubscribes on the loop; `completion` runs once the server acknowledged (at once when
+    /// the subscription had ended already). Idempotent.
+    func end(completion: (@Sendable () -> Void)? = nil) {
+        guard !ended.exchange(true, ordering: .acquiringAndReleasing) else {
+            completion?()
+            return
+        }
         sink.consumerStopped()
         let sink = self.sink
-        lifetime.core.execute { $0.remove(sink) }
+        lifetime.core.execute { $0.remove(sink, completion: completion) }
     }
 }
-

@@ -18,23 +18,64 @@ final class SubscriptionSink: Sendable {
         /// The consumer stopped (cancelled or gone): nothing more is buffered.
         var consumerGone = false
         var dropped = 0
+        /// What the subscription holds (asked for, confirmed or not), in the order it was asked for.
+        var keys: [ChannelKey]
+        /// Every key is confirmed by the server, and the subscription has not ended.
+        var subscribed = false
+        /// Whether an iterator reads right now (one at a time).
+        var iterating = false
+        /// Bumped by every wait, so a late timeout cannot end a later wait.
+        var waitGeneration: UInt64 = 0
     }
 
-    /// What the subscription listens to.
-    let keys: [ChannelKey]
     let policy: BufferingPolicy
     /// Fulfilled when the server acknowledged every key.
     let ready = Pending<Void>()
     /// Gaps in this subscription: disconnected, resubscribed.
     let events = EventBroadcaster<SubscriptionEvent>()
-    private let state = Locked(State())
+    private let state: Locked<State>
 
     init(keys: [ChannelKey], policy: BufferingPolicy) {
-        self.keys = keys
+        var unique = Set<ChannelKey>()
+        self.state = Locked(State(keys: keys.filter { unique.insert($0).inserted }))
         self.policy = policy
     }
 
     var droppedCount: Int { state.withLock { $0.dropped } }
+
+    /// What the subscription holds now.
+    var keys: [ChannelKey] { state.withLock { $0.keys } }
+
+    /// Whether every key is confirmed and the subscription goes on.
+    var isSubscribed: Bool { state.withLock { $0.subscribed && $0.end == nil && !$0.consumerGone } }
+
+    /// Whether the subscription has ended (cancelled, released, failed or closed).
+    var hasEnded: Bool { state.withLock { $0.end != nil || $0.consumerGone } }
+
+    /// Adds `keys` to what the subscription holds; returns those it did not hold yet.
+    func insertKeys(_ keys: [ChannelKey]) -> [ChannelKey] {
+        state.withLock { state in
+            var held = Set(state.keys)
+            let new = keys.filter { held.insert($0).inserted }
+            state.keys += new
+            return new
+        }
+    }
+
+    /// Removes `keys` from what the subscription holds; returns those it held.
+    func removeKeys(_ keys: [ChannelKey]) -> [ChannelKey] {
+        state.withLock { state in
+            let removing = Set(keys)
+            let held = state.keys.filter { removing.contains($0) }
+            state.keys.removeAll { removing.contains($0) }
+            return held
+        }
+    }
+
+    /// Every key confirmed (`true`), or the connection lost (`false`).
+    func setSubscribed(_ subscribed: Bool) {
+        state.withLock { $0.subscribed = subscribed }
+    }
 
     // MARK: Loop side
 
@@ -77,6 +118,7 @@ final class SubscriptionSink: Sendable {
     func finish(_ end: End) {
         let consumer = state.withLock { state -> UnsafeContinuation<Void, Never>? in
             if state.end == nil { state.end = end }
+            state.subscribed = false
             return state.consumer.take()
         }
         consumer?.resume()
@@ -104,16 +146,52 @@ final class SubscriptionSink: Sendable {
         }
     }
 
-    /// Suspends until something is buffered, the subscription ends, or the task is cancelled.
-    func waitForMessages(isolation actor: isolated (any Actor)?) async {
+    /// Claims the right to read: one iterator at a time. Returns `false` when another one reads.
+    func claimReading() -> Bool {
+        state.withLock { state in
+            if state.iterating { return false }
+            state.iterating = true
+            return true
+        }
+    }
+
+    /// An iterator stopped reading: the messages it had taken and not returned go back to the front of the buffer,
+    /// for the next one (unless the subscription ended meanwhile).
+    func releaseReading(returning unread: Deque<Message>) {
+        state.withLock { state in
+            state.iterating = false
+            guard !unread.isEmpty, !state.consumerGone else { return }
+            state.buffer.insert(contentsOf: unread, at: 0)
+        }
+    }
+
+    /// Suspends until something is buffered, the subscription ends, the task is cancelled (which ends the
+    /// subscription), or `deadline` passes.
+    func waitForMessages(isolation actor: isolated (any Actor)?, until deadline: ContinuousClock.Instant? = nil) async {
+        var timer: Task<Void, Never>?
+        defer { timer?.cancel() }  // woken early: the timer task ends now, not at the deadline
         await withTaskCancellationHandler {
             await withUnsafeContinuation(isolation: actor) { (continuation: UnsafeContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state -> Bool in
-                    if !state.buffer.isEmpty || state.end != nil || state.consumerGone { return true }
+                let generation = state.withLock { state -> UInt64? in
+                    if !state.buffer.isEmpty || state.end != nil || state.consumerGone { return nil }
                     state.consumer = continuation
-                    return false
+                    state.waitGeneration &+= 1
+                    return state.waitGeneration
                 }
-                if resumeNow { continuation.resume() }
+                guard let generation else {
+                    continuation.resume()
+                    return
+                }
+                guard let deadline else { return }
+                // Rare (a timed read that found nothing buffered): a task that sleeps, then ends this wait only.
+                timer = Task { [self] in
+                    guard (try? await Task.sleep(until: deadline)) != nil else { return }
+                    let consumer = state.withLock { state -> UnsafeContinuation<Void, Never>? in
+                        guard state.waitGeneration == generation else { return nil }
+                        return state.consumer.take()
+                    }
+                    consumer?.resume()
+                }
             }
         } onCancel: {
             consumerStopped()
@@ -125,6 +203,7 @@ final class SubscriptionSink: Sendable {
     func consumerStopped() {
         let consumer = state.withLock { state in
             state.consumerGone = true
+            state.subscribed = false
             state.buffer.removeAll()
             return state.consumer.take()
         }
