@@ -139,7 +139,7 @@ struct ConnectTests {
         try await Task.sleep(for: .milliseconds(100))
         let time = await elapsed {
             task.cancel()
-            await #expect(throws: CancellationError.self) { _ = try await task.value }
+            await #expect(throws: RedisError(.cancelled, "the task was cancelled")) { _ = try await task.value }
         }
         #expect(time < .seconds(10))  // cancelled, not the 30 s connect timeout
         server.resume()

@@ -79,12 +79,12 @@ struct ExecutorTests {
             withUnsafeCurrentTask { $0?.cancel() }
             return try await publisher.publish("should not be sent", to: channel)
         }
-        await #expect(throws: CancellationError.self) { try await single.value }
+        await #expect(throws: RedisError(.cancelled, "the task was cancelled")) { try await single.value }
         let batch = Task {
             withUnsafeCurrentTask { $0?.cancel() }
             return try await publisher.publish(contentsOf: ["not sent either", "nor this"], to: channel)
         }
-        await #expect(throws: CancellationError.self) { try await batch.value }
+        await #expect(throws: RedisError(.cancelled, "the task was cancelled")) { try await batch.value }
         try await publisher.publish("marker", to: channel)
         #expect(try await collect(subscription, 1).map(\.string) == ["marker"])
         await subscriber.close()

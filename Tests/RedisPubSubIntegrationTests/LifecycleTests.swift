@@ -551,12 +551,14 @@ struct LifecycleTests {
         let first = listener(cancelled)
         cancelled.cancel()
         #expect(await finishes(first))
-        // Leaving the loop.
+        // unsubscribe(), after a loop was left (which keeps the subscription).
         let channel = uniqueName("ch")
         let left = try await subscriber.subscribe(to: channel)
         let second = listener(left)
         try await publisher.publish("one", to: channel)
         for try await _ in left { break }
+        #expect(!left.hasEnded)
+        await left.unsubscribe()
         #expect(await finishes(second))
         // Released without being iterated.
         var released: Subscription? = try await subscriber.subscribe(to: uniqueName("ch"))
@@ -630,7 +632,7 @@ struct LifecycleTests {
         let cancelled = Task { try await connection.sendBlocking("BLPOP", key, 0) }
         try await waitUntil { connection.dedicated.count.busy == 1 }
         cancelled.cancel()
-        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        await #expect(throws: RedisError(.cancelled, "the task was cancelled")) { try await cancelled.value }
         #expect(connection.dedicated.count == (idle: 0, busy: 0))
         // close() ends a blocking call in progress.
         let pending = Task { try await connection.sendBlocking("BLPOP", key, 0) }

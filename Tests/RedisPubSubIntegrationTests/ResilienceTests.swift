@@ -180,7 +180,7 @@ struct ResilienceTests {
         let cancelled = Task { try await patientSubscriber.subscribe(to: "cancelled") }
         try await waitUntil { await patientSubscriber.activeSubscriptionCount() == 1 }  // parked, waiting
         cancelled.cancel()
-        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        await #expect(throws: RedisError(.cancelled, "the task was cancelled")) { try await cancelled.value }
         try await waitUntil { await patientSubscriber.activeSubscriptionCount() == 0 }  // nothing left waiting
         await subscriber.close()
         await patientSubscriber.close()
