@@ -27,6 +27,7 @@ bench-smoke: deps
 ## Unit and integration tests against a private redis-server on a free loopback port.
 test: deps lint-docker
 	$(SWIFT) build --build-tests
+	scripts/check-api-shapes.sh
 	scripts/with-redis.sh $(SWIFT) test --skip-build
 
 ## The whole suite under ThreadSanitizer and AddressSanitizer.

@@ -231,3 +231,98 @@ struct SubscriptionSinkTests {
         #expect(batch.isEmpty)
     }
 }
+
+/// Reshaping a live subscription: additions are requests of their own, confirmed by their own acknowledgements;
+/// removals take only what they name.
+extension PubSubStateMachineTests {
+    /// A live subscription `sink` on `a`, acknowledged.
+    private func live(_ machine: inout Machine, _ sink: FakeSink, _ keys: [ChannelKey]) {
+        let (commands, _) = machine.add(sink, to: keys)
+        for command in commands { _ = machine.acknowledged(command) }
+    }
+
+    @Test func anAdditionSkipsHeldKeysAndIsReportedByItsOwnAcknowledgement() {
+        var machine = Machine()
+        let sink = FakeSink()
+        live(&machine, sink, [a])
+        let (commands, confirmed) = machine.add(sink, to: [a, b], request: 1)
+        #expect(commands.map(\.key) == [b])  // `a` is held: no second SUBSCRIBE, no second registration
+        #expect(!confirmed)
+        #expect(machine.recipients(a).count == 1)
+        #expect(machine.recipients(b).isEmpty)  // nothing on b before its acknowledgement
+        let ack = machine.acknowledged(commands[0])
+        #expect(ack.added == [1])
+        #expect(ack.ready.isEmpty && ack.resubscribed.isEmpty)  // the subscription was live already
+        #expect(machine.recipients(b).map { $0 === sink } == [true])
+    }
+
+    @Test func anAdditionOfChannelsOthersHoldIsConfirmedAtOnce() {
+        var machine = Machine()
+        let other = FakeSink(), sink = FakeSink()
+        live(&machine, other, [b])
+        live(&machine, sink, [a])
+        let (commands, confirmed) = machine.add(sink, to: [b], request: 7)
+        #expect(commands.isEmpty && confirmed)
+        #expect(machine.recipients(b).count == 2)
+    }
+
+    @Test func removingSomeKeysUnsubscribesOnlyThoseNobodyElseHolds() {
+        var machine = Machine()
+        let other = FakeSink(), sink = FakeSink()
+        live(&machine, other, [b])
+        live(&machine, sink, [a, b])
+        let (commands, resubscribed, settled) = machine.remove(sink, someOf: [a, b])
+        #expect(commands.map(\.key) == [a] && commands.allSatisfy { !$0.subscribe })
+        #expect(!resubscribed && settled.isEmpty)
+        #expect(machine.recipients(a).isEmpty)  // at once, before the acknowledgement
+        #expect(machine.recipients(b).map { $0 === other } == [true])
+    }
+
+    @Test func removingWhatAnAdditionWaitsForSettlesIt() {
+        var machine = Machine()
+        let sink = FakeSink()
+        live(&machine, sink, [a])
+        let (commands, _) = machine.add(sink, to: [b], request: 3)
+        let removal = machine.remove(sink, someOf: [b])
+        #expect(removal.settled == [3])
+        #expect(removal.commands.map(\.key) == [b])  // the SUBSCRIBE went out: it is undone
+        #expect(machine.acknowledged(commands[0]).added.isEmpty)  // superseded: confirms nothing
+        #expect(machine.recipients(b).isEmpty)
+    }
+
+    @Test func aResubscriptionWaitingOnlyForRemovedKeysIsReportedByTheRemoval() {
+        var machine = Machine()
+        let sink = FakeSink()
+        live(&machine, sink, [a, b])
+        _ = machine.connectionLost()
+        let again = machine.resubscribeAll()
+        _ = machine.acknowledged(again[0])  // a confirmed; b still waited for
+        let removal = machine.remove(sink, someOf: [b])
+        #expect(removal.resubscribed)  // all it holds now is confirmed: the gap is over
+    }
+
+    @Test func additionsCutOffByALostConnectionAreHandedBackAndForgotten() {
+        var machine = Machine()
+        let sink = FakeSink()
+        live(&machine, sink, [a])
+        _ = machine.add(sink, to: [b], request: 5)
+        #expect(machine.connectionLost().isEmpty)  // the live subscription stays, to be resubscribed
+        let taken = machine.takeAdditions()
+        #expect(taken.map(\.request) == [5])
+        #expect(machine.takeAdditions().isEmpty)
+        let removal = machine.remove(sink, someOf: [b])
+        #expect(removal.commands.isEmpty)  // disconnected: nothing to unsubscribe
+        #expect(machine.resubscribeAll().map(\.key) == [a])
+    }
+
+    @Test func endingASubscriptionForgetsItsAdditions() {
+        var machine = Machine()
+        let sink = FakeSink()
+        live(&machine, sink, [a])
+        let (commands, _) = machine.add(sink, to: [b], request: 9)
+        #expect(Set(machine.remove(sink, from: [a, b]).map(\.key)) == [a, b])
+        #expect(machine.acknowledged(commands[0]).added.isEmpty)
+        #expect(machine.takeAdditions().isEmpty)
+        #expect(machine.sinkCount == 0)
+    }
+}
