@@ -194,8 +194,12 @@ public final class RedisConnection: Sendable {
                 }
             }
             group.addTask {
-                try? await Task.sleep(until: deadline)
-                return .success(false)
+                do {
+                    try await Task.sleep(until: deadline)
+                    return .success(false)
+                } catch {
+                    return .failure(.cancelled)  // the caller's task was cancelled: say so, not "not connected"
+                }
             }
             let first = await group.next() ?? .success(false)
             group.cancelAll()

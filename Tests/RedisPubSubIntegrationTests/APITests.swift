@@ -155,6 +155,95 @@ struct APITests {
         await admin.close()
     }
 
+    // MARK: Reshaping while the server is slow: every call waits for what it asked for
+
+    /// A subscriber that waits long enough for anything here, on a server of its own.
+    private func slowServerPair() async throws -> (RedisServer, Subscriber, RedisConnection) {
+        let server = try RedisServer.start()
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .seconds(30)
+        configuration.connectTimeout = .seconds(30)
+        configuration.healthCheckInterval = nil
+        return (server, try await Subscriber.connect(to: configuration), try await RedisConnection.connect(to: configuration))
+    }
+
+    @Test func aSecondAddOfANameNotYetConfirmedWaitsForItAndIsSubscribedTurnsFalseMeanwhile() async throws {
+        let (server, subscriber, admin) = try await slowServerPair()
+        defer { server.stop() }
+        let subscription = try await subscriber.subscribe(to: "a")
+        server.pause()
+        let first = Task { try await subscription.add(channels: ["x"]) }
+        try await Task.sleep(for: .milliseconds(100))
+        let second = Task { () throws(RedisError) -> ContinuousClock.Instant in
+            try await subscription.add(channels: ["x"])
+            return .now
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!subscription.isSubscribed)  // x is not confirmed
+        let resumed = ContinuousClock.now
+        server.resume()
+        try await first.value
+        #expect(try await second.value >= resumed)  // it did not return before the server confirmed x
+        #expect(subscription.isSubscribed)
+        #expect(try await admin.publish("to x", to: "x") == 1)
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func aCancelledAddIsUndoneOnceTheServerAnswers() async throws {
+        let (server, subscriber, admin) = try await slowServerPair()
+        defer { server.stop() }
+        let subscription = try await subscriber.subscribe(to: "a")
+        server.pause()
+        let adding = Task { try await subscription.add(channels: ["x"]) }
+        try await Task.sleep(for: .milliseconds(100))
+        adding.cancel()
+        await #expect { try await adding.value } throws: { isRedisError($0, .cancelled) }
+        server.resume()
+        try await waitUntil { subscription.channels == ["a"] }
+        try await waitUntil { try await admin.pubsubNumberOfSubscribers(["x"]) == ["x": 0] }
+        #expect(subscription.isSubscribed)
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func aNameRemovedWhileItsAdditionIsInFlightStaysRemovedAcrossAReconnect() async throws {
+        var (server, subscriber, _) = try await slowServerPair()
+        let port = server.port
+        let subscription = try await subscriber.subscribe(to: "a")
+        server.pause()
+        let adding = Task { try await subscription.add(channels: ["x", "y"]) }
+        try await Task.sleep(for: .milliseconds(100))
+        let removing = Task { await subscription.remove(channels: ["x"]) }
+        try await Task.sleep(for: .milliseconds(100))
+        server.stop()  // SIGKILL: the SUBSCRIBE and UNSUBSCRIBE were never answered
+        server = try RedisServer.start(port: port)
+        defer { server.stop() }
+        try await adding.value  // made again after the reconnect, without x
+        await removing.value
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        try await waitUntil { try await admin.pubsubNumberOfSubscribers(["a", "x", "y"]) == ["a": 1, "x": 0, "y": 1] }
+        #expect(subscription.channels == ["a", "y"])
+        #expect(subscription.isSubscribed)
+        await subscription.unsubscribe()
+        #expect(try await admin.pubsubNumberOfSubscribers(["a", "x", "y"]) == ["a": 0, "x": 0, "y": 0])
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func unsubscribeAfterCancelStillWaitsForTheServer() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let channel = uniqueName("cancel-then-wait")
+        for _ in 0..<20 {
+            let subscription = try await subscriber.subscribe(to: channel)
+            subscription.cancel()
+            await subscription.unsubscribe()  // the ending had begun: this waits for it to finish
+            #expect(try await publisher.publish("gone", to: channel) == 0)
+        }
+        await subscriber.close()
+        await publisher.close()
+    }
+
     // MARK: Iteration
 
     @Test func aSecondConcurrentIteratorFailsLoudlyAndADroppedOneKeepsTheSubscription() async throws {

@@ -22,7 +22,7 @@ struct ReadmeExampleTests {
             guard case .success(let order) = result else { print("skipped: \(result)"); continue }
             print("order", order.id, order.total)
             seen.append(order.id)
-            break                                      // the subscription ends when it is released, here
+            break                                      // leaves the loop; the subscription ends at close()
         }
         await subscriber.close()
         await publisher.close()

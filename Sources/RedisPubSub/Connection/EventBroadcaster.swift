@@ -19,8 +19,8 @@ final class EventBroadcaster<Event: Sendable>: Sendable {
     func stream() -> AsyncStream<Event> {
         let (stream, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingNewest(256))
         let id = state.withLock { state -> Int? in
+            guard !state.finished else { return nil }  // ended: nothing stands any more
             if let last = state.last { continuation.yield(last) }  // under the lock: before any later event
-            guard !state.finished else { return nil }
             state.nextID += 1
             state.listeners[state.nextID] = continuation
             return state.nextID

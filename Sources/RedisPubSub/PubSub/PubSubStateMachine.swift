@@ -113,7 +113,10 @@ struct PubSubStateMachine<Sink: AnyObject> {
         for key in keys where seen.insert(key).inserted {
             var channel = channels[key] ?? Channel()
             if request != nil {  // a live subscription (only then can it be registered already)
-                if channel.sinks.contains(where: { $0 === sink }) { continue }
+                if channel.sinks.contains(where: { $0 === sink }) {
+                    if !channel.confirmed { pending.insert(key) }  // held, and being resubscribed: wait for it too
+                    continue
+                }
                 if channel.joining.contains(where: { $0 === sink }) {
                     pending.insert(key)
                     continue
@@ -187,10 +190,35 @@ struct PubSubStateMachine<Sink: AnyObject> {
         additions[request] = nil
     }
 
-    /// Every addition still waiting, forgotten (the connection was lost: the caller removes and replays them).
+    /// Every addition still waiting, forgotten, and its subscription taken off the channels it was still joining
+    /// (the connection was lost: the caller replays the additions after the reconnect).
     mutating func takeAdditions() -> [(request: UInt64, sink: Sink)] {
         defer { additions = [:] }
+        for addition in additions.values {
+            for key in addition.keys {
+                guard var channel = channels[key],
+                      let index = channel.joining.firstIndex(where: { $0 === addition.sink })
+                else { continue }
+                channel.joining.remove(at: index)
+                store(channel, at: key)
+            }
+        }
         return additions.sorted { $0.key < $1.key }.map { ($0.key, $0.value.sink) }
+    }
+
+    /// Whether `sink` waits for the acknowledgements of a first subscribe or a resubscription.
+    func isWaiting(_ sink: Sink) -> Bool {
+        waiting[ObjectIdentifier(sink)] != nil
+    }
+
+    /// Every registered subscription, each once (listening or joining somewhere).
+    func allSinks() -> [Sink] {
+        var seen = Set<ObjectIdentifier>()
+        var all: [Sink] = []
+        for channel in channels.values {
+            for sink in channel.everyone where seen.insert(ObjectIdentifier(sink)).inserted { all.append(sink) }
+        }
+        return all
     }
 
     private mutating func unregister(_ sink: Sink, from keys: [ChannelKey]) -> [Command] {

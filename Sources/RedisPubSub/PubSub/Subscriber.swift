@@ -13,9 +13,9 @@ import Synchronization
 ///
 /// `subscribe` returns once the server acknowledged every channel, so a message published after it returns is
 /// received. Channels are reference-counted: two subscriptions to one channel both get every message, and the server
-/// is told to unsubscribe only when the last of them ends. A subscription ends, and unsubscribes, when its `for` loop
-/// exits, when its task is cancelled, or when it is released (see ``Subscription`` for the rules), or when the closure
-/// of ``subscribe(to:bufferingPolicy:isolation:_:)`` returns.
+/// is told to unsubscribe only when the last of them ends. A subscription ends, and unsubscribes, on
+/// ``Subscription/cancel()`` or ``Subscription/unsubscribe()``, when the task reading it is cancelled, when it is
+/// released, or when the closure of ``subscribe(to:bufferingPolicy:isolation:_:)`` returns (see ``Subscription``).
 public final class Subscriber: Sendable {
     let lifetime: SubscriberLifetime
 

@@ -27,10 +27,17 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     private var nextAddition: UInt64 = 0
     private struct Addition {
         let sink: SubscriptionSink
+        /// Every key the caller asked for: it waits for all of them to be confirmed.
         var keys: [ChannelKey]
+        /// The keys this addition put on the subscription: taken out again if it fails or its caller left.
+        var introduced: [ChannelKey]
         let pending: Pending<Void>
         var timer: LoopTimer?
     }
+    /// Subscriptions told `disconnected` and not yet `resubscribed`.
+    private var owesResubscribed = Set<ObjectIdentifier>()
+    /// `close()` began: nothing new is subscribed.
+    private var closing = false
     /// The last routed channel (or pattern): its interned name and recipients, so a burst on one channel costs no
     /// hashing and no channel-name allocation. Cleared whenever the registry changes.
     private var routeCache: (kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
@@ -51,9 +58,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     func add(_ sink: SubscriptionSink) {
         connection.loop.assertInLoop()
-        if let closedError {
-            sink.ready.fail(closedError)
-            sink.finish(.failed(closedError))
+        if let error = closedError ?? (closing ? Self.closingError : nil) {
+            sink.ready.fail(error)
+            sink.finish(.failed(error))
             return
         }
         if lostError != nil {
@@ -71,6 +78,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     func remove(_ sink: SubscriptionSink, completion: (@Sendable () -> Void)? = nil) {
         connection.loop.assertInLoop()
         settleAdditions(of: sink, RedisError(.invalidArgument, "the subscription ended before the server confirmed"))
+        owesResubscribed.remove(ObjectIdentifier(sink))  // an identifier may be reused by a later subscription
         if let index = parked.firstIndex(where: { $0.sink === sink }) {
             parked.remove(at: index).timer.cancel()
             completion?()
@@ -89,18 +97,22 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     // MARK: Reshaping a live subscription (loop)
 
+    static let closingError = RedisError(.connectionClosed, "the subscriber is closing: close() was called")
+
     /// Adds `keys` to a live subscription; `pending` succeeds once the server confirmed every one of them.
     func addKeys(_ keys: [ChannelKey], to sink: SubscriptionSink, _ pending: Pending<Void>) {
         connection.loop.assertInLoop()
-        if let closedError { return pending.fail(closedError) }
+        if let error = closedError ?? (closing ? Self.closingError : nil) { return pending.fail(error) }
         guard !sink.hasEnded else {
             return pending.fail(RedisError(.invalidArgument, "the subscription has ended: subscribe again"))
         }
-        let new = sink.insertKeys(keys)
-        guard !new.isEmpty else { return pending.succeed(()) }
+        var unique = Set<ChannelKey>()
+        let keys = keys.filter { unique.insert($0).inserted }
+        let introduced = sink.insertKeys(keys)
         nextAddition += 1
-        additions[nextAddition] = Addition(sink: sink, keys: new, pending: pending)
+        additions[nextAddition] = Addition(sink: sink, keys: keys, introduced: introduced, pending: pending)
         if lostError != nil {
+            sink.setSubscribed(false)
             parkAddition(nextAddition)
         } else {
             apply(nextAddition)
@@ -110,10 +122,15 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// Sends an addition's SUBSCRIBEs (those the connection is not subscribed to already).
     private func apply(_ request: UInt64) {
         guard let addition = additions[request] else { return }
+        if addition.pending.isFinished { return finish(request, .failure(.cancelled)) }  // its caller left
         routeCache = nil
         let (commands, confirmed) = machine.add(addition.sink, to: addition.keys, request: request)
         send(commands)
-        if confirmed { additions.removeValue(forKey: request)?.pending.succeed(()) }
+        if confirmed {
+            finish(request, .success(()))
+        } else {
+            addition.sink.setSubscribed(false)
+        }
     }
 
     /// An addition made (or cut off) while the connection is down waits for the reconnect, up to the connect timeout,
@@ -121,14 +138,56 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     private func parkAddition(_ request: UInt64) {
         let limit = connection.configuration.connectTimeout
         additions[request]?.timer = connection.loop.scheduleTimer(at: .now + limit) { [self] in
-            guard let addition = additions.removeValue(forKey: request) else { return }
-            _ = addition.sink.removeKeys(addition.keys)
             let cause = lostError.map { ": \($0.message)" } ?? ""
-            addition.pending.fail(RedisError(.connectionClosed, "not connected: still reconnecting after \(limit)\(cause)"))
+            finish(request, .failure(RedisError(.connectionClosed, "not connected: still reconnecting after \(limit)\(cause)")))
         }
     }
 
-    /// Fails every addition of `sink` (it ended, or the connection closed for good).
+    /// Settles an addition: on success its caller returns (unless it left: then it is undone); on failure what it
+    /// introduced is taken out, and its caller learns of it once the server acknowledged that.
+    private func finish(_ request: UInt64, _ outcome: Result<Void, RedisError>) {
+        guard let addition = additions.removeValue(forKey: request) else { return }
+        addition.timer?.cancel()
+        machine.forgetAddition(request)
+        let sink = addition.sink
+        if case .success = outcome, !addition.pending.isFinished {
+            updateSubscribed(sink)  // first: the caller may look at `isSubscribed` as soon as it resumes
+            addition.pending.succeed(())
+            return
+        }
+        let failure: RedisError
+        if case .failure(let error) = outcome { failure = error } else { failure = .cancelled }
+        let held = sink.removeKeys(addition.introduced)
+        let pending = addition.pending
+        guard !held.isEmpty else {
+            pending.fail(failure)
+            return updateSubscribed(sink)
+        }
+        routeCache = nil
+        let (commands, resubscribed, settled) = machine.remove(sink, someOf: held)
+        if resubscribed { reportResubscribed([sink]) }
+        send(commands) { pending.fail(failure) }
+        for other in settled { finish(other, .success(())) }
+        updateSubscribed(sink)
+    }
+
+    /// Whether `sink` waits for nothing: no addition and no resubscription under way.
+    private func isSettled(_ sink: SubscriptionSink) -> Bool {
+        lostError == nil && !machine.isWaiting(sink) && !additions.values.contains { $0.sink === sink }
+    }
+
+    /// After an addition or a removal: a subscription that waits for nothing more is subscribed, and one that owed
+    /// its `resubscribed` event (its gap ended through additions, not a resubscription) gets it now.
+    private func updateSubscribed(_ sink: SubscriptionSink) {
+        guard isSettled(sink) else { return }
+        if owesResubscribed.contains(ObjectIdentifier(sink)) {
+            reportResubscribed([sink])
+        } else if !sink.hasEnded {
+            sink.setSubscribed(true)
+        }
+    }
+
+    /// Fails every addition of `sink` (it ended, or the connection closed for good), without undoing anything.
     private func settleAdditions(of sink: SubscriptionSink?, _ error: RedisError) {
         for (request, addition) in additions where sink == nil || addition.sink === sink {
             additions[request] = nil
@@ -138,30 +197,31 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         }
     }
 
-    /// Removes `keys` from a live subscription: its messages on them stop at once; `completion` runs once the server
-    /// acknowledged the UNSUBSCRIBEs that nobody else's need kept from being sent (at once when there are none).
+    /// Removes `keys` from a live subscription: nothing more is routed to it from them; `completion` runs once the
+    /// server acknowledged the UNSUBSCRIBEs that nobody else's need kept from being sent (at once when there are none).
     func removeKeys(_ keys: [ChannelKey], from sink: SubscriptionSink, completion: @escaping @Sendable () -> Void) {
         connection.loop.assertInLoop()
         let held = sink.removeKeys(keys)
         guard !held.isEmpty, closedError == nil else { return completion() }
         routeCache = nil
         let removed = Set(held)
-        // Additions still waiting for the reconnect simply lose these keys.
-        for (request, var addition) in additions where addition.sink === sink && addition.timer != nil {
+        // Additions (parked or in flight) stop waiting for these keys, and no longer own them.
+        var emptied: [UInt64] = []
+        for (request, var addition) in additions where addition.sink === sink {
             addition.keys.removeAll { removed.contains($0) }
-            if addition.keys.isEmpty {
-                additions[request] = nil
-                addition.timer?.cancel()
-                addition.pending.succeed(())
-            } else {
-                additions[request] = addition
-            }
+            addition.introduced.removeAll { removed.contains($0) }
+            additions[request] = addition
+            if addition.keys.isEmpty { emptied.append(request) }
         }
-        if parked.contains(where: { $0.sink === sink }) { return completion() }  // not registered yet: keys suffice
+        if parked.contains(where: { $0.sink === sink }) {  // not registered yet: its keys are all there is
+            for request in emptied { finish(request, .success(())) }
+            return completion()
+        }
         let (commands, resubscribed, settled) = machine.remove(sink, someOf: held)
-        for request in settled { additions.removeValue(forKey: request)?.pending.succeed(()) }
         if resubscribed { reportResubscribed([sink]) }
-        send(commands, completion: completion)
+        for request in Set(emptied + settled).sorted() { finish(request, .success(())) }
+        updateSubscribed(sink)
+        send(commands, completion: completion)  // last: with nothing to send, `completion` runs at once
     }
 
     /// `PING` on the subscriber connection (answered in order with everything else on it).
@@ -196,6 +256,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// `close()`: unsubscribe everything, let the acknowledgements (and the messages before them) arrive, close.
     func close(_ completion: @escaping @Sendable () -> Void) {
         connection.loop.assertInLoop()
+        closing = true
         routeCache = nil
         send(machine.unsubscribeAll())
         connection.close(completion)
@@ -224,8 +285,8 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         guard !sinks.isEmpty else { return }
         let date = Date()
         let gap = lostAt.map { ContinuousClock.now - $0 } ?? .zero
-        for sink in sinks {
-            sink.setSubscribed(true)
+        for sink in sinks where owesResubscribed.remove(ObjectIdentifier(sink)) != nil {
+            sink.setSubscribed(!additions.values.contains { $0.sink === sink })
             sink.events.send(.resubscribed(at: date, gap: gap))
         }
     }
@@ -247,28 +308,19 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             let (ready, resubscribed, added) = machine.acknowledged(command)
             for sink in ready { self.ready(sink) }
             reportResubscribed(resubscribed)
-            for request in added { additions.removeValue(forKey: request)?.pending.succeed(()) }
+            for request in added { finish(request, .success(())) }
         case .failure(let error) where error.code == .timeout:
             // The server may still act on the command later: only a new connection is certain of its state.
             connection.closeNow(error)
         case .failure(let error) where error.code == .connectionClosed:
             break  // the connection is gone: `connectionLost` or `connectionClosed` handles everything
         case .failure(let error):
-            // An error reply (an ACL's NOPERM, say): the channel is not subscribed. A subscription that was adding it
-            // keeps what it had and its `add` call fails; the others fail.
+            // An error reply (an ACL's NOPERM, say): the channel is not subscribed. Additions waiting for it fail
+            // and are undone (their subscription keeps what it had); a subscription that held it otherwise fails.
             for sink in machine.refused(command) {
-                if let (request, addition) = additions.first(where: { $0.value.sink === sink && $0.value.keys.contains(command.key) }) {
-                    additions[request] = nil
-                    machine.forgetAddition(request)
-                    _ = sink.removeKeys(addition.keys)
-                    let others = addition.keys.filter { $0 != command.key }
-                    let (commands, resubscribed, _) = machine.remove(sink, someOf: others)
-                    send(commands)
-                    if resubscribed { reportResubscribed([sink]) }
-                    addition.pending.fail(error)
-                } else {
-                    fail(sink, error)
-                }
+                let waiting = additions.filter { $0.value.sink === sink && $0.value.keys.contains(command.key) }
+                for request in waiting.keys.sorted() { finish(request, .failure(error)) }
+                if sink.keys.contains(command.key) { fail(sink, error) }
             }
         }
     }
@@ -276,6 +328,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     private func fail(_ sink: SubscriptionSink, _ error: RedisError) {
         routeCache = nil
         settleAdditions(of: sink, error)
+        owesResubscribed.remove(ObjectIdentifier(sink))
         sink.ready.fail(error)
         sink.finish(.failed(error))
         send(machine.remove(sink, from: sink.keys))
@@ -373,19 +426,18 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         lostError = error
         lostAt = .now
         // Subscriptions not yet confirmed start again after the reconnect (their `subscribe` call still waits); the
-        // others are resubscribed then. So are additions not yet confirmed (their keys are taken out, then replayed).
-        for sink in machine.connectionLost() { park(sink) }
-        for (request, sink) in machine.takeAdditions() {
-            guard let addition = additions[request] else { continue }
-            _ = machine.remove(sink, someOf: addition.keys)  // no UNSUBSCRIBE while disconnected
-            parkAddition(request)
-        }
-        var notified = Set<ObjectIdentifier>()
-        for key in machine.channels.keys {
-            for sink in machine.recipients(key) where notified.insert(ObjectIdentifier(sink)).inserted {
-                sink.setSubscribed(false)
-                sink.events.send(.disconnected(at: date, cause: error))
-            }
+        // others are resubscribed then, and each is told it is deaf (also one that held only names being added).
+        // Additions not yet confirmed wait for the reconnect and are made again then.
+        let live = machine.allSinks()
+        let dropped = Set(machine.connectionLost().map { sink in
+            park(sink)
+            return ObjectIdentifier(sink)
+        })
+        for (request, _) in machine.takeAdditions() { parkAddition(request) }
+        for sink in live where !dropped.contains(ObjectIdentifier(sink)) {
+            owesResubscribed.insert(ObjectIdentifier(sink))
+            sink.setSubscribed(false)
+            sink.events.send(.disconnected(at: date, cause: error))
         }
     }
 
@@ -411,6 +463,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         routeCache = nil
         closedError = error ?? RedisError(.connectionClosed, "the subscriber was closed by close()")
         settleAdditions(of: nil, closedError!)
+        owesResubscribed = []
         let waiting = parked
         parked = []
         for (sink, timer) in waiting {

@@ -37,8 +37,9 @@ public struct Subscription: AsyncSequence, Sendable {
     /// ``SubscriptionEvent/resubscribed(at:gap:)``), while an addition is not yet confirmed, and once it has ended.
     public var isSubscribed: Bool { handle.sink.isSubscribed }
 
-    /// Whether the subscription has ended: cancelled, unsubscribed, failed, or its subscriber closed. Its reader gets
-    /// the messages still buffered, then the end.
+    /// Whether the subscription has ended: cancelled, unsubscribed, released, failed, or its subscriber closed. After a
+    /// failure or ``Subscriber/close()`` its reader still gets the messages buffered, then the end; after the others
+    /// the buffer is dropped.
     public var hasEnded: Bool { handle.sink.hasEnded }
 
     private func names(_ kind: SubscriptionKind) -> [RedisName] {
@@ -56,13 +57,17 @@ public struct Subscription: AsyncSequence, Sendable {
     public func events() -> AsyncStream<SubscriptionEvent> { handle.sink.events.stream() }
 
     /// Adds channels, patterns and sharded channels to this subscription, and returns once the server confirmed
-    /// every one of them: messages published after that are received. Names it holds already are skipped.
+    /// every one of them: messages published after that are received. Names it holds already are not subscribed
+    /// again (the call still waits for them if they are not confirmed yet).
     ///
     /// While the connection is down, the call waits for the reconnect, up to ``RedisConfiguration/connectTimeout``.
+    /// A call that fails or is cancelled leaves the subscription holding what it held before (names it added are
+    /// taken out again once the server has answered).
     ///
     /// - Throws: ``RedisError``: ``RedisError/Code/permissionDenied`` when an ACL forbids a name (then none of
     ///   these names is added, and the subscription keeps what it had), ``RedisError/Code/connectionClosed``,
     ///   ``RedisError/Code/invalidArgument`` when the subscription has ended, ``RedisError/Code/cancelled``.
+    ///   Messages that arrived through a name before its addition failed stay in the buffer.
     public func add(
         channels: [any RedisNameConvertible] = [],
         patterns: [any RedisNameConvertible] = [],
@@ -75,9 +80,10 @@ public struct Subscription: AsyncSequence, Sendable {
         try await pending.wait { handle.lifetime.core.execute { $0.addKeys(keys, to: sink, pending) } }
     }
 
-    /// Removes channels, patterns and sharded channels from this subscription: no message arrives through them from
-    /// now on. Returns once the server acknowledged the unsubscribes this needed (none when another subscription of
-    /// the same ``Subscriber`` still holds a name), or at once when the connection is down.
+    /// Removes channels, patterns and sharded channels from this subscription: nothing more is buffered from them
+    /// (what is buffered already is still read). Returns once the server acknowledged the unsubscribes this needed
+    /// (none when another subscription of the same ``Subscriber`` still holds a name), or at once when the connection
+    /// is down.
     public func remove(
         channels: [any RedisNameConvertible] = [],
         patterns: [any RedisNameConvertible] = [],
@@ -92,7 +98,8 @@ public struct Subscription: AsyncSequence, Sendable {
     }
 
     /// The next message, waiting at most `timeout`; `nil` when none arrived in time or the subscription has ended
-    /// (``hasEnded`` tells which). The subscription goes on either way.
+    /// (``hasEnded`` tells which). A timeout keeps the subscription; cancelling the calling task ends it, as for the
+    /// iterator.
     ///
     /// ```swift
     /// while let message = try await subscription.nextMessage(timeout: .seconds(5)) { ... }
@@ -103,9 +110,35 @@ public struct Subscription: AsyncSequence, Sendable {
         timeout: Duration,
         isolation actor: isolated (any Actor)? = #isolation
     ) async throws(RedisError) -> Message? {
-        var iterator = makeAsyncIterator()
-        return try await iterator.next(isolation: actor, until: .now + timeout)
+        let sink = handle.sink
+        guard sink.claimReading() else { throw Self.anotherReader }
+        defer { sink.releaseReading(returning: []) }
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            switch sink.takeOne() {
+            case .message(let message):
+                return message
+            case .end(.finished):
+                handle.end()
+                return nil
+            case .end(.failed(let error)):
+                handle.end()
+                throw error
+            case .empty:
+                if Task.isCancelled {
+                    handle.end()
+                    return nil
+                }
+                if ContinuousClock.now >= deadline { return nil }
+                await sink.waitForMessages(isolation: actor, until: deadline)
+            }
+        }
     }
+
+    static let anotherReader = RedisError(
+        .invalidArgument,
+        "another iterator is reading this subscription: it has one reader at a time (subscribe again for a second "
+            + "consumer)")
 
     /// Ends the subscription now: the loop ends (after nothing more), and the channels are unsubscribed when no other
     /// subscription needs them. Returns at once; ``unsubscribe()`` waits for the server.
@@ -129,12 +162,11 @@ public struct Subscription: AsyncSequence, Sendable {
     /// Reads messages in batches: one lock per batch, no suspension while messages are buffered.
     public struct Iterator: AsyncIteratorProtocol {
         private let handle: SubscriptionHandle
-        /// Holds the right to read and the batch taken from the buffer; `nil` when another iterator reads.
-        private let reader: Reader?
+        /// The right to read and the batch taken from the buffer, claimed by the first `next()`.
+        private var reader: Reader?
 
         init(handle: SubscriptionHandle) {
             self.handle = handle
-            self.reader = handle.sink.claimReading() ? Reader(sink: handle.sink) : nil
         }
 
         /// The next message; `nil` when the subscription ended normally or the task was cancelled (which ends it).
@@ -142,24 +174,16 @@ public struct Subscription: AsyncSequence, Sendable {
         /// - Throws: ``RedisError`` when the connection closed for good or the server refused or dropped the
         ///   subscription, and ``RedisError/Code/invalidArgument`` when another iterator is reading.
         public mutating func next() async throws(RedisError) -> Message? {
-            try await next(isolation: nil, until: nil)
+            try await next(isolation: nil)
         }
 
         /// The next message, staying on the caller's actor; see ``next()``.
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws(RedisError) -> Message? {
-            try await next(isolation: actor, until: nil)
-        }
-
-        mutating func next(
-            isolation actor: isolated (any Actor)?,
-            until deadline: ContinuousClock.Instant?
-        ) async throws(RedisError) -> Message? {
-            guard let reader else {
-                throw RedisError(
-                    .invalidArgument,
-                    "another iterator is reading this subscription: it has one reader at a time (subscribe again "
-                        + "for a second consumer)")
+            if reader == nil {
+                guard handle.sink.claimReading() else { throw Subscription.anotherReader }
+                reader = Reader(sink: handle.sink)
             }
+            let reader = self.reader!
             if let message = reader.batch.popFirst() { return message }
             while true {
                 switch handle.sink.take(into: &reader.batch) {
@@ -176,8 +200,7 @@ public struct Subscription: AsyncSequence, Sendable {
                         handle.end()
                         return nil
                     }
-                    if let deadline, ContinuousClock.now >= deadline { return nil }
-                    await handle.sink.waitForMessages(isolation: actor, until: deadline)
+                    await handle.sink.waitForMessages(isolation: actor)
                 }
             }
         }
@@ -211,9 +234,16 @@ extension ChannelKey {
 
 /// One subscription's registration; ends it (once) when told to or when released.
 final class SubscriptionHandle: Sendable {
+    private enum State {
+        case live
+        /// Unsubscribing: these run once the loop has done it.
+        case ending([@Sendable () -> Void])
+        case ended
+    }
+
     let sink: SubscriptionSink
     let lifetime: SubscriberLifetime
-    private let ended = Atomic(false)
+    private let state = Locked(State.live)
 
     init(sink: SubscriptionSink, lifetime: SubscriberLifetime) {
         self.sink = sink
@@ -222,15 +252,38 @@ final class SubscriptionHandle: Sendable {
 
     deinit { end() }
 
-    /// Stops delivery and unsubscribes on the loop; `completion` runs once the server acknowledged (at once when
-    /// the subscription had ended already). Idempotent.
+    /// Stops delivery and unsubscribes on the loop; `completion` runs once the server acknowledged the unsubscribes
+    /// (also when another caller started the ending). Idempotent.
     func end(completion: (@Sendable () -> Void)? = nil) {
-        guard !ended.exchange(true, ordering: .acquiringAndReleasing) else {
+        let first = state.withLock { state -> Bool? in
+            switch state {
+            case .live:
+                state = .ending(completion.map { [$0] } ?? [])
+                return true
+            case .ending(let waiting):
+                if let completion { state = .ending(waiting + [completion]) }
+                return false
+            case .ended:
+                return nil
+            }
+        }
+        guard let first else {
             completion?()
             return
         }
+        guard first else { return }
         sink.consumerStopped()
         let sink = self.sink
-        lifetime.core.execute { $0.remove(sink, completion: completion) }
+        let state = self.state  // not `self`: this may run from `deinit`
+        lifetime.core.execute {
+            $0.remove(sink) {
+                let waiting = state.withLock { state -> [@Sendable () -> Void] in
+                    defer { state = .ended }
+                    if case .ending(let waiting) = state { return waiting }
+                    return []
+                }
+                for completion in waiting { completion() }
+            }
+        }
     }
 }

@@ -133,6 +133,22 @@ final class SubscriptionSink: Sendable {
         case empty
     }
 
+    enum TakeOne {
+        case message(Message)
+        case end(End)
+        case empty
+    }
+
+    /// The oldest buffered message (a read of one message at a time: ``Subscription/nextMessage(timeout:)``).
+    func takeOne() -> TakeOne {
+        state.withLock { state in
+            if let message = state.buffer.popFirst() { return .message(message) }
+            if state.consumerGone { return .end(.finished) }
+            if let end = state.end { return .end(end) }
+            return .empty
+        }
+    }
+
     /// Moves every buffered message into `batch` (which must be empty) in O(1).
     func take(into batch: inout Deque<Message>) -> Take {
         state.withLock { state in
@@ -161,7 +177,27 @@ final class SubscriptionSink: Sendable {
         state.withLock { state in
             state.iterating = false
             guard !unread.isEmpty, !state.consumerGone else { return }
-            state.buffer.insert(contentsOf: unread, at: 0)
+            if state.buffer.isEmpty {
+                state.buffer = unread
+            } else {
+                state.buffer.insert(contentsOf: unread, at: 0)
+            }
+            // Together they may exceed the policy's bound: drop as it would have.
+            switch policy.base {
+            case .unbounded: break
+            case .newest(let limit):
+                let excess = state.buffer.count - limit
+                if excess > 0 {
+                    state.buffer.removeFirst(excess)
+                    state.dropped += excess
+                }
+            case .oldest(let limit):
+                let excess = state.buffer.count - limit
+                if excess > 0 {
+                    state.buffer.removeLast(excess)
+                    state.dropped += excess
+                }
+            }
         }
     }
 
