@@ -17,7 +17,8 @@ else
 fi
 
 work=".build/docs-check"
-rm -rf "$work"
+# The symbol graphs stay: a second run whose build has nothing to do emits none, and reuses them.
+rm -rf "$work/graphs" "$work/archive"
 mkdir -p "$work/all" "$work/graphs"
 "$SWIFT" build --target RedisPubSub \
     -Xswiftc -emit-symbol-graph -Xswiftc -emit-symbol-graph-dir -Xswiftc "$PWD/$work/all"

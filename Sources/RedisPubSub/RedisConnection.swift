@@ -17,7 +17,7 @@ public import Logging
 /// The connection is supervised: an idle one is checked with a PING (``RedisConfiguration/healthCheckInterval``), and
 /// one whose server stopped answering is declared dead and replaced. A lost connection is re-established per
 /// ``RedisConfiguration/reconnect`` (commands in flight at that moment fail with
-/// ``RedisError/Code/connectionClosed``; ``events`` reports the changes). A connection that is released without
+/// ``RedisError/Code/connectionClosed``; ``events()`` reports the changes). A connection that is released without
 /// ``close()`` closes itself.
 public final class RedisConnection: Sendable {
     let core: ConnectionCore

@@ -4,8 +4,8 @@ public import FoundationEssentials
 public import Foundation
 #endif
 
-/// A change in a connection's state, for ``RedisConnection/events``, ``Publisher/events`` and
-/// ``Subscriber/events``.
+/// A change in a connection's state, for ``RedisConnection/events()``, ``Publisher/events()`` and
+/// ``Subscriber/events()``.
 public enum ConnectionEvent: Sendable, Hashable, CustomStringConvertible {
     /// The first connection (and handshake) succeeded.
     case connected(at: Date)

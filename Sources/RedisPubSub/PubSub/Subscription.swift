@@ -6,14 +6,14 @@ import Synchronization
 /// Read it with `for try await`, one reader at a time: a second iterator while one is reading throws
 /// ``RedisError/Code/invalidArgument`` from `next()` (subscribe again for a second, independent consumer). An
 /// iterator that stops early (`break`, `first(where:)`) keeps the subscription and the messages it had not returned:
-/// the next iterator goes on from there, and ``nextMessage(timeout:)`` reads one message without a loop.
+/// the next iterator goes on from there, and ``nextMessage(timeout:isolation:)`` reads one message without a loop.
 ///
 /// The loop ends normally after ``cancel()``, ``unsubscribe()`` or ``Subscriber/close()``, and throws a
 /// ``RedisError`` when the connection closes for good (a lost connection is re-established and resubscribed; see
 /// ``events()``) or the server refuses or drops the subscription. The subscription ends, and unsubscribes what no
 /// other subscription needs, on ``cancel()`` or ``unsubscribe()``, when the task reading it is cancelled, or when the
 /// last copy of it is released: `for try await message in try await subscriber.subscribe(to: "a") { ... }` ends it
-/// when the loop is left. ``Subscriber/subscribe(to:bufferingPolicy:_:)`` ends it when its closure returns.
+/// when the loop is left. ``Subscriber/subscribe(to:bufferingPolicy:isolation:_:)`` ends it when its closure returns.
 public struct Subscription: AsyncSequence, Sendable {
     /// Each element is one message.
     public typealias Element = Message
