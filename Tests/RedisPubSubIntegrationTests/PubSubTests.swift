@@ -230,7 +230,8 @@ struct PubSubTests {
         let steady = uniqueName("steady")
         let subscription = try await subscriber.subscribe(to: steady)
         let total = 5_000
-        let consumer = Task { try await collect(subscription, total).map(\.string) }
+        // A generous bound: 5,000 publishes under a sanitizer, beside the rest of the suite, can take 20 s.
+        let consumer = Task { try await collect(subscription, total, timeout: .seconds(90)).map(\.string) }
         let churn = Task {
             for round in 0..<300 {
                 let other = try await subscriber.subscribe(to: steady + ":\(round % 7)", steady)

@@ -9,11 +9,13 @@ func collect(
     timeout: Duration = .seconds(20),
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws -> [Message] {
-    try await withThrowingTaskGroup(of: [Message]?.self) { group in
+    let received = Locked(0)
+    return try await withThrowingTaskGroup(of: [Message]?.self) { group in
         group.addTask {
             var messages: [Message] = []
             for try await message in subscription {
                 messages.append(message)
+                received.withLock { $0 = messages.count }
                 if messages.count == count { break }
             }
             return messages
@@ -25,7 +27,10 @@ func collect(
         let first = try await group.next()!
         group.cancelAll()
         guard let messages = first else {
-            Issue.record("timed out waiting for \(count) messages", sourceLocation: sourceLocation)
+            let got = received.withLock { $0 }
+            Issue.record(
+                "timed out waiting for \(count) messages (\(got) received, \(subscription.droppedMessageCount) dropped)",
+                sourceLocation: sourceLocation)
             return []
         }
         return messages
