@@ -207,6 +207,41 @@ struct APITests {
         await admin.close()
     }
 
+    @Test func aRetriedAddAfterACancelledOneKeepsTheName() async throws {
+        let (server, subscriber, admin) = try await slowServerPair()
+        defer { server.stop() }
+        let subscription = try await subscriber.subscribe(to: "a")
+        server.pause()
+        let cancelled = Task { try await subscription.add(channels: ["b"]) }
+        try await Task.sleep(for: .milliseconds(100))
+        cancelled.cancel()
+        await #expect { try await cancelled.value } throws: { isRedisError($0, .cancelled) }
+        let retried = Task { try await subscription.add(channels: ["b"]) }  // waits for the same SUBSCRIBE
+        try await Task.sleep(for: .milliseconds(100))
+        server.resume()
+        try await retried.value
+        #expect(subscription.channels == ["a", "b"])  // undoing the cancelled one did not take b from the retry
+        #expect(try await admin.pubsubNumberOfSubscribers(["b"]) == ["b": 1])
+        #expect(subscription.isSubscribed)
+        await subscriber.close()
+        await admin.close()
+    }
+
+    @Test func aSubscriptionThatRemovedEveryNameStillEndsOnClose() async throws {
+        let (subscriber, publisher) = try await pubSubPair()
+        let subscription = try await subscriber.subscribe(to: uniqueName("all-removed"))
+        await subscription.remove(channels: subscription.channels)
+        #expect(subscription.channels.isEmpty && !subscription.hasEnded)
+        let reader = Task { () -> Void in
+            for try await _ in subscription {}
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        await subscriber.close()
+        #expect(await finishes(Task { _ = await reader.result }))  // the loop ended, it did not wait forever
+        #expect(subscription.hasEnded)
+        await publisher.close()
+    }
+
     @Test func aNameRemovedWhileItsAdditionIsInFlightStaysRemovedAcrossAReconnect() async throws {
         var (server, subscriber, _) = try await slowServerPair()
         let port = server.port

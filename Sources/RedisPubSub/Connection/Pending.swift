@@ -42,11 +42,14 @@ final class Pending<Value: Sendable>: Sendable {
         return try result.get()
     }
 
-    func succeed(_ value: Value) { resume(.success(value)) }
+    /// Delivers `value`; returns `false` when the result was decided already (the waiter was cancelled, say).
+    @discardableResult
+    func succeed(_ value: Value) -> Bool { resume(.success(value)) }
 
     func fail(_ error: RedisError) { resume(.failure(error)) }
 
-    private func resume(_ result: Result<Value, RedisError>) {
+    @discardableResult
+    private func resume(_ result: Result<Value, RedisError>) -> Bool {
         let continuation = state.withLock { state -> UnsafeContinuation<Result<Value, RedisError>, Never>? in
             switch state {
             case .initial:
@@ -60,5 +63,6 @@ final class Pending<Value: Sendable>: Sendable {
             }
         }
         continuation?.resume(returning: result)
+        return continuation != nil
     }
 }

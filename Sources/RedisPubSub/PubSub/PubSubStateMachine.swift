@@ -211,16 +211,6 @@ struct PubSubStateMachine<Sink: AnyObject> {
         waiting[ObjectIdentifier(sink)] != nil
     }
 
-    /// Every registered subscription, each once (listening or joining somewhere).
-    func allSinks() -> [Sink] {
-        var seen = Set<ObjectIdentifier>()
-        var all: [Sink] = []
-        for channel in channels.values {
-            for sink in channel.everyone where seen.insert(ObjectIdentifier(sink)).inserted { all.append(sink) }
-        }
-        return all
-    }
-
     private mutating func unregister(_ sink: Sink, from keys: [ChannelKey]) -> [Command] {
         var commands: [Command] = []
         var seen = Set<ChannelKey>()

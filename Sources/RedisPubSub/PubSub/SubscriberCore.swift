@@ -36,6 +36,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     }
     /// Subscriptions told `disconnected` and not yet `resubscribed`.
     private var owesResubscribed = Set<ObjectIdentifier>()
+    /// Every subscription that became live and has not ended, whether or not a channel holds it right now (one that
+    /// removed all its names, or holds only names being added, is on no channel).
+    private var live: [ObjectIdentifier: SubscriptionSink] = [:]
     /// `close()` began: nothing new is subscribed.
     private var closing = false
     /// The last routed channel (or pattern): its interned name and recipients, so a burst on one channel costs no
@@ -79,6 +82,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         connection.loop.assertInLoop()
         settleAdditions(of: sink, RedisError(.invalidArgument, "the subscription ended before the server confirmed"))
         owesResubscribed.remove(ObjectIdentifier(sink))  // an identifier may be reused by a later subscription
+        live[ObjectIdentifier(sink)] = nil
         if let index = parked.firstIndex(where: { $0.sink === sink }) {
             parked.remove(at: index).timer.cancel()
             completion?()
@@ -90,6 +94,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
 
     /// A subscription is live: its `subscribe` call returns, and its events start with `subscribed`.
     private func ready(_ sink: SubscriptionSink) {
+        live[ObjectIdentifier(sink)] = sink
         sink.setSubscribed(true)
         sink.events.send(.subscribed(at: Date()))
         sink.ready.succeed(())
@@ -152,12 +157,19 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         let sink = addition.sink
         if case .success = outcome, !addition.pending.isFinished {
             updateSubscribed(sink)  // first: the caller may look at `isSubscribed` as soon as it resumes
-            addition.pending.succeed(())
-            return
+            if addition.pending.succeed(()) { return }  // else its caller was cancelled meanwhile: undo it after all
         }
         let failure: RedisError
         if case .failure(let error) = outcome { failure = error } else { failure = .cancelled }
-        let held = sink.removeKeys(addition.introduced)
+        // Names another addition of this subscription still asks for stay, and become that addition's to undo.
+        var introduced = addition.introduced
+        for key in addition.introduced {
+            guard let other = additions.filter({ $0.value.sink === sink && $0.value.keys.contains(key) }).keys.min()
+            else { continue }
+            additions[other]?.introduced.append(key)
+            introduced.removeAll { $0 == key }
+        }
+        let held = sink.removeKeys(introduced)
         let pending = addition.pending
         guard !held.isEmpty else {
             pending.fail(failure)
@@ -329,6 +341,7 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         routeCache = nil
         settleAdditions(of: sink, error)
         owesResubscribed.remove(ObjectIdentifier(sink))
+        live[ObjectIdentifier(sink)] = nil
         sink.ready.fail(error)
         sink.finish(.failed(error))
         send(machine.remove(sink, from: sink.keys))
@@ -428,13 +441,9 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         // Subscriptions not yet confirmed start again after the reconnect (their `subscribe` call still waits); the
         // others are resubscribed then, and each is told it is deaf (also one that held only names being added).
         // Additions not yet confirmed wait for the reconnect and are made again then.
-        let live = machine.allSinks()
-        let dropped = Set(machine.connectionLost().map { sink in
-            park(sink)
-            return ObjectIdentifier(sink)
-        })
+        for sink in machine.connectionLost() { park(sink) }
         for (request, _) in machine.takeAdditions() { parkAddition(request) }
-        for sink in live where !dropped.contains(ObjectIdentifier(sink)) {
+        for sink in live.values {
             owesResubscribed.insert(ObjectIdentifier(sink))
             sink.setSubscribed(false)
             sink.events.send(.disconnected(at: date, cause: error))
@@ -456,6 +465,8 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             additions[request]?.timer = nil
             apply(request)
         }
+        // A subscription holding no name that needs resubscribing (it removed them all meanwhile) is back now.
+        for sink in live.values where owesResubscribed.contains(ObjectIdentifier(sink)) { updateSubscribed(sink) }
     }
 
     func connectionClosed(_ error: RedisError?) {
@@ -471,7 +482,10 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             sink.ready.fail(closedError!)
             sink.finish(.failed(closedError!))
         }
-        for sink in machine.removeAll() {
+        var ended = live
+        live = [:]
+        for sink in machine.removeAll() { ended[ObjectIdentifier(sink)] = sink }
+        for sink in ended.values {
             sink.ready.fail(closedError!)
             sink.finish(error.map { .failed($0) } ?? .finished)
         }

@@ -147,7 +147,8 @@ public struct Subscription: AsyncSequence, Sendable {
     }
 
     /// Ends the subscription as ``cancel()`` does, and returns once the server acknowledged the unsubscribes (at
-    /// once when the connection is down): from then on, `PUBLISH` no longer counts this subscription.
+    /// once when the connection is down): from then on, `PUBLISH` no longer counts this subscription. While
+    /// ``Subscriber/close()`` runs, it returns at once (the close unsubscribes everything itself).
     public func unsubscribe() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             handle.end { continuation.resume() }
