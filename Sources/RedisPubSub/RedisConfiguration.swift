@@ -205,7 +205,7 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
             endpoint = .unixSocket(path: decoded)
             if let queryDatabase { database = queryDatabase }
         case "rediss":
-            throw invalid("TLS (rediss://) is not supported: hiredis 0.14 has no TLS; use a local TLS proxy")
+            throw invalid("TLS (rediss://) is not supported yet; use a local TLS proxy")
         default:
             let scheme = parts.scheme.count <= 16 ? "'\(parts.scheme)'" : "(not shown)"
             throw invalid("unknown scheme \(scheme); expected redis or unix")

@@ -1,0 +1,173 @@
+import COpenSSL
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One TLS connection's cryptography over memory buffers: the owner moves ciphertext between the socket and the
+/// session (``receive(_:)``, ``takeOutput(into:)``), and plaintext between the session and hiredis (``read(into:)``,
+/// ``write(_:)``). The session never touches a socket, so the loop's non-blocking I/O stays the one there is, and the
+/// same code serves hiredis 0.14 (which has no TLS) and 1.x. Confined to one thread at a time (the loop's).
+final class TLSSession {
+    private let ssl: OpaquePointer
+    /// Ciphertext from the peer, for OpenSSL to read.
+    private let incoming: OpaquePointer
+    /// Ciphertext OpenSSL wrote, for the owner to send.
+    private let outgoing: OpaquePointer
+    /// Keeps the `SSL_CTX` alive as long as the session.
+    private let context: TLSContext
+    private(set) var isHandshakeComplete = false
+
+    /// A client session verifying `serverName` (a host name, or an IP address checked against the certificate's IP
+    /// entries) when the context verifies peers; SNI carries a host name. A server session when the context is one.
+    init(context: TLSContext, serverName: String? = nil) throws(RedisError) {
+        guard let ssl = SSL_new(context.context), let incoming = BIO_new(BIO_s_mem()), let outgoing = BIO_new(BIO_s_mem())
+        else { throw TLSContext.error(.invalidConfiguration, "cannot create a TLS session") }
+        copenssl_mem_retry_when_empty(incoming)
+        copenssl_mem_retry_when_empty(outgoing)
+        SSL_set_bio(ssl, incoming, outgoing)  // the session owns both from now on
+        self.ssl = ssl
+        self.incoming = incoming
+        self.outgoing = outgoing
+        self.context = context
+        if context.isServer {
+            SSL_set_accept_state(ssl)
+            return
+        }
+        SSL_set_connect_state(ssl)
+        guard let serverName, !serverName.isEmpty else { return }
+        if Self.isIPAddress(serverName) {
+            guard X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), serverName) == 1 else {
+                throw TLSContext.error(.invalidConfiguration, "cannot verify the IP address \(serverName)")
+            }
+        } else {
+            guard copenssl_set_server_name(ssl, serverName) == 1, SSL_set1_host(ssl, serverName) == 1 else {
+                throw TLSContext.error(.invalidConfiguration, "cannot verify the host name \(serverName)")
+            }
+        }
+    }
+
+    deinit {
+        SSL_free(ssl)  // frees both BIOs
+    }
+
+    // MARK: Ciphertext
+
+    /// Ciphertext that arrived from the socket.
+    func receive(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = BIO_write(incoming, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, Int(Int32.max))))
+            guard written > 0 else { return }  // a memory BIO only fails when out of memory
+            offset += Int(written)
+        }
+    }
+
+    /// Whether ciphertext waits to be sent.
+    var hasOutput: Bool { BIO_ctrl_pending(outgoing) > 0 }
+
+    /// Appends the ciphertext waiting to be sent to `buffer`.
+    func takeOutput(into buffer: inout [UInt8]) {
+        let pending = Int(BIO_ctrl_pending(outgoing))
+        guard pending > 0 else { return }
+        // BIO_read copies out of the memory BIO; then one append.
+        let taken = [UInt8](unsafeUninitializedCapacity: pending) { storage, initialized in
+            initialized = max(0, Int(BIO_read(outgoing, storage.baseAddress!, Int32(pending))))
+        }
+        buffer.append(contentsOf: taken)
+    }
+
+    // MARK: Handshake
+
+    /// Advances the handshake with what has arrived. Returns `true` once it is complete; `false` while it needs
+    /// more from the peer (send ``takeOutput(into:)`` first).
+    ///
+    /// - Throws: ``RedisError``: ``RedisError/Code/invalidConfiguration`` when the peer's certificate does not verify
+    ///   (naming why: an unknown CA, a name mismatch, an expired certificate), ``RedisError/Code/protocolError`` for
+    ///   anything else the handshake could not get past (a peer that does not speak TLS, a refused certificate).
+    func handshake() throws(RedisError) -> Bool {
+        if isHandshakeComplete { return true }
+        let result = SSL_do_handshake(ssl)
+        if result == 1 {
+            isHandshakeComplete = true
+            return true
+        }
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return false
+        default:
+            let verification = SSL_get_verify_result(ssl)
+            if verification != X509_V_OK {
+                _ = TLSContext.queuedReason()
+                let reason = String(cString: X509_verify_cert_error_string(verification))
+                throw RedisError(.invalidConfiguration, "TLS certificate verification failed: \(reason)")
+            }
+            throw TLSContext.error(.protocolError, "the TLS handshake failed")
+        }
+    }
+
+    // MARK: Plaintext
+
+    enum ReadResult: Equatable {
+        /// Everything decrypted so far was appended; more needs more ciphertext.
+        case needsMore
+        /// The peer closed the TLS session (`close_notify`).
+        case closed
+    }
+
+    /// Appends every byte that can be decrypted from what has arrived to `buffer`.
+    ///
+    /// - Throws: ``RedisError/Code/protocolError`` when the stream is not valid TLS.
+    func read(into buffer: inout [UInt8]) throws(RedisError) -> ReadResult {
+        let chunk = 16 * 1024  // one TLS record's worth
+        while true {
+            let result = withUnsafeTemporaryAllocation(byteCount: chunk, alignment: 1) { scratch -> Int32 in
+                let result = SSL_read(ssl, scratch.baseAddress!, Int32(chunk))
+                if result > 0 { buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<Int(result)])) }
+                return result
+            }
+            if result > 0 { continue }
+            switch SSL_get_error(ssl, result) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needsMore
+            case SSL_ERROR_ZERO_RETURN: return .closed
+            default: throw TLSContext.error(.protocolError, "TLS read failed")
+            }
+        }
+    }
+
+    /// Encrypts as much of `bytes` as it can (all of it, in practice: the output goes to memory). Returns how many
+    /// bytes were taken.
+    ///
+    /// - Throws: ``RedisError/Code/protocolError`` when the session failed.
+    func write(_ bytes: UnsafeRawBufferPointer) throws(RedisError) -> Int {
+        guard !bytes.isEmpty else { return 0 }
+        var offset = 0
+        while offset < bytes.count {
+            let result = SSL_write(ssl, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, 1 << 30)))
+            if result > 0 {
+                offset += Int(result)
+                continue
+            }
+            switch SSL_get_error(ssl, result) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return offset
+            default: throw TLSContext.error(.protocolError, "TLS write failed")
+            }
+        }
+        return offset
+    }
+
+    /// Queues `close_notify` (send ``takeOutput(into:)`` before closing the socket).
+    func shutdown() {
+        if isHandshakeComplete { _ = SSL_shutdown(ssl) }
+        _ = TLSContext.queuedReason()
+    }
+
+    private static func isIPAddress(_ name: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, name, &v4) == 1 || inet_pton(AF_INET6, name, &v6) == 1
+    }
+}

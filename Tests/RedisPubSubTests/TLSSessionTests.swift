@@ -1,0 +1,165 @@
+import Foundation
+@testable import RedisPubSub
+import Testing
+
+/// Throwaway certificates made with the `openssl` command: a CA, a server certificate for `localhost` and
+/// `127.0.0.1`, a client certificate, and a second CA nobody trusts.
+struct TestCertificates: Sendable {
+    let directory: URL
+    var ca: String { directory.appendingPathComponent("ca.crt").path }
+    var serverCertificate: String { directory.appendingPathComponent("server.crt").path }
+    var serverKey: String { directory.appendingPathComponent("server.key").path }
+    var clientCertificate: String { directory.appendingPathComponent("client.crt").path }
+    var clientKey: String { directory.appendingPathComponent("client.key").path }
+    var otherCA: String { directory.appendingPathComponent("other-ca.crt").path }
+
+    static let shared: TestCertificates = {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-tls-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        func openssl(_ arguments: [String]) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["openssl"] + arguments
+            process.currentDirectoryURL = directory
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try! process.run()
+            process.waitUntilExit()
+            precondition(process.terminationStatus == 0, "openssl \(arguments.joined(separator: " ")) failed")
+        }
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for ca in ["ca", "other-ca"] {
+            openssl(["req", "-x509"] + key + ["-keyout", "\(ca).key", "-out", "\(ca).crt", "-days", "2", "-subj", "/CN=\(ca)"])
+        }
+        for (name, extensions) in [("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")] {
+            try! extensions.write(to: directory.appendingPathComponent("\(name).ext"), atomically: true, encoding: .utf8)
+            openssl(["req"] + key + ["-keyout", "\(name).key", "-out", "\(name).csr", "-subj", "/CN=\(name)"])
+            openssl(["x509", "-req", "-in", "\(name).csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                     "-out", "\(name).crt", "-days", "2", "-extfile", "\(name).ext"])
+        }
+        return TestCertificates(directory: directory)
+    }()
+}
+
+@Suite("TLSSession: TLS over memory buffers, verified")
+struct TLSSessionTests {
+    let certificates = TestCertificates.shared
+
+    private func server(clientCA: String? = nil) throws -> TLSSession {
+        var settings = TLSSettings(certificateFile: certificates.serverCertificate, keyFile: certificates.serverKey)
+        settings.caFile = clientCA
+        settings.verifiesPeer = clientCA != nil  // mutual TLS: the server asks for a client certificate
+        return try TLSSession(context: TLSContext(settings, server: true))
+    }
+
+    private func client(_ settings: TLSSettings, name: String? = "localhost") throws -> TLSSession {
+        try TLSSession(context: TLSContext(settings), serverName: name)
+    }
+
+    /// Moves ciphertext both ways until both handshakes complete or one fails (rethrown, with which side).
+    private func handshake(_ client: TLSSession, _ server: TLSSession) throws -> (client: RedisError?, server: RedisError?) {
+        var wire: [UInt8] = []
+        for _ in 0..<20 {
+            var clientDone = false, serverDone = false
+            do { clientDone = try client.handshake() } catch { return (error, nil) }
+            wire.removeAll()
+            client.takeOutput(into: &wire)
+            wire.withUnsafeBytes { server.receive($0) }
+            do { serverDone = try server.handshake() } catch { return (nil, error) }
+            wire.removeAll()
+            server.takeOutput(into: &wire)
+            wire.withUnsafeBytes { client.receive($0) }
+            if clientDone && serverDone { return (nil, nil) }
+        }
+        Issue.record("the handshake did not finish")
+        return (nil, nil)
+    }
+
+    /// `bytes` from one session to the other, in chunks the way a socket would carry them.
+    private func send(_ bytes: [UInt8], from sender: TLSSession, to receiver: TLSSession) throws -> [UInt8] {
+        var received: [UInt8] = []
+        var offset = 0
+        while offset < bytes.count {
+            offset += try bytes[offset...].withUnsafeBytes { try sender.write($0) }
+            var wire: [UInt8] = []
+            sender.takeOutput(into: &wire)
+            for start in stride(from: 0, to: wire.count, by: 7_000) {
+                wire[start..<min(start + 7_000, wire.count)].withUnsafeBytes { receiver.receive($0) }
+                #expect(try receiver.read(into: &received) == .needsMore)
+            }
+        }
+        return received
+    }
+
+    @Test func aVerifiedHandshakeCarriesAMegabyteBothWaysAndClosesCleanly() throws {
+        let client = try client(TLSSettings(caFile: certificates.ca))
+        let server = try server()
+        let outcome = try handshake(client, server)
+        #expect(outcome.client == nil && outcome.server == nil)
+        #expect(client.isHandshakeComplete && server.isHandshakeComplete)
+        let payload = (0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        #expect(try send(payload, from: client, to: server) == payload)
+        #expect(try send(payload, from: server, to: client) == payload)
+        client.shutdown()
+        var wire: [UInt8] = []
+        client.takeOutput(into: &wire)
+        wire.withUnsafeBytes { server.receive($0) }
+        var rest: [UInt8] = []
+        #expect(try server.read(into: &rest) == .closed)
+        #expect(rest.isEmpty)
+    }
+
+    @Test func anIPAddressIsVerifiedAgainstTheCertificatesIPEntries() throws {
+        let client = try client(TLSSettings(caFile: certificates.ca), name: "127.0.0.1")
+        let outcome = try handshake(client, try server())
+        #expect(outcome.client == nil && outcome.server == nil)
+    }
+
+    @Test func anUnknownCAIsRefusedAndSaysSo() throws {
+        let client = try client(TLSSettings(caFile: certificates.otherCA))
+        let error = try #require(try handshake(client, try server()).client)
+        #expect(error.code == .invalidConfiguration)
+        #expect(error.message.contains("unable to get local issuer certificate"), "\(error)")
+    }
+
+    @Test func aNameTheCertificateDoesNotCoverIsRefusedAndSaysSo() throws {
+        for name in ["redis.example.com", "127.0.0.2"] {
+            let client = try client(TLSSettings(caFile: certificates.ca), name: name)
+            let error = try #require(try handshake(client, try server()).client)
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.message.contains("mismatch"), "\(error)")
+        }
+    }
+
+    @Test func verificationTurnedOffAcceptsAnyCertificate() throws {
+        var settings = TLSSettings(caFile: certificates.otherCA)
+        settings.verifiesPeer = false
+        let outcome = try handshake(try client(settings, name: "redis.example.com"), try server())
+        #expect(outcome.client == nil && outcome.server == nil)
+    }
+
+    @Test func mutualTLSNeedsTheClientsCertificate() throws {
+        let without = try handshake(try client(TLSSettings(caFile: certificates.ca)), try server(clientCA: certificates.ca))
+        #expect(without.server != nil || without.client != nil)  // the server refuses the handshake
+        let settings = TLSSettings(
+            caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+        let with = try handshake(try client(settings), try server(clientCA: certificates.ca))
+        #expect(with.client == nil && with.server == nil)
+    }
+
+    @Test func plaintextWhereTLSIsExpectedIsAProtocolError() throws {
+        let client = try client(TLSSettings(caFile: certificates.ca))
+        _ = try client.handshake()
+        Array("-ERR unknown command\r\n".utf8).withUnsafeBytes { client.receive($0) }
+        #expect(throws: RedisError.self) { _ = try client.handshake() }
+    }
+
+    @Test func badFilesAreConfigurationErrorsThatNameTheFile() {
+        #expect { try TLSContext(TLSSettings(caFile: "/nonexistent/ca.pem")) } throws: { error in
+            (error as? RedisError)?.code == .invalidConfiguration && "\(error)".contains("/nonexistent/ca.pem")
+        }
+        #expect { try TLSContext(TLSSettings(certificateFile: certificates.clientCertificate, keyFile: certificates.serverKey)) } throws: { error in
+            "\(error)".contains(certificates.serverKey) && "\(error)".contains("mismatch")
+        }
+    }
+}
