@@ -180,3 +180,18 @@ func elapsed(_ body: () async throws -> Void) async rethrows -> Duration {
 func isRedisError(_ error: any Error, _ code: RedisError.Code) -> Bool {
     (error as? RedisError)?.code == code
 }
+
+extension RedisServer {
+    /// A server that also listens for TLS on `tlsPort`, with the test certificates; `clientCertificates` is
+    /// redis-server's `--tls-auth-clients` (`no`, `yes`, `optional`). Readiness is checked on the plaintext port.
+    static func startTLS(clientCertificates: String = "no") throws -> (server: RedisServer, tlsPort: Int) {
+        let certificates = TestCertificates.shared
+        let tlsPort = try freePort()
+        let server = try start([
+            "--tls-port", "\(tlsPort)", "--tls-cert-file", certificates.serverCertificate,
+            "--tls-key-file", certificates.serverKey, "--tls-ca-cert-file", certificates.ca,
+            "--tls-auth-clients", clientCertificates,
+        ])
+        return (server, tlsPort)
+    }
+}

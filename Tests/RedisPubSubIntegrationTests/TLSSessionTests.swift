@@ -1,45 +1,9 @@
 import Foundation
 @testable import RedisPubSub
 import Testing
-
-/// Throwaway certificates made with the `openssl` command: a CA, a server certificate for `localhost` and
-/// `127.0.0.1`, a client certificate, and a second CA nobody trusts.
-struct TestCertificates: Sendable {
-    let directory: URL
-    var ca: String { directory.appendingPathComponent("ca.crt").path }
-    var serverCertificate: String { directory.appendingPathComponent("server.crt").path }
-    var serverKey: String { directory.appendingPathComponent("server.key").path }
-    var clientCertificate: String { directory.appendingPathComponent("client.crt").path }
-    var clientKey: String { directory.appendingPathComponent("client.key").path }
-    var otherCA: String { directory.appendingPathComponent("other-ca.crt").path }
-
-    static let shared: TestCertificates = {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-tls-\(UUID().uuidString)")
-        try! FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        func openssl(_ arguments: [String]) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["openssl"] + arguments
-            process.currentDirectoryURL = directory
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try! process.run()
-            process.waitUntilExit()
-            precondition(process.terminationStatus == 0, "openssl \(arguments.joined(separator: " ")) failed")
-        }
-        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        for ca in ["ca", "other-ca"] {
-            openssl(["req", "-x509"] + key + ["-keyout", "\(ca).key", "-out", "\(ca).crt", "-days", "2", "-subj", "/CN=\(ca)"])
-        }
-        for (name, extensions) in [("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")] {
-            try! extensions.write(to: directory.appendingPathComponent("\(name).ext"), atomically: true, encoding: .utf8)
-            openssl(["req"] + key + ["-keyout", "\(name).key", "-out", "\(name).csr", "-subj", "/CN=\(name)"])
-            openssl(["x509", "-req", "-in", "\(name).csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                     "-out", "\(name).crt", "-days", "2", "-extfile", "\(name).ext"])
-        }
-        return TestCertificates(directory: directory)
-    }()
-}
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("TLSSession: TLS over memory buffers, verified")
 struct TLSSessionTests {
@@ -161,5 +125,66 @@ struct TLSSessionTests {
         #expect { try TLSContext(TLSSettings(certificateFile: certificates.clientCertificate, keyFile: certificates.serverKey)) } throws: { error in
             "\(error)".contains(certificates.serverKey) && "\(error)".contains("mismatch")
         }
+    }
+}
+
+/// The session against a real redis-server's TLS port, over a plain blocking socket (the loop's driver comes next).
+@Suite("TLSSession against redis-server's TLS port")
+struct TLSSessionServerTests {
+    let certificates = TestCertificates.shared
+
+    /// A blocking loopback connection through `session`: handshake, then `command` and its reply.
+    private func roundTrip(_ session: TLSSession, port: Int, command: String) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        guard RedisServer.connectLoopback(fd, port: port) == 0 else { throw RedisError(.connectionRefused, "no TLS port") }
+        var output: [UInt8] = []
+        func flush() {
+            output.removeAll(keepingCapacity: true)
+            session.takeOutput(into: &output)
+            var offset = 0
+            while offset < output.count {
+                let sent = output[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                guard sent > 0 else { return }
+                offset += sent
+            }
+        }
+        func receive() throws -> Bool {
+            var chunk = [UInt8](repeating: 0, count: 16_384)
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { return false }
+            chunk[..<count].withUnsafeBytes { session.receive($0) }
+            return true
+        }
+        while try !session.handshake() {
+            flush()
+            guard try receive() else { throw RedisError(.connectionClosed, "closed during the handshake") }
+        }
+        _ = try Array(command.utf8).withUnsafeBytes { try session.write($0) }
+        flush()
+        var reply: [UInt8] = []
+        while !reply.contains(UInt8(ascii: "\n")) {
+            guard try receive() else { break }
+            if try session.read(into: &reply) == .closed { break }
+        }
+        return String(decoding: reply, as: UTF8.self)
+    }
+
+    @Test func aVerifiedSessionSpeaksRESPWithRedisServer() throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let session = try TLSSession(context: TLSContext(TLSSettings(caFile: certificates.ca)), serverName: "127.0.0.1")
+        #expect(try roundTrip(session, port: tlsPort, command: "PING\r\n") == "+PONG\r\n")
+    }
+
+    @Test func redisServerRequiringClientCertificatesRefusesASessionWithoutOne() throws {
+        let (server, tlsPort) = try RedisServer.startTLS(clientCertificates: "yes")
+        defer { server.stop() }
+        let anonymous = try TLSSession(context: TLSContext(TLSSettings(caFile: certificates.ca)), serverName: "localhost")
+        #expect(throws: RedisError.self) { _ = try roundTrip(anonymous, port: tlsPort, command: "PING\r\n") }
+        let settings = TLSSettings(
+            caFile: certificates.ca, certificateFile: certificates.clientCertificate, keyFile: certificates.clientKey)
+        let mutual = try TLSSession(context: TLSContext(settings), serverName: "localhost")
+        #expect(try roundTrip(mutual, port: tlsPort, command: "PING\r\n") == "+PONG\r\n")
     }
 }
