@@ -57,4 +57,14 @@ static inline int chiredis_reader_depth(const redisContext *_Nonnull c) {
 static inline size_t chiredis_output_length(const redisContext *_Nonnull c) {
     return c->obuf != NULL ? sdslen((sds)c->obuf) : 0;
 }
+
+// Over TLS the package writes hiredis's output buffer itself (through the TLS session, which takes all of it at
+// once), then empties it in O(1), and feeds decrypted bytes to hiredis's reader.
+static inline const char *_Nullable chiredis_output(const redisContext *_Nonnull c) { return c->obuf; }
+static inline void chiredis_output_clear(redisContext *_Nonnull c) {
+    if (c->obuf != NULL) sdsclear((sds)c->obuf);
+}
+static inline int chiredis_reader_feed(redisContext *_Nonnull c, const char *_Nonnull bytes, size_t length) {
+    return redisReaderFeed(c->reader, bytes, length);
+}
 #endif

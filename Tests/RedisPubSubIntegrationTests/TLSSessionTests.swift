@@ -188,3 +188,105 @@ struct TLSSessionServerTests {
         #expect(try roundTrip(mutual, port: tlsPort, command: "PING\r\n") == "+PONG\r\n")
     }
 }
+
+/// hiredis over the package's TLS: the context connects the socket, the session encrypts, hiredis parses.
+@Suite("HiredisContext over TLS against redis-server")
+struct HiredisContextTLSTests {
+    let certificates = TestCertificates.shared
+
+    /// Records what a context reports; the test waits on it from another thread.
+    final class Recorder: HiredisContextDelegate, @unchecked Sendable {
+        // @unchecked Sendable because: mutated only on the loop, read by the test through the lock.
+        let state = Locked((connected: false, replies: [RedisValue](), closed: RedisError?.none))
+        func hiredisContextDidConnect(_ context: HiredisContext) { state.withLock { $0.connected = true } }
+        func hiredisContext(_ context: HiredisContext, didReceive reply: RedisValue) {
+            state.withLock { $0.replies.append(reply) }
+        }
+        func hiredisContext(_ context: HiredisContext, didReceivePush push: RawPush) {}
+        func hiredisContextDidFinishReading(_ context: HiredisContext) {}
+        func hiredisContextDidWrite(_ context: HiredisContext) {}
+        func hiredisContext(_ context: HiredisContext, didCloseWith error: RedisError) {
+            state.withLock { $0.closed = error }
+        }
+        func wait(until condition: @escaping ((connected: Bool, replies: [RedisValue], closed: RedisError?)) -> Bool) async throws {
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !state.withLock({ condition($0) }) {
+                guard ContinuousClock.now < deadline else { throw RedisError(.timeout, "\(state.withLock { $0 })") }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+    }
+
+    /// A context the test drives on a loop of its own.
+    final class Connection: @unchecked Sendable {
+        // @unchecked Sendable because: `context` is touched only on `loop`.
+        let loop = EventLoop(name: "hiredis-tls-test")
+        let recorder = Recorder()
+        var context: HiredisContext?
+
+        init(port: Int, session: TLSSession) async throws {
+            let recorder = self.recorder
+            let box = UncheckedBox(session)
+            let result: Result<Void, RedisError> = await withCheckedContinuation { continuation in
+                loop.execute { [self] in
+                    do throws(RedisError) {
+                        context = try HiredisContext(
+                            address: .tcp(ip: "127.0.0.1", port: port), loop: loop, delegate: recorder, tls: box.value)
+                        continuation.resume(returning: .success(()))
+                    } catch {
+                        continuation.resume(returning: .failure(error))
+                    }
+                }
+            }
+            try result.get()
+        }
+
+        func send(_ command: [RedisArgument]) {
+            let bytes = RESP.encode(command)
+            loop.execute { [self] in
+                bytes.withUnsafeBytes { context?.append($0) }
+                context?.flush()
+            }
+        }
+
+        func close() { loop.execute { [self] in context?.close() } }
+    }
+
+    /// Moves a value to the loop's thread, where it is used alone.
+    struct UncheckedBox<Value>: @unchecked Sendable {
+        // @unchecked Sendable because: the value is handed over once and used only on the receiving thread.
+        let value: Value
+        init(_ value: Value) { self.value = value }
+    }
+
+    @Test func commandsAndAMegabyteBothWaysGoThroughTheTLSSession() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let session = try TLSSession(context: TLSContext(TLSSettings(caFile: certificates.ca)), serverName: "127.0.0.1")
+        let connection = try await Connection(port: tlsPort, session: session)
+        try await connection.recorder.wait { $0.connected }
+        let payload = [UInt8]((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        connection.send(["PING"])
+        connection.send(["SET", "big", RedisArgument(payload)])
+        connection.send(["GET", "big"])
+        try await connection.recorder.wait { $0.replies.count == 3 || $0.closed != nil }
+        let replies = connection.recorder.state.withLock { $0.replies }
+        #expect(replies.count == 3)
+        #expect(replies.first == .simpleString("PONG"))
+        #expect(replies.last == .bulkString(payload))
+        connection.close()
+        try await connection.recorder.wait { $0.closed != nil }
+    }
+
+    @Test func anUnknownCAClosesTheContextWithTheVerificationError() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let session = try TLSSession(context: TLSContext(TLSSettings(caFile: certificates.otherCA)), serverName: "localhost")
+        let connection = try await Connection(port: tlsPort, session: session)
+        try await connection.recorder.wait { $0.closed != nil }
+        let error = try #require(connection.recorder.state.withLock { $0.closed })
+        #expect(!connection.recorder.state.withLock { $0.connected })
+        // redis-server sends its CA along, so OpenSSL names it a self-signed certificate in the chain.
+        #expect(error.code == .invalidConfiguration && error.message.contains("verification failed"), "\(error)")
+    }
+}

@@ -66,15 +66,30 @@ final class HiredisContext: EventLoopSource {
     /// Keeps this object alive while hiredis holds pointers to it (`ac->data`, `ac->ev.data`); cleared by `cleanup`.
     private var retainedByContext: HiredisContext?
 
+    // MARK: TLS
+    /// The TLS session, for a `rediss://` connection: hiredis then connects the socket and parses replies, and this
+    /// class does the socket reads and writes, through the session.
+    private let tls: TLSSession?
+    /// TCP is connected and the TLS handshake is under way (``connected`` comes when it completes).
+    private var handshaking = false
+    /// The TCP connect completed inside a hiredis call; the handshake starts once that call has returned.
+    private var handshakePending = false
+    /// Ciphertext waiting for the socket, from `ciphertextSent` on.
+    private var ciphertext: [UInt8] = []
+    private var ciphertextSent = 0
+
     /// Starts a non-blocking connect. The delegate later gets ``HiredisContextDelegate/hiredisContextDidConnect(_:)``
     /// or ``HiredisContextDelegate/hiredisContext(_:didCloseWith:)``.
     ///
     /// - Throws: ``RedisError`` when the connect fails at once (for example a refused loopback port or a missing socket file).
-    init(address: ServerAddress, loop: EventLoop, delegate: any HiredisContextDelegate) throws(RedisError) {
+    init(
+        address: ServerAddress, loop: EventLoop, delegate: any HiredisContextDelegate, tls: TLSSession? = nil
+    ) throws(RedisError) {
         loop.assertInLoop()
         self.loop = loop
         self.address = address
         self.delegate = delegate
+        self.tls = tls
 
         let created: UnsafeMutablePointer<redisAsyncContext>?
         errno = 0
@@ -140,6 +155,7 @@ final class HiredisContext: EventLoopSource {
     func flush() {
         loop.assertInLoop()
         guard let ac = context, connected else { return }
+        if tls != nil { return writeThroughTLS() }
         dispatching += 1
         redisAsyncHandleWrite(ac)  // may free the context on a write error (then `cleanup` ran)
         dispatching -= 1
@@ -150,6 +166,11 @@ final class HiredisContext: EventLoopSource {
     /// `cause`, or ``RedisError/Code/connectionClosed`` when none is given.
     func close(cause: RedisError? = nil) {
         loop.assertInLoop()
+        if let tls, connected, cause == nil {
+            tls.shutdown()  // close_notify, best effort: the socket closes right after
+            tls.takeOutput(into: &ciphertext)
+            sendCiphertext()
+        }
         fail(cause ?? RedisError(.connectionClosed, "connection closed"))
     }
 
@@ -157,32 +178,47 @@ final class HiredisContext: EventLoopSource {
 
     func writable() {
         guard let ac = context else { return }
+        if tls != nil, connected || handshaking {
+            sendCiphertext()
+            if handshaking { return advanceHandshake() }
+            if context != nil, ciphertextSent == ciphertext.count { delegate?.hiredisContextDidWrite(self) }
+            return
+        }
         let wasConnected = connected
         dispatching += 1
         // Connect completion is decided inside (SO_ERROR on the first writable event, 0.14 async.c:509-526).
         redisAsyncHandleWrite(ac)
         dispatching -= 1
         deliverEvents()
+        if handshakePending {
+            handshakePending = false
+            advanceHandshake()
+            return
+        }
         if wasConnected, context != nil { delegate?.hiredisContextDidWrite(self) }
     }
 
     /// Bytes in hiredis's output buffer, not yet taken by the socket.
     var outputLength: Int {
         guard let ac = context else { return 0 }
-        return Int(chiredis_output_length(chiredis_context(ac)))
+        return Int(chiredis_output_length(chiredis_context(ac))) + ciphertext.count - ciphertextSent
     }
 
     func readable() {
-        guard let ac = context, connected else { return }
+        guard let ac = context, connected || handshaking else { return }
         let c = chiredis_context(ac)
         dispatching += 1
         defer {
             dispatching -= 1
             deliverEvents()
         }
-        guard redisBufferRead(c) == REDIS_OK else {
-            fail(Self.ioError(c))
-            return
+        if tls != nil {
+            guard readThroughTLS(c) else { return }
+        } else {
+            guard redisBufferRead(c) == REDIS_OK else {
+                fail(Self.ioError(c))
+                return
+            }
         }
         var raw: UnsafeMutableRawPointer?
         while context != nil {
@@ -221,6 +257,121 @@ final class HiredisContext: EventLoopSource {
         }
     }
 
+    // MARK: TLS driver
+
+    /// Advances the handshake with what has arrived and sends what it produced; on completion the connection is
+    /// open (the delegate gets ``HiredisContextDelegate/hiredisContextDidConnect(_:)``).
+    private func advanceHandshake() {
+        guard let tls, handshaking, context != nil else { return }
+        let complete: Bool
+        do {
+            complete = try tls.handshake()
+        } catch {
+            tls.takeOutput(into: &ciphertext)  // the alert telling the server why, best effort
+            sendCiphertext()
+            return fail(error)
+        }
+        tls.takeOutput(into: &ciphertext)
+        sendCiphertext()
+        guard complete, context != nil else { return }
+        handshaking = false
+        connected = true
+        setInterest(read: true)
+        events.append(.connected)
+        deliverEvents()
+    }
+
+    /// Reads what the socket has, decrypts it and feeds the plaintext to hiredis's reader. Returns `false` when the
+    /// connection failed (then closed) or is still handshaking.
+    private func readThroughTLS(_ c: UnsafeMutablePointer<redisContext>) -> Bool {
+        guard let tls else { return false }
+        let chunk = 64 * 1024
+        while true {
+            let count = withUnsafeTemporaryAllocation(byteCount: chunk, alignment: 1) { scratch -> Int in
+                let count = recv(fd, scratch.baseAddress, chunk, 0)
+                if count > 0 { tls.receive(UnsafeRawBufferPointer(rebasing: scratch[..<count])) }
+                return count
+            }
+            if count > 0 { continue }
+            if count == 0 {
+                fail(RedisError(.connectionClosed, "the server closed the connection"))
+                return false
+            }
+            if errno == EAGAIN || errno == EWOULDBLOCK { break }
+            if errno == EINTR { continue }
+            fail(RedisError(.connectionClosed, "connection lost: \(String(cString: strerror(errno)))"))
+            return false
+        }
+        if handshaking {
+            advanceHandshake()
+            guard connected, context != nil else { return false }
+        }
+        var plaintext: [UInt8] = []
+        let outcome: TLSSession.ReadResult
+        do {
+            outcome = try tls.read(into: &plaintext)
+        } catch {
+            fail(error)
+            return false
+        }
+        if tls.hasOutput {  // a key update or the like wants an answer
+            tls.takeOutput(into: &ciphertext)
+            sendCiphertext()
+        }
+        if !plaintext.isEmpty {
+            let fed = plaintext.withUnsafeBytes {
+                chiredis_reader_feed(c, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count)
+            }
+            guard fed == REDIS_OK else {
+                fail(RedisError(.protocolError, "invalid reply from the server: " + String(cString: chiredis_errstr(c))))
+                return false
+            }
+        }
+        if outcome == .closed {
+            fail(RedisError(.connectionClosed, "the server closed the TLS session"))
+            return false
+        }
+        return context != nil
+    }
+
+    /// Encrypts all of hiredis's output buffer, empties it, and sends the ciphertext as far as the socket takes it.
+    private func writeThroughTLS() {
+        guard let tls, let ac = context else { return }
+        let c = chiredis_context(ac)
+        let length = Int(chiredis_output_length(c))
+        if length > 0, let output = chiredis_output(c) {
+            do {
+                _ = try tls.write(UnsafeRawBufferPointer(start: output, count: length))  // memory BIO: takes all
+            } catch {
+                return fail(error)
+            }
+            chiredis_output_clear(c)
+            tls.takeOutput(into: &ciphertext)
+        }
+        sendCiphertext()
+    }
+
+    /// Writes waiting ciphertext until the socket would block; asks for write readiness while some is left.
+    private func sendCiphertext() {
+        guard fd >= 0 else { return }
+        while ciphertextSent < ciphertext.count {
+            let sent = ciphertext[ciphertextSent...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if sent > 0 {
+                ciphertextSent += sent
+                continue
+            }
+            if sent < 0, errno == EINTR { continue }
+            if sent < 0, errno == EAGAIN || errno == EWOULDBLOCK { break }
+            fail(RedisError(.connectionClosed, "connection lost: \(String(cString: strerror(errno)))"))
+            return
+        }
+        if ciphertextSent == ciphertext.count {
+            ciphertext.removeAll(keepingCapacity: ciphertext.capacity <= 1 << 20)
+            ciphertextSent = 0
+        }
+        setInterest()
+    }
+
     // MARK: hiredis hooks and callbacks
 
     private func setInterest(read: Bool? = nil, write: Bool? = nil) {
@@ -228,12 +379,17 @@ final class HiredisContext: EventLoopSource {
         if let write { wantWrite = write }
         guard fd >= 0 else { return }
         // Read interest waits for the connection: before it, readiness is decided by the write side only.
-        loop.setInterest(fd: fd, source: self, read: wantRead && connected, write: wantWrite)
+        let ciphertextWaits = ciphertextSent < ciphertext.count
+        loop.setInterest(fd: fd, source: self, read: wantRead && (connected || handshaking), write: wantWrite || ciphertextWaits)
     }
 
     private func didConnect(status: Int32) {
         guard let ac = context else { return }
-        if status == REDIS_OK {
+        if status == REDIS_OK, tls != nil {
+            handshaking = true  // connected once the TLS handshake completes
+            handshakePending = true
+            setInterest(read: true)
+        } else if status == REDIS_OK {
             connected = true
             setInterest(read: true)  // read from now on, also when idle, to see the server close
             events.append(.connected)
