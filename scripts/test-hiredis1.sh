@@ -31,6 +31,13 @@ for sdist in "${sdists[@]}"; do
     printf 'Name: hiredis\nDescription: hiredis from the PyPI sdist\nVersion: %s\nLibs: -L%s/lib -lhiredis\nCflags: -I%s/include\n' \
       "$version" "$prefix" "$prefix" > "$prefix/lib/pkgconfig/hiredis.pc"
   fi
+  # SwiftPM passes a .pc file's -I even for a system directory: the system's openssl.pc (-I/usr/include) would put
+  # the system's hiredis headers (0.14) ahead of these. This one links the same OpenSSL and adds no include path.
+  openssl_includes=$(pkg-config --variable=includedir openssl 2>/dev/null || true)
+  if [ ! -f "$prefix/lib/pkgconfig/openssl.pc" ] && [ -n "$openssl_includes" ] && [ -d "$openssl_includes/hiredis" ]; then
+    printf 'Name: OpenSSL\nDescription: the system OpenSSL, without include path\nVersion: %s\nLibs: %s\nCflags:\n' \
+      "$(pkg-config --modversion openssl)" "$(pkg-config --libs openssl)" > "$prefix/lib/pkgconfig/openssl.pc"
+  fi
   echo "test-hiredis1: hiredis $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --modversion hiredis)" >&2
   (
     export PKG_CONFIG_PATH="$prefix/lib/pkgconfig" LD_LIBRARY_PATH="$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
