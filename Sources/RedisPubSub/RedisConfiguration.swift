@@ -442,7 +442,8 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
 }
 
 extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
+    /// Zeros in front up to `width` characters (two-digit hex in escapes: `%0A`, `\x0A`).
+    func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

@@ -75,12 +75,6 @@ public struct RedisName: Hashable, Sendable, Comparable, ExpressibleByStringInte
     }
 }
 
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
-    }
-}
-
 /// A value that can name a channel, a pattern or a key: `String`, `Substring`, `[UInt8]`, `Data` and
 /// ``RedisName``. Integers are deliberately not names (so `[0x80, 0x81]` is one binary name, never two channels
 /// called `128` and `129`).
