@@ -143,8 +143,8 @@ struct APITests {
         _ = try await gaps.disconnected()
         #expect(!subscription.isSubscribed)
         let adding = Task { try await subscription.add(channels: ["b"]) }  // waits for the reconnect
-        try await Task.sleep(for: .milliseconds(100))
-        #expect(subscription.channels == ["a", "b"])
+        // Registered while the server is down (a loaded run can take longer than a fixed sleep to get there).
+        try await waitUntil { subscription.channels == ["a", "b"] }
         server = try RedisServer.start(port: port)
         defer { server.stop() }
         try await adding.value
@@ -173,7 +173,7 @@ struct APITests {
         let subscription = try await subscriber.subscribe(to: "a")
         server.pause()
         let first = Task { try await subscription.add(channels: ["x"]) }
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { subscription.channels == ["a", "x"] }
         let second = Task { () throws(RedisError) -> ContinuousClock.Instant in
             try await subscription.add(channels: ["x"])
             return .now
@@ -196,7 +196,7 @@ struct APITests {
         let subscription = try await subscriber.subscribe(to: "a")
         server.pause()
         let adding = Task { try await subscription.add(channels: ["x"]) }
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { subscription.channels == ["a", "x"] }  // registered: the cancel has something to undo
         adding.cancel()
         await #expect { try await adding.value } throws: { isRedisError($0, .cancelled) }
         server.resume()
@@ -213,7 +213,7 @@ struct APITests {
         let subscription = try await subscriber.subscribe(to: "a")
         server.pause()
         let cancelled = Task { try await subscription.add(channels: ["b"]) }
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { subscription.channels == ["a", "b"] }
         cancelled.cancel()
         await #expect { try await cancelled.value } throws: { isRedisError($0, .cancelled) }
         let retried = Task { try await subscription.add(channels: ["b"]) }  // waits for the same SUBSCRIBE
@@ -248,9 +248,10 @@ struct APITests {
         let subscription = try await subscriber.subscribe(to: "a")
         server.pause()
         let adding = Task { try await subscription.add(channels: ["x", "y"]) }
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { subscription.channels == ["a", "x", "y"] }  // the SUBSCRIBEs are written
         let removing = Task { await subscription.remove(channels: ["x"]) }
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { subscription.channels == ["a", "y"] }
+        try await Task.sleep(for: .milliseconds(50))  // the UNSUBSCRIBE reaches the (frozen) server's socket
         server.stop()  // SIGKILL: the SUBSCRIBE and UNSUBSCRIBE were never answered
         server = try RedisServer.start(port: port)
         defer { server.stop() }
