@@ -13,6 +13,7 @@ import Darwin
 /// ```swift
 /// let configuration = try RedisConfiguration.fromEnvironment()   // REDIS_URL, else redis://127.0.0.1:6379
 /// let other = try RedisConfiguration(url: "redis://app:s3cret@cache.internal:6380/2")
+/// let managed = try RedisConfiguration(url: "rediss://default:s3cret@redis.example.com:6380")   // TLS
 /// ```
 ///
 /// The password never shows: not in ``description``, `debugDescription`, `dump()` or a `Mirror`, not in an error
@@ -71,6 +72,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
     /// ``RedisError/Code/overloaded``. One call larger than this is still sent when nothing else is outstanding.
     /// Default: 64 MiB.
     public var maximumPendingBytes: Int
+    /// TLS, or `nil` for plaintext. A `rediss://` URL sets ``TLS/default``: the server's certificate is verified
+    /// against the system's trust store and its name against the host. TCP endpoints only. Default: `nil`.
+    public var tls: TLS?
 
     /// Creates a configuration from its parts.
     public init(
@@ -85,7 +89,8 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
         healthCheckInterval: Duration? = .seconds(5),
         healthCheckTimeout: Duration = .seconds(2),
         maximumPendingCommands: Int = 100_000,
-        maximumPendingBytes: Int = 64 * 1024 * 1024
+        maximumPendingBytes: Int = 64 * 1024 * 1024,
+        tls: TLS? = nil
     ) {
         self.endpoint = endpoint
         self.username = username
@@ -99,9 +104,11 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
         self.healthCheckTimeout = healthCheckTimeout
         self.maximumPendingCommands = maximumPendingCommands
         self.maximumPendingBytes = maximumPendingBytes
+        self.tls = tls
     }
 
-    /// Parses `redis://[[user]:password@]host[:port][/db]` or `unix://[[user]:password@]/path/to/socket[?db=N]`.
+    /// Parses `redis://[[user]:password@]host[:port][/db]`, the same with `rediss://` for TLS, or
+    /// `unix://[[user]:password@]/path/to/socket[?db=N]`.
     ///
     /// User and password may be percent-encoded (and must be, to contain `:` in the user name); an unencoded `@` in
     /// a password works too. IPv6 hosts go in brackets, a link-local one with its scope as `%25`:
@@ -156,7 +163,7 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
         }
 
         switch parts.scheme {
-        case "redis":
+        case "redis", "rediss":
             var hostPort = parts.location
             var pathPart: Substring = ""
             if let slash = hostPort.firstIndex(of: "/") {
@@ -198,17 +205,16 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
                 database = db
             }
             if let queryDatabase { database = queryDatabase }
+            if parts.scheme == "rediss" { tls = .default }
         case "unix":
             let path = parts.location
             guard path.hasPrefix("/"), path.count > 1 else { throw invalid("expected an absolute socket path, as in unix:///tmp/redis.sock") }
             guard let decoded = Self.percentDecode(path) else { throw invalid("bad percent-encoding in the path") }
             endpoint = .unixSocket(path: decoded)
             if let queryDatabase { database = queryDatabase }
-        case "rediss":
-            throw invalid("TLS (rediss://) is not supported yet; use a local TLS proxy")
         default:
             let scheme = parts.scheme.count <= 16 ? "'\(parts.scheme)'" : "(not shown)"
-            throw invalid("unknown scheme \(scheme); expected redis or unix")
+            throw invalid("unknown scheme \(scheme); expected redis, rediss or unix")
         }
         try validate()
     }
@@ -237,7 +243,9 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
             guard (1...65535).contains(port) else { throw RedisError(.invalidConfiguration, "port \(port) is out of range 1-65535") }
         case .unixSocket(let path):
             guard !path.isEmpty else { throw RedisError(.invalidConfiguration, "empty Unix socket path") }
+            if tls != nil { throw RedisError(.invalidConfiguration, "TLS needs a TCP endpoint, not a Unix socket") }
         }
+        try tls?.validate()
         guard database >= 0 else { throw RedisError(.invalidConfiguration, "database \(database) is negative") }
         guard connectTimeout > .zero else { throw RedisError(.invalidConfiguration, "connect timeout must be positive") }
         guard commandTimeout > .zero else { throw RedisError(.invalidConfiguration, "command timeout must be positive") }
@@ -257,14 +265,18 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
         }
     }
 
-    /// The configuration as a URL with the password masked, e.g. `redis://app:***@127.0.0.1:6379/2`.
+    /// The configuration as a URL with the password masked, e.g. `redis://app:***@127.0.0.1:6379/2`; `rediss://`
+    /// with TLS, followed by its settings unless they are the defaults.
     public var description: String {
         var credentials = ""
         if password != nil { credentials = Self.percentEncodeUser(username ?? "") + ":***@" }
         switch endpoint {
         case .tcp(let host, let port):
             let shownHost = host.contains(":") ? "[\(host.replacing("%", with: "%25"))]" : host
-            return "redis://\(credentials)\(shownHost):\(port)" + (database == 0 ? "" : "/\(database)")
+            let url = (tls == nil ? "redis://" : "rediss://") + "\(credentials)\(shownHost):\(port)"
+                + (database == 0 ? "" : "/\(database)")
+            guard let tls, tls != .default else { return url }
+            return url + " " + tls.description
         case .unixSocket(let path):
             return "unix://\(credentials)\(path)" + (database == 0 ? "" : "?db=\(database)")
         }
@@ -282,7 +294,7 @@ public struct RedisConfiguration: Hashable, Sendable, CustomStringConvertible, C
                 "database": database, "clientName": clientName as Any, "connectTimeout": connectTimeout,
                 "commandTimeout": commandTimeout, "reconnect": reconnect, "healthCheckInterval": healthCheckInterval as Any,
                 "healthCheckTimeout": healthCheckTimeout, "maximumPendingCommands": maximumPendingCommands,
-                "maximumPendingBytes": maximumPendingBytes,
+                "maximumPendingBytes": maximumPendingBytes, "tls": tls as Any,
             ],
             displayStyle: .struct)
     }

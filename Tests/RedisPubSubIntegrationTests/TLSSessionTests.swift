@@ -198,6 +198,7 @@ struct HiredisContextTLSTests {
     final class Recorder: HiredisContextDelegate, @unchecked Sendable {
         // @unchecked Sendable because: mutated only on the loop, read by the test through the lock.
         let state = Locked((connected: false, replies: [RedisValue](), closed: RedisError?.none))
+        func hiredisContextDidStartTLSHandshake(_ context: HiredisContext) {}
         func hiredisContextDidConnect(_ context: HiredisContext) { state.withLock { $0.connected = true } }
         func hiredisContext(_ context: HiredisContext, didReceive reply: RedisValue) {
             state.withLock { $0.replies.append(reply) }

@@ -62,7 +62,8 @@ struct ConfigurationTests {
         ("", "expected redis://"),
         ("localhost:6379", "expected redis://"),
         ("http://host", "unknown scheme 'http'"),
-        ("rediss://host", "TLS"),
+        ("rediss://", "missing host"),
+        ("rediss://host:70000", "out of range"),
         ("redis://", "missing host"),
         ("redis://:6379", "missing host"),
         ("redis://host:0", "out of range"),
@@ -86,6 +87,54 @@ struct ConfigurationTests {
             guard let error = error as? RedisError else { return false }
             return error.code == .invalidConfiguration && error.message.contains(reason)
         }
+    }
+
+    @Test func redissTurnsOnVerifiedTLSWithTheSameShapeAsRedis() throws {
+        let configuration = try RedisConfiguration(url: "rediss://app:hunter2@cache.example:6380/3")
+        #expect(configuration.endpoint == .tcp(host: "cache.example", port: 6380))
+        #expect(configuration.username == "app" && configuration.password == "hunter2" && configuration.database == 3)
+        #expect(configuration.tls == .default)
+        #expect(configuration.tls?.trust == .systemStore && configuration.tls?.verifiesServer == true)
+        #expect(configuration.tls?.serverName == nil && configuration.tls?.minimumVersion == .tls1_2)
+        #expect(configuration.description == "rediss://app:***@cache.example:6380/3")
+        #expect(try RedisConfiguration(url: "REDISS://[::1]").tls == .default)
+        #expect(try RedisConfiguration(url: "redis://h").tls == nil)
+        #expect(try RedisConfiguration(url: "rediss://h").endpoint == .tcp(host: "h", port: 6379))
+    }
+
+    @Test func tlsSettingsShowInTheDescriptionAndInsecureSaysSo() throws {
+        var configuration = try RedisConfiguration(url: "rediss://:pw@h:1")
+        configuration.tls = .init(
+            trust: .certificateAuthorityFile("/etc/ca.pem"), certificateFile: "/etc/client.pem", serverName: "redis.internal",
+            minimumVersion: .tls1_3)
+        #expect(
+            configuration.description
+                == "rediss://:***@h:1 TLS (CA file /etc/ca.pem, client certificate /etc/client.pem, server name redis.internal, TLS 1.3 or later)")
+        configuration.tls?.trust = .insecureNoVerification
+        #expect(configuration.tls?.verifiesServer == false)
+        #expect(configuration.description.contains("INSECURE: no verification"))
+        #expect(!String(reflecting: configuration).contains("pw"))
+        #expect(String(describing: Mirror(reflecting: configuration).descendant("tls")).contains("INSECURE"))
+        #expect(RedisConfiguration.TLS.ProtocolVersion.tls1_2 < .tls1_3)
+    }
+
+    @Test func tlsSettingsThatCannotWorkAreRefusedByValidate() {
+        func refused(_ tls: RedisConfiguration.TLS, endpoint: RedisConfiguration.Endpoint = .tcp(host: "h", port: 1)) -> String? {
+            do {
+                try RedisConfiguration(endpoint: endpoint, tls: tls).validate()
+                return nil
+            } catch {
+                return error.code == .invalidConfiguration ? error.message : "\(error)"
+            }
+        }
+        #expect(refused(.default) == nil)
+        #expect(refused(.default, endpoint: .unixSocket(path: "/tmp/s"))?.contains("Unix socket") == true)
+        #expect(refused(.init(privateKeyFile: "/k.pem"))?.contains("needs its certificate") == true)
+        #expect(refused(.init(trust: .certificateAuthorityFile("")))?.contains("CA path is empty") == true)
+        #expect(refused(.init(certificateFile: ""))?.contains("certificate path is empty") == true)
+        #expect(refused(.init(serverName: ""))?.contains("not a host name") == true)
+        #expect(refused(.init(serverName: "a b"))?.contains("not a host name") == true)
+        #expect(refused(.init(certificateFile: "/c.pem", serverName: "redis.internal")) == nil)
     }
 
     @Test func passwordsNeverShow() throws {

@@ -17,11 +17,13 @@ struct ConnectionStateMachineTests {
         connectTimeout: Duration = .seconds(10),
         reconnect: ReconnectPolicy = .default,
         health: HealthCheck? = HealthCheck(interval: .seconds(5), timeout: .seconds(2)),
-        handshake: Handshake = Handshake(authenticates: false, database: 0, clientName: nil)
+        handshake: Handshake = Handshake(authenticates: false, database: 0, clientName: nil),
+        usesTLS: Bool = false
     ) -> Machine.Settings {
         Machine.Settings(
             endpointDescription: "redis://example:6379", fixedAddress: fixed, connectTimeout: connectTimeout,
-            commandTimeout: .seconds(5), reconnect: reconnect, healthCheck: health, handshake: handshake)
+            commandTimeout: .seconds(5), reconnect: reconnect, healthCheck: health, handshake: handshake,
+            usesTLS: usesTLS)
     }
 
     /// A machine connected through `address` at `t0`.
@@ -261,6 +263,47 @@ struct ConnectionStateMachineTests {
         let error = finished(actions)
         #expect(error??.code == .timeout)
         #expect(error??.message.contains("SELECT 2") == true)
+    }
+
+    // MARK: TLS
+
+    @Test func aTLSHandshakeWithoutAnswerTimesOutSayingSoAndAPlainConnectTimeoutDoesNot() {
+        var machine = Machine(settings: settings(fixed: a, reconnect: .disabled, usesTLS: true), seed: 1)
+        _ = machine.start(now: t0)
+        #expect(machine.tlsHandshakeStarted(now: t0) == [])
+        #expect(!machine.isHandshaking)  // the Redis handshake starts once TLS is up
+        let error = finished(machine.timerFired(.attempt, now: t0 + .seconds(10), lastRead: t0))
+        #expect(error??.code == .timeout)
+        #expect(error??.message.contains("TLS handshake") == true)
+        #expect(error??.message.contains("tls-port") == true)
+
+        var plain = Machine(settings: settings(fixed: a, reconnect: .disabled, usesTLS: true), seed: 1)
+        _ = plain.start(now: t0)  // the TCP connect itself never completes
+        let other = finished(plain.timerFired(.attempt, now: t0 + .seconds(10), lastRead: t0))
+        #expect(other??.message.contains("timed out after") == true)
+        #expect(other??.message.contains("TLS") == false)
+    }
+
+    @Test func aTLSHandshakeTimingOutOnOneAddressSaysSoAndTheNextAddressStartsFresh() {
+        var machine = Machine(settings: settings(reconnect: .disabled, usesTLS: true), seed: 1)
+        _ = machine.start(now: t0)
+        _ = machine.resolved(.success([a, b]), attempt: 1, now: t0)
+        _ = machine.tlsHandshakeStarted(now: t0)
+        let actions = machine.timerFired(.address, now: t0 + .seconds(5), lastRead: t0)
+        #expect(opened(actions) == [b])
+        let error = finished(machine.timerFired(.attempt, now: t0 + .seconds(10), lastRead: t0))
+        #expect(error??.message.contains("timed out after") == true)  // b never got as far as TLS
+    }
+
+    @Test func aConnectionClosedBeforeAnyHandshakeReplyHintsAtTLSOnlyWithoutTLS() {
+        for usesTLS in [false, true] {
+            var machine = Machine(settings: settings(fixed: a, reconnect: .disabled, usesTLS: usesTLS), seed: 1)
+            _ = machine.start(now: t0)
+            _ = machine.socketConnected(now: t0)
+            let error = finished(machine.socketClosed(RedisError(.connectionClosed, "connection reset"), now: t0))
+            #expect(error??.code == .connectionClosed)
+            #expect(error??.message.contains("use rediss://") == !usesTLS)
+        }
     }
 
     // MARK: Lost, reconnecting, giving up

@@ -57,6 +57,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private var closeWaiters: [@Sendable () -> Void] = []
     private var readyWaiters: [Pending<Void>] = []
     private var spareSubmissions: [Submission] = []
+    /// The TLS trust store and certificate, loaded at the first connect and shared by every socket after it.
+    private var tlsContext: TLSContext?
 
     init(configuration: RedisConfiguration, logger: Logger, loop: EventLoop) {
         self.configuration = configuration
@@ -83,7 +85,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             handshake: Handshake(
                 authenticates: configuration.password != nil,
                 database: configuration.database,
-                clientName: configuration.clientName))
+                clientName: configuration.clientName),
+            usesTLS: configuration.tls != nil)
         var system = SystemRandomNumberGenerator()
         machine = ConnectionStateMachine(settings: settings, seed: system.next())
     }
@@ -192,13 +195,37 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         }
         logger.debug("connecting", metadata: ["redis.address": "\(address)"])
         do {
-            let created = try HiredisContext(address: address, loop: loop, delegate: self)
+            let created = try HiredisContext(address: address, loop: loop, delegate: self, tls: try makeTLSSession())
             created.decodesPushes = pushHandler != nil
             context = created
         } catch {
             logger.debug("connect failed", metadata: ["redis.address": "\(address)", "error": "\(error)"])
             run(machine.openFailed(error, now: .now))
         }
+    }
+
+    /// A TLS session for a new socket when the configuration asks for TLS (the context is made once), else `nil`.
+    private func makeTLSSession() throws(RedisError) -> TLSSession? {
+        guard let tls = configuration.tls, case .tcp(let host, _) = configuration.endpoint else { return nil }
+        let context: TLSContext
+        if let tlsContext {
+            context = tlsContext
+        } else {
+            context = try TLSContext(tls.settings)
+            tlsContext = context
+            if !tls.verifiesServer {
+                logger.warning(
+                    "TLS without verification: the server's certificate is not checked, so anyone on the path can pose as the server",
+                    metadata: ["redis.endpoint": "\(configuration)"])
+            }
+        }
+        // A link-local address's scope (`fe80::1%eth0`) is not part of what a certificate names.
+        return try TLSSession(context: context, serverName: tls.serverName ?? String(host.prefix { $0 != "%" }))
+    }
+
+    func hiredisContextDidStartTLSHandshake(_ handshaking: HiredisContext) {
+        guard handshaking === context else { return }
+        run(machine.tlsHandshakeStarted(now: .now))
     }
 
     func hiredisContextDidConnect(_ connected: HiredisContext) {

@@ -20,6 +20,8 @@ struct ConnectionStateMachine: Sendable {
         var reconnect: ReconnectPolicy
         var healthCheck: HealthCheck?
         var handshake: Handshake
+        /// The connection speaks TLS (errors then hint at the other way round).
+        var usesTLS = false
     }
 
     /// The timers the owner keeps, at most one of each; scheduling one replaces it.
@@ -74,6 +76,8 @@ struct ConnectionStateMachine: Sendable {
         var current = -1
         /// Why the last address tried failed.
         var lastError: RedisError?
+        /// The current address's TCP connect is done and its TLS handshake under way.
+        var inTLSHandshake = false
     }
 
     private enum State: Hashable, Sendable {
@@ -198,6 +202,7 @@ struct ConnectionStateMachine: Sendable {
                 attempt.lastError ?? RedisError(.connectionRefused, "no address to connect to"), now: now)
         }
         let left = attempt.addresses.count - attempt.current
+        attempt.inTLSHandshake = false
         state = .connecting(attempt)
         var actions: [Action] = []
         if left > 1 {
@@ -214,6 +219,23 @@ struct ConnectionStateMachine: Sendable {
         guard case .connecting(var attempt) = state, attempt.resolved else { return [] }
         attempt.lastError = error
         return openNext(&attempt, now: now)
+    }
+
+    /// The TCP connect is done and the TLS handshake begins (TLS connections only); ``socketConnected(now:)``
+    /// follows when it completes. Only the error of a timeout depends on it.
+    mutating func tlsHandshakeStarted(now: Instant) -> [Action] {
+        guard case .connecting(var attempt) = state, attempt.resolved, attempt.current >= 0 else { return [] }
+        attempt.inTLSHandshake = true
+        state = .connecting(attempt)
+        return []
+    }
+
+    /// A TLS handshake that timed out: a server that does not speak TLS on the port waits for more without a word.
+    private func tlsHandshakeTimeout(with peer: String, after limit: String) -> RedisError {
+        RedisError(
+            .timeout,
+            "the TLS handshake with \(peer) got no answer within \(limit): a port without TLS waits silently; is it the "
+                + "server's tls-port?")
     }
 
     /// The socket is connected: the handshake begins.
@@ -296,8 +318,14 @@ struct ConnectionStateMachine: Sendable {
         case .connecting(var attempt) where attempt.resolved && attempt.current >= 0:
             attempt.lastError = error
             return openNext(&attempt, now: now)
-        case .handshaking:
-            return attemptFailed(error, now: now)
+        case .handshaking(_, let step):
+            guard step == 0, !settings.usesTLS, error.code == .connectionClosed else { return attemptFailed(error, now: now) }
+            // Closed before any reply: what a TLS port does to a client that does not speak TLS.
+            return attemptFailed(
+                RedisError(
+                    .connectionClosed,
+                    "\(error.message), before any reply to the handshake: if the port speaks TLS, use rediss://"),
+                now: now)
         case .ready:
             return lost(error, now: now)
         case .closing:
@@ -349,9 +377,11 @@ struct ConnectionStateMachine: Sendable {
     /// latest deadline of the commands waiting for replies (if any).
     mutating func timerFired(_ timer: Timer, now: Instant, lastRead: Instant, busyUntil: Instant? = nil) -> [Action] {
         switch (timer, state) {
-        case (.attempt, .connecting):
+        case (.attempt, .connecting(let attempt)):
             return attemptFailed(
-                RedisError(.timeout, "connecting to \(settings.endpointDescription) timed out after \(settings.connectTimeout)"),
+                attempt.inTLSHandshake
+                    ? tlsHandshakeTimeout(with: settings.endpointDescription, after: "the connect timeout of \(settings.connectTimeout)")
+                    : RedisError(.timeout, "connecting to \(settings.endpointDescription) timed out after \(settings.connectTimeout)"),
                 now: now)
         case (.attempt, .handshaking(_, let step)):
             let name = settings.handshake.steps[step].name
@@ -360,7 +390,9 @@ struct ConnectionStateMachine: Sendable {
                 now: now)
         case (.address, .connecting(var attempt)) where attempt.resolved && attempt.current >= 0:
             let address = attempt.addresses[attempt.current]
-            let error = RedisError(.timeout, "connecting to \(address) timed out (its share of the connect timeout)")
+            let error = attempt.inTLSHandshake
+                ? tlsHandshakeTimeout(with: "\(address)", after: "its share of the connect timeout")
+                : RedisError(.timeout, "connecting to \(address) timed out (its share of the connect timeout)")
             attempt.lastError = error
             return [.closeSocket(error)] + openNext(&attempt, now: now)
         case (.retry, .waitingToRetry):

@@ -10,7 +10,9 @@ import Darwin
 /// What a ``HiredisContext`` tells its owner. Called on the loop thread, never from inside a hiredis call. Each call
 /// names the context, so an owner that replaced its context can ignore the old one's last words.
 protocol HiredisContextDelegate: AnyObject {
-    /// The TCP or Unix connection is established; commands may be written.
+    /// The TCP connection is established and the TLS handshake begins (TLS connections only).
+    func hiredisContextDidStartTLSHandshake(_ context: HiredisContext)
+    /// The TCP or Unix connection (and its TLS session, if any) is established; commands may be written.
     func hiredisContextDidConnect(_ context: HiredisContext)
     /// One complete reply, copied out of hiredis. Top-level error replies arrive as ``RedisValue/error(_:)``.
     func hiredisContext(_ context: HiredisContext, didReceive reply: RedisValue)
@@ -43,6 +45,7 @@ struct RawPush {
 /// abort and use-after-free paths (0.14 `async.c:389`, `:478`, PING while subscribed, SSUBSCRIBE) unreachable.
 final class HiredisContext: EventLoopSource {
     private enum Event {
+        case handshakeStarted
         case connected
         case closed(RedisError)
     }
@@ -74,6 +77,8 @@ final class HiredisContext: EventLoopSource {
     private var handshaking = false
     /// The TCP connect completed inside a hiredis call; the handshake starts once that call has returned.
     private var handshakePending = false
+    /// Whether anything arrived from the server since the handshake began: its first byte tells TLS from plaintext.
+    private var receivedHandshakeBytes = false
     /// Ciphertext waiting for the socket, from `ciphertextSent` on.
     private var ciphertext: [UInt8] = []
     private var ciphertextSent = 0
@@ -287,14 +292,34 @@ final class HiredisContext: EventLoopSource {
         guard let tls else { return false }
         let chunk = 64 * 1024
         while true {
+            var plaintextAnswer: String?
             let count = withUnsafeTemporaryAllocation(byteCount: chunk, alignment: 1) { scratch -> Int in
                 let count = recv(fd, scratch.baseAddress, chunk, 0)
-                if count > 0 { tls.receive(UnsafeRawBufferPointer(rebasing: scratch[..<count])) }
+                guard count > 0 else { return count }
+                let received = UnsafeRawBufferPointer(rebasing: scratch[..<count])
+                if handshaking && !receivedHandshakeBytes {
+                    receivedHandshakeBytes = true
+                    plaintextAnswer = Self.plaintextAnswer(received)
+                }
+                tls.receive(received)
                 return count
+            }
+            if let plaintextAnswer {
+                fail(
+                    RedisError(
+                        .invalidConfiguration,
+                        "the server answered the TLS handshake in plaintext (\(plaintextAnswer)): this port does not "
+                            + "speak TLS; use redis:// or the server's tls-port"))
+                return false
             }
             if count > 0 { continue }
             if count == 0 {
-                fail(RedisError(.connectionClosed, "the server closed the connection"))
+                fail(
+                    RedisError(
+                        .connectionClosed,
+                        handshaking
+                            ? "the server closed the connection during the TLS handshake"
+                            : "the server closed the connection"))
                 return false
             }
             if errno == EAGAIN || errno == EWOULDBLOCK { break }
@@ -332,6 +357,14 @@ final class HiredisContext: EventLoopSource {
             return false
         }
         return context != nil
+    }
+
+    /// What a server that does not speak TLS answered to a ClientHello, shortened, or `nil` when `bytes` start like a
+    /// TLS record (content types 20 to 23). Redis answers garbage with an error reply, `-ERR ...`.
+    private static func plaintextAnswer(_ bytes: UnsafeRawBufferPointer) -> String? {
+        guard let first = bytes.first, !(20...23).contains(first) else { return nil }
+        let shown = bytes.prefix(while: { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "'") }).prefix(40)
+        return shown.isEmpty ? "not a TLS record" : "\"" + String(decoding: shown, as: UTF8.self) + "...\""
     }
 
     /// Encrypts all of hiredis's output buffer, empties it, and sends the ciphertext as far as the socket takes it.
@@ -389,6 +422,7 @@ final class HiredisContext: EventLoopSource {
             handshaking = true  // connected once the TLS handshake completes
             handshakePending = true
             setInterest(read: true)
+            events.append(.handshakeStarted)
         } else if status == REDIS_OK {
             connected = true
             setInterest(read: true)  // read from now on, also when idle, to see the server close
@@ -427,6 +461,8 @@ final class HiredisContext: EventLoopSource {
         while !events.isEmpty {
             let event = events.removeFirst()
             switch event {
+            case .handshakeStarted:
+                delegate?.hiredisContextDidStartTLSHandshake(self)
             case .connected:
                 delegate?.hiredisContextDidConnect(self)
             case .closed(let error):

@@ -22,6 +22,8 @@ final class TLSContext: @unchecked Sendable {
     // OpenSSL documents as thread-safe.
     let context: OpaquePointer
     let isServer: Bool
+    /// Whether this side presents a certificate (a client doing mutual TLS).
+    let presentsCertificate: Bool
 
     init(_ settings: TLSSettings, server: Bool = false) throws(RedisError) {
         guard let context = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()) else {
@@ -29,6 +31,7 @@ final class TLSContext: @unchecked Sendable {
         }
         self.context = context
         self.isServer = server
+        self.presentsCertificate = settings.certificateFile != nil
         guard copenssl_set_min_proto_version(context, settings.minimumVersion) == 1 else {
             throw TLSContext.error(.invalidConfiguration, "unsupported minimum TLS version")
         }
@@ -45,6 +48,9 @@ final class TLSContext: @unchecked Sendable {
                 throw TLSContext.error(.invalidConfiguration, "cannot load the system's trusted certificates")
             }
         }
+        // An encrypted key would make OpenSSL ask for its pass phrase on the terminal, blocking the caller: refuse
+        // it instead (the load fails, and the error below names the file).
+        SSL_CTX_set_default_passwd_cb(context) { _, _, _, _ in 0 }
         if let certificate = settings.certificateFile {
             guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else {
                 throw TLSContext.error(.invalidConfiguration, "cannot load the certificate \(certificate)")

@@ -19,6 +19,8 @@ final class TLSSession {
     private let outgoing: OpaquePointer
     /// Keeps the `SSL_CTX` alive as long as the session.
     private let context: TLSContext
+    /// The name the peer's certificate is checked against, for error messages.
+    private let serverName: String?
     private(set) var isHandshakeComplete = false
 
     /// A client session verifying `serverName` (a host name, or an IP address checked against the certificate's IP
@@ -33,6 +35,7 @@ final class TLSSession {
         self.incoming = incoming
         self.outgoing = outgoing
         self.context = context
+        self.serverName = serverName
         if context.isServer {
             SSL_set_accept_state(ssl)
             return
@@ -102,10 +105,9 @@ final class TLSSession {
             let verification = SSL_get_verify_result(ssl)
             if verification != X509_V_OK {
                 _ = TLSContext.queuedReason()
-                let reason = String(cString: X509_verify_cert_error_string(verification))
-                throw RedisError(.invalidConfiguration, "TLS certificate verification failed: \(reason)")
+                throw verificationFailure(verification)
             }
-            throw TLSContext.error(.protocolError, "the TLS handshake failed")
+            throw failure("the TLS handshake failed")
         }
     }
 
@@ -133,7 +135,7 @@ final class TLSSession {
             switch SSL_get_error(ssl, result) {
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needsMore
             case SSL_ERROR_ZERO_RETURN: return .closed
-            default: throw TLSContext.error(.protocolError, "TLS read failed")
+            default: throw failure("TLS read failed")
             }
         }
     }
@@ -153,7 +155,7 @@ final class TLSSession {
             }
             switch SSL_get_error(ssl, result) {
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return offset
-            default: throw TLSContext.error(.protocolError, "TLS write failed")
+            default: throw failure("TLS write failed")
             }
         }
         return offset
@@ -163,6 +165,51 @@ final class TLSSession {
     func shutdown() {
         if isHandshakeComplete { _ = SSL_shutdown(ssl) }
         _ = TLSContext.queuedReason()
+    }
+
+    // MARK: Errors
+
+    /// The server's certificate did not verify: why, in words that say what to change.
+    private func verificationFailure(_ code: Int) -> RedisError {
+        let reason = String(cString: X509_verify_cert_error_string(code))
+        let hint: String
+        switch Int32(code) {
+        case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH:
+            hint = ": the server's certificate is not for \(serverName ?? "this host") (set TLS.serverName to the name it has)"
+        case X509_V_ERR_CERT_HAS_EXPIRED:
+            hint = ": the server's certificate has expired"
+        case X509_V_ERR_CERT_NOT_YET_VALID:
+            hint = ": the server's certificate is not valid yet (is the clock right?)"
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+            X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+            X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+            hint = ": the server's certificate is not signed by a trusted CA (set TLS.trust to the CA that signed it)"
+        default:
+            hint = ""
+        }
+        return RedisError(.invalidConfiguration, "TLS certificate verification failed (\(reason))\(hint)")
+    }
+
+    /// A failed TLS operation, with OpenSSL's reasons. A server's alert refusing this client's certificate, or no
+    /// protocol version both sides accept, is a configuration to fix (not retried); anything else a protocol error.
+    private func failure(_ what: String) -> RedisError {
+        let reason = TLSContext.queuedReason()
+        let lowered = reason.lowercased()
+        if lowered.contains("alert"),
+            lowered.contains("certificate") || lowered.contains("unknown ca") || lowered.contains("access denied")
+        {
+            return context.presentsCertificate
+                ? RedisError(.invalidConfiguration, "the server refused this client's TLS certificate (\(reason))")
+                : RedisError(
+                    .invalidConfiguration,
+                    "the server requires a client certificate (\(reason)): set TLS.certificateFile and privateKeyFile")
+        }
+        if lowered.contains("protocol version") || lowered.contains("unsupported protocol")
+            || lowered.contains("no protocols available")
+        {
+            return RedisError(.invalidConfiguration, "no TLS version that both sides accept (\(reason))")
+        }
+        return RedisError(.protocolError, reason.isEmpty ? what : "\(what): \(reason)")
     }
 
     private static func isIPAddress(_ name: String) -> Bool {

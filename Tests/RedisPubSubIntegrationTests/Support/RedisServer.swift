@@ -184,14 +184,20 @@ func isRedisError(_ error: any Error, _ code: RedisError.Code) -> Bool {
 extension RedisServer {
     /// A server that also listens for TLS on `tlsPort`, with the test certificates; `clientCertificates` is
     /// redis-server's `--tls-auth-clients` (`no`, `yes`, `optional`). Readiness is checked on the plaintext port.
-    static func startTLS(clientCertificates: String = "no") throws -> (server: RedisServer, tlsPort: Int) {
+    /// A server with a TLS port (and its plaintext one) presenting `certificate` (by default the one for `localhost`
+    /// and `127.0.0.1`); `clientCertificates` is `--tls-auth-clients` (`no`, `yes`, `optional`). Both ports may be
+    /// given, to restart a server where it was.
+    static func startTLS(
+        clientCertificates: String = "no", certificate: String? = nil, tlsPort: Int? = nil, port: Int? = nil,
+        _ arguments: [String] = []
+    ) throws -> (server: RedisServer, tlsPort: Int) {
         let certificates = TestCertificates.shared
-        let tlsPort = try freePort()
+        let tlsPort = try tlsPort ?? freePort()
         let server = try start([
-            "--tls-port", "\(tlsPort)", "--tls-cert-file", certificates.serverCertificate,
+            "--tls-port", "\(tlsPort)", "--tls-cert-file", certificate ?? certificates.serverCertificate,
             "--tls-key-file", certificates.serverKey, "--tls-ca-cert-file", certificates.ca,
             "--tls-auth-clients", clientCertificates,
-        ])
+        ] + arguments, port: port)
         return (server, tlsPort)
     }
 }

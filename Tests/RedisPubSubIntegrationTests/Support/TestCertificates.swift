@@ -1,7 +1,8 @@
 import Foundation
 
 /// Throwaway certificates made with the `openssl` command: a CA, a server certificate for `localhost` and
-/// `127.0.0.1`, a client certificate, and a second CA nobody trusts.
+/// `127.0.0.1`, the same key with an expired certificate and with one for another name, a client certificate, a
+/// client certificate from a CA the server does not trust, and a second CA nobody trusts.
 struct TestCertificates: Sendable {
     let directory: URL
     var ca: String { directory.appendingPathComponent("ca.crt").path }
@@ -10,6 +11,12 @@ struct TestCertificates: Sendable {
     var clientCertificate: String { directory.appendingPathComponent("client.crt").path }
     var clientKey: String { directory.appendingPathComponent("client.key").path }
     var otherCA: String { directory.appendingPathComponent("other-ca.crt").path }
+    /// For `serverKey`, valid until yesterday.
+    var expiredServerCertificate: String { directory.appendingPathComponent("expired.crt").path }
+    /// For `serverKey`, naming only `other.example`.
+    var otherNameServerCertificate: String { directory.appendingPathComponent("other-name.crt").path }
+    /// For `clientKey`, signed by `otherCA`.
+    var untrustedClientCertificate: String { directory.appendingPathComponent("untrusted-client.crt").path }
 
     static let shared: TestCertificates = {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-tls-\(UUID().uuidString)")
@@ -34,6 +41,16 @@ struct TestCertificates: Sendable {
             openssl(["req"] + key + ["-keyout", "\(name).key", "-out", "\(name).csr", "-subj", "/CN=\(name)"])
             openssl(["x509", "-req", "-in", "\(name).csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
                      "-out", "\(name).crt", "-days", "2", "-extfile", "\(name).ext"])
+        }
+        try! "subjectAltName=DNS:other.example".write(
+            to: directory.appendingPathComponent("other-name.ext"), atomically: true, encoding: .utf8)
+        for (output, csr, ca, days, ext) in [
+            ("expired.crt", "server.csr", "ca", "-1", "server.ext"),
+            ("other-name.crt", "server.csr", "ca", "2", "other-name.ext"),
+            ("untrusted-client.crt", "client.csr", "other-ca", "2", "client.ext"),
+        ] {
+            openssl(["x509", "-req", "-in", csr, "-CA", "\(ca).crt", "-CAkey", "\(ca).key", "-CAcreateserial",
+                     "-out", output, "-days", days, "-extfile", ext])
         }
         return TestCertificates(directory: directory)
     }()

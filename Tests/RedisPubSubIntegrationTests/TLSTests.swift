@@ -1,0 +1,250 @@
+import Foundation
+import Logging
+@testable import RedisPubSub
+import Testing
+
+/// A configuration for the TLS port of a server from ``RedisServer/startTLS``, trusting the test CA.
+func tlsConfiguration(
+    port: Int, host: String = "127.0.0.1", _ adjust: (inout RedisConfiguration) -> Void = { _ in }
+) throws -> RedisConfiguration {
+    var configuration = try RedisConfiguration(url: "rediss://\(host):\(port)")
+    configuration.tls?.trust = .certificateAuthorityFile(TestCertificates.shared.ca)
+    adjust(&configuration)
+    return configuration
+}
+
+/// The error a connect fails with, and how long it took.
+func connectFailure(_ configuration: RedisConfiguration) async -> (error: RedisError?, time: Duration) {
+    var failure: RedisError?
+    let time = await elapsed {
+        do {
+            let connection = try await RedisConnection.connect(to: configuration)
+            await connection.close()
+        } catch {
+            failure = error as? RedisError
+        }
+    }
+    return (failure, time)
+}
+
+@Suite("TLS: rediss:// end to end against redis-server's TLS port")
+struct TLSTests {
+    @Test func aRedissURLConnectsVerifiedAndCarriesLargeValuesBothWays() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        for host in ["127.0.0.1", "localhost"] {  // an IP address checked against the IP entry, a name against DNS
+            let configuration = try tlsConfiguration(port: tlsPort, host: host)
+            #expect(configuration.description.hasPrefix("rediss://\(host):\(tlsPort) TLS (CA file "))
+            let connection = try await RedisConnection.connect(to: configuration)
+            #expect(try await connection.ping() == "PONG")
+            let large = [UInt8]((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+            let key = uniqueName("tls")
+            try await connection.send("SET", key, large)
+            #expect(try await connection.send("GET", key).bytes == large)
+            // The server sees a TLS client (CLIENT INFO has no TLS field in 7.0; the plaintext port is another one).
+            let info = try #require(try await connection.send("CLIENT", "INFO").string)
+            #expect(info.contains("laddr=127.0.0.1:\(tlsPort)"))
+            await connection.close()
+        }
+    }
+
+    @Test func mutualTLSPresentsTheClientCertificateAndItsAbsenceOrRefusalIsNamed() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS(clientCertificates: "yes")
+        defer { server.stop() }
+        let certificates = TestCertificates.shared
+        let accepted = try tlsConfiguration(port: tlsPort) {
+            $0.tls?.certificateFile = certificates.clientCertificate
+            $0.tls?.privateKeyFile = certificates.clientKey
+        }
+        let connection = try await RedisConnection.connect(to: accepted)
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+
+        // Without a certificate, and with one the server's CA did not sign: a configuration error, not retried.
+        let none = await connectFailure(try tlsConfiguration(port: tlsPort))
+        #expect(none.error?.code == .invalidConfiguration, "\(String(describing: none.error))")
+        #expect(none.error?.message.contains("requires a client certificate") == true, "\(String(describing: none.error))")
+        let untrusted = await connectFailure(
+            try tlsConfiguration(port: tlsPort) {
+                $0.tls?.certificateFile = certificates.untrustedClientCertificate
+                $0.tls?.privateKeyFile = certificates.clientKey
+            })
+        #expect(untrusted.error?.code == .invalidConfiguration, "\(String(describing: untrusted.error))")
+        #expect(
+            untrusted.error?.message.contains("refused this client's TLS certificate") == true,
+            "\(String(describing: untrusted.error))")
+        #expect(none.time < .seconds(5) && untrusted.time < .seconds(5))  // at once, not after the connect timeout
+    }
+
+    @Test func aCertificateThatDoesNotVerifyFailsAtOnceNamingWhy() async throws {
+        let certificates = TestCertificates.shared
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let (expiredServer, expiredPort) = try RedisServer.startTLS(certificate: certificates.expiredServerCertificate)
+        defer { expiredServer.stop() }
+        let cases: [(String, RedisConfiguration, String)] = [
+            ("unknown CA", try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityFile(certificates.otherCA) },
+             "not signed by a trusted CA"),
+            ("system store", try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .systemStore }, "not signed by a trusted CA"),
+            ("name mismatch", try tlsConfiguration(port: tlsPort) { $0.tls?.serverName = "wrong.example" },
+             "not for wrong.example"),
+            ("IP mismatch", try tlsConfiguration(port: tlsPort) { $0.tls?.serverName = "127.0.0.2" }, "not for 127.0.0.2"),
+            ("expired", try tlsConfiguration(port: expiredPort), "has expired"),
+        ]
+        for (name, configuration, expected) in cases {
+            let (error, time) = await connectFailure(configuration)
+            #expect(error?.code == .invalidConfiguration, "\(name): \(String(describing: error))")
+            #expect(error?.message.contains("TLS certificate verification failed") == true, "\(name): \(String(describing: error))")
+            #expect(error?.message.contains(expected) == true, "\(name): \(String(describing: error))")
+            #expect(time < .seconds(5), "\(name): \(time)")  // not retried until the connect timeout
+        }
+    }
+
+    @Test func insecureNoVerificationConnectsToAnyCertificateAndSaysSo() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS(certificate: TestCertificates.shared.otherNameServerCertificate)
+        defer { server.stop() }
+        var configuration = try tlsConfiguration(port: tlsPort)
+        let verified = await connectFailure(configuration)
+        #expect(verified.error?.message.contains("not for 127.0.0.1") == true, "\(String(describing: verified.error))")
+        configuration.tls?.trust = .insecureNoVerification
+        #expect(configuration.description.contains("INSECURE"))
+        let storage = CapturingLogHandler.Storage()
+        let logger = Logger(label: "test") { _ in CapturingLogHandler(storage: storage) }
+        let connection = try await RedisConnection.connect(to: configuration, logger: logger)
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+        #expect(storage.text.contains("TLS without verification"))
+    }
+
+    @Test func theWrongProtocolOnAPortFailsWithinTheConnectTimeoutNamingTheCause() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        // TLS to the plaintext port: Redis either answers the ClientHello with an error reply or waits for the rest
+        // of a line that never comes.
+        var tlsToPlain = try tlsConfiguration(port: server.port)
+        tlsToPlain.connectTimeout = .seconds(2)
+        let first = await connectFailure(tlsToPlain)
+        print("TLS to a plaintext port: \(String(describing: first.error)) after \(first.time)")
+        #expect(first.error?.message.contains("TLS") == true, "\(String(describing: first.error))")
+        #expect(first.error?.message.contains("port") == true, "\(String(describing: first.error))")
+        #expect(first.time < .seconds(4), "\(first.time)")
+
+        // Plaintext to the TLS port: the server closes the connection without a word.
+        var plainToTLS = try RedisConfiguration(url: "redis://127.0.0.1:\(tlsPort)")
+        plainToTLS.connectTimeout = .seconds(2)
+        let second = await connectFailure(plainToTLS)
+        print("plaintext to a TLS port: \(String(describing: second.error)) after \(second.time)")
+        #expect(second.error?.message.contains("rediss://") == true, "\(String(describing: second.error))")
+        #expect(second.time < .seconds(4), "\(second.time)")
+    }
+
+    @Test func filesThatCannotBeLoadedFailTheConnectAtOnceNamingThem() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let missing = "/nonexistent/\(UUID().uuidString).pem"
+        let certificates = TestCertificates.shared
+        let cases: [RedisConfiguration] = [
+            try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityFile(missing) },
+            try tlsConfiguration(port: tlsPort) { $0.tls?.certificateFile = missing },
+            try tlsConfiguration(port: tlsPort) {
+                $0.tls?.certificateFile = certificates.clientCertificate
+                $0.tls?.privateKeyFile = certificates.serverKey  // not the certificate's key
+            },
+        ]
+        for configuration in cases {
+            let (error, time) = await connectFailure(configuration)
+            #expect(error?.code == .invalidConfiguration, "\(String(describing: error))")
+            #expect(error?.message.contains("/") == true, "\(String(describing: error))")  // names a file
+            #expect(time < .seconds(2))
+        }
+        // Not even a socket is opened for what validation refuses.
+        var unix = try RedisConfiguration(url: "unix:///tmp/redis.sock")
+        unix.tls = .default
+        #expect(throws: RedisError.self) { try unix.validate() }
+    }
+
+    @Test func aSubscriberOverTLSResubscribesAfterAKillAndReportsTheGap() async throws {
+        var (server, tlsPort) = try RedisServer.startTLS()
+        let port = server.port
+        defer { server.stop() }
+        let configuration = try tlsConfiguration(port: tlsPort) {
+            $0.connectTimeout = .seconds(3)
+            $0.healthCheckInterval = .milliseconds(500)
+        }
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(10)))
+        let subscription = try await subscriber.subscribe(to: "tls-news")
+        try await subscription.add(shardChannels: ["tls-shard"])
+        let events = EventRecorder(subscription.events())
+        #expect(try await publisher.publish("before", to: "tls-news") == 1)
+        #expect(try await publisher.publish("sharded", toShard: "tls-shard") == 1)
+        for round in 0..<3 {
+            server.stop()  // SIGKILL: no close_notify, the TCP connection just ends
+            _ = try await events.disconnected()
+            (server, _) = try RedisServer.startTLS(tlsPort: tlsPort, port: port)
+            let gap = try await events.resubscribed()
+            #expect(gap > .zero)
+            #expect(try await publisher.publish("after \(round)", to: "tls-news") == 1)
+        }
+        #expect(try await publisher.publish("sharded again", toShard: "tls-shard") == 1)
+        let received = try await collect(subscription, 6).map(\.string)
+        #expect(received == ["before", "sharded", "after 0", "after 1", "after 2", "sharded again"])
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func pipelinedPublishingFromTasksOnTheLoopAndMegabyteMessagesGoThroughTLS() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let configuration = try tlsConfiguration(port: tlsPort)
+        let subscriber = try await Subscriber.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration)
+        let subscription = try await subscriber.subscribe(to: "tls-many", "tls-large", bufferingPolicy: .unbounded)
+        // Many tasks on the connection's executor, each publishing in order: one TLS write carries many commands.
+        let tasks = 20, perTask = 500
+        let counts = try await withThrowingTaskGroup(of: [Int].self) { group in
+            for task in 0..<tasks {
+                group.addTask(executorPreference: publisher.taskExecutor) {
+                    var counts: [Int] = []
+                    for index in 0..<perTask { counts.append(try await publisher.publish("\(task) \(index)", to: "tls-many")) }
+                    return counts
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(counts.count == tasks * perTask && counts.allSatisfy { $0 == 1 })
+        // A batch in one write, and a message of 1 MB (many TLS records each way).
+        let large = [UInt8]((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        #expect(try await publisher.publish(large, to: "tls-large") == 1)
+        let messages = try await collect(subscription, tasks * perTask + 1)
+        var next = [Int](repeating: 0, count: tasks)
+        var inOrder = true
+        for message in messages.dropLast() {
+            let parts = message.string.split(separator: " ").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] < tasks, parts[1] == next[parts[0]] else { inOrder = false; break }
+            next[parts[0]] += 1
+        }
+        #expect(inOrder && next.allSatisfy { $0 == perTask })
+        #expect(messages.last?.payload == large)
+        await subscriber.close()
+        await publisher.close()
+    }
+
+    @Test func theHealthCheckOverTLSNoticesAFrozenServerAndTheConnectionComesBack() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let configuration = try tlsConfiguration(port: tlsPort) {
+            $0.healthCheckInterval = .milliseconds(300)
+            $0.healthCheckTimeout = .milliseconds(300)
+        }
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events())
+        server.pause()
+        let cause = try await events.disconnected()
+        #expect(cause.message.contains("health check"), "\(cause)")
+        server.resume()
+        try await events.reconnected()
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+    }
+}
