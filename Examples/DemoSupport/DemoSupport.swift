@@ -1,5 +1,6 @@
 // Shared by the `subscriber` and `publisher` sample binaries: the notification format, connecting with retries,
 // line-flushed output and signal handling.
+public import ArgumentParser
 import Dispatch
 public import Foundation
 public import Logging
@@ -84,10 +85,39 @@ public func connectWithRetry<Connection>(
     }
 }
 
-/// The configuration with the binaries' options applied.
-public func configuration(url: String?, healthCheckInterval: Double) -> RedisConfiguration {
+/// The TLS files of a `rediss://` connection, the same options on both binaries.
+public struct TLSOptions: ParsableArguments {
+    @Option(name: .customLong("tls-ca-file"), help: "PEM file of the CA certificates that sign the server's certificate (rediss:// only). Default: the system's trust store.")
+    public var caFile: String?
+
+    @Option(name: .customLong("tls-cert-file"), help: "PEM file of a client certificate for mutual TLS (rediss:// only).")
+    public var certificateFile: String?
+
+    @Option(name: .customLong("tls-key-file"), help: "PEM file of the client certificate's private key (default: read from --tls-cert-file).")
+    public var keyFile: String?
+
+    public init() {}
+
+    public func validate() throws {
+        if keyFile != nil && certificateFile == nil { throw ValidationError("--tls-key-file needs --tls-cert-file") }
+    }
+
+    /// Whether any option was given.
+    var isEmpty: Bool { caFile == nil && certificateFile == nil && keyFile == nil }
+}
+
+/// The configuration with the binaries' options applied; exits 1 when a TLS option comes with a URL without TLS.
+public func configuration(url: String?, healthCheckInterval: Double, tls options: TLSOptions = TLSOptions()) -> RedisConfiguration {
     var configuration = configuration(url: url)
     configuration.healthCheckInterval = healthCheckInterval > 0 ? .seconds(healthCheckInterval) : nil
+    guard !options.isEmpty else { return configuration }
+    guard configuration.tls != nil else {
+        Console.error("error: --tls-ca-file, --tls-cert-file and --tls-key-file need a rediss:// URL (got \(configuration))")
+        exit(1)
+    }
+    if let caFile = options.caFile { configuration.tls?.trust = .certificateAuthorityFile(caFile) }
+    configuration.tls?.certificateFile = options.certificateFile
+    configuration.tls?.privateKeyFile = options.keyFile
     return configuration
 }
 

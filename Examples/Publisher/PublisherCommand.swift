@@ -16,8 +16,11 @@ struct PublisherCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Redis URL. Default: the REDIS_URL environment variable, else redis://127.0.0.1:6379.")
+    @Option(help: "Redis URL: redis://, rediss:// (TLS) or unix://. Default: the REDIS_URL environment variable, else redis://127.0.0.1:6379.")
     var url: String?
+
+    @OptionGroup(title: "TLS")
+    var tls: TLSOptions
 
     @Option(name: .customLong("connect-timeout"), help: "Seconds to keep trying to reach the server at start-up.")
     var connectTimeout: Double = 10
@@ -48,7 +51,7 @@ struct PublisherCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval)
+        let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval, tls: tls)
         let publisher = await connectWithRetry(configuration, timeout: connectTimeout) {
             try await Publisher.connect(to: $0, encoder: Notification.encoder)
         }

@@ -17,8 +17,11 @@ struct SubscriberCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Redis URL. Default: the REDIS_URL environment variable, else redis://127.0.0.1:6379.")
+    @Option(help: "Redis URL: redis://, rediss:// (TLS) or unix://. Default: the REDIS_URL environment variable, else redis://127.0.0.1:6379.")
     var url: String?
+
+    @OptionGroup(title: "TLS")
+    var tls: TLSOptions
 
     @Option(name: .customLong("connect-timeout"), help: "Seconds to keep trying to reach the server at start-up.")
     var connectTimeout: Double = 10
@@ -46,7 +49,7 @@ struct SubscriberCommand: AsyncParsableCommand {
 
     func run() async throws {
         let channels = self.channels.isEmpty && patterns.isEmpty ? ["notifications"] : self.channels
-        let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval)
+        let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval, tls: tls)
         let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
             try await Subscriber.connect(to: $0)
         }

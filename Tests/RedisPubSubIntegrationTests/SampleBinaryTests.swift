@@ -84,6 +84,83 @@ struct SampleBinaryTests {
         #expect(received.map { $0.split(separator: ": ", maxSplits: 1).last } == published.map { $0.split(separator: ": ", maxSplits: 1).last })
     }
 
+    @Test func overMutualTLSWithTheTLSFlagsTheyPrintTheSameLines() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS(clientCertificates: "yes")
+        defer { server.stop() }
+        let certificates = TestCertificates.shared
+        let url = "rediss://localhost:\(tlsPort)"
+        let tls = ["--tls-ca-file", certificates.ca, "--tls-cert-file", certificates.clientCertificate,
+                   "--tls-key-file", certificates.clientKey]
+        let subscriber = try SampleProcess("subscriber", ["--url", url, "--count", "2"] + tls)
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        #expect(subscriber.stdoutLines.first == "Subscribed to notifications")
+        let publisher = try SampleProcess("publisher", ["--count", "2", "--interval", "0.1"] + tls, environment: ["REDIS_URL": url])
+        #expect(await publisher.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+        for line in publisher.stdoutLines {
+            #expect(line.wholeMatch(of: try Regex(#"Published to notifications \(1 receiver\): Hello at "# + Self.time)) != nil, "\(line)")
+        }
+        #expect(Array(subscriber.stdoutLines.dropFirst()).count == 2)
+        for line in subscriber.stdoutLines.dropFirst() {
+            #expect(line.wholeMatch(of: try Regex("Received message on notifications: Hello at " + Self.time)) != nil, "\(line)")
+        }
+
+        // Without the client certificate: one clear line and exit 1 at once, not a retry loop.
+        let refused = try SampleProcess("subscriber", ["--url", url, "--tls-ca-file", certificates.ca])
+        #expect(await refused.exitStatus(within: .seconds(8)) == 1)
+        #expect(refused.stderr.contains("requires a client certificate"), "\(refused.stderr)")
+        // TLS options with a URL without TLS are a mistake, not silently plaintext.
+        let plain = try SampleProcess("publisher", ["--url", server.url, "--count", "1"] + tls)
+        #expect(await plain.exitStatus() == 1)
+        #expect(plain.stderr.contains("need a rediss:// URL"), "\(plain.stderr)")
+    }
+
+    /// docker-compose.tls.yml cannot run here (no Docker engine): its pieces are run instead. The certificate script
+    /// it runs, redis-server with its TLS options, its health check's redis-cli and the binaries with its flags.
+    @Test func theComposeTLSVariantsPiecesWorkTogether() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let compose = try String(contentsOf: root.appendingPathComponent("docker-compose.tls.yml"), encoding: .utf8)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("compose-tls-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let script = Process()
+        script.executableURL = root.appendingPathComponent("scripts/make-test-certs.sh")
+        script.arguments = [directory.path, "localhost"]
+        script.standardOutput = FileHandle.nullDevice
+        try script.run()
+        script.waitUntilExit()
+        #expect(script.terminationStatus == 0)
+        func file(_ name: String) -> String {
+            #expect(compose.contains("/certs/\(name)"), "docker-compose.tls.yml no longer uses /certs/\(name)")
+            return directory.appendingPathComponent(name).path
+        }
+        for option in ["--tls-cert-file", "--tls-key-file", "--tls-ca-cert-file", "--tls-auth-clients", "--tls-ca-file", "rediss://redis:6379"] {
+            #expect(compose.contains(option), "docker-compose.tls.yml no longer has \(option)")
+        }
+        let (server, tlsPort) = try RedisServer.startTLS(
+            clientCertificates: "yes", certificate: file("server.crt"),
+            ["--tls-key-file", file("server.key"), "--tls-ca-cert-file", file("ca.crt")])
+        defer { server.stop() }
+
+        let ping = Process()
+        ping.executableURL = try RedisServer.find("redis-cli")
+        ping.arguments = ["--tls", "--cacert", file("ca.crt"), "--cert", file("client.crt"), "--key", file("client.key"),
+                          "-p", "\(tlsPort)", "ping"]
+        let output = Pipe()
+        ping.standardOutput = output
+        try ping.run()
+        ping.waitUntilExit()
+        #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("PONG"))
+
+        let tls = ["--tls-ca-file", file("ca.crt"), "--tls-cert-file", file("client.crt"), "--tls-key-file", file("client.key")]
+        let environment = ["REDIS_URL": "rediss://localhost:\(tlsPort)"]
+        let subscriber = try SampleProcess("subscriber", ["--count", "1"] + tls, environment: environment)
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        let publisher = try SampleProcess("publisher", ["--count", "1"] + tls, environment: environment)
+        #expect(await publisher.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+        #expect(subscriber.stdoutLines.last?.hasPrefix("Received message on notifications: Hello at ") == true, "\(subscriber.stderr)")
+    }
+
     @Test func channelsPatternsAndMessageText() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }
@@ -170,12 +247,14 @@ struct SampleBinaryTests {
     @Test func helpDocumentsEveryOption() async throws {
         let subscriber = try SampleProcess("subscriber", ["--help"])
         #expect(await subscriber.exitStatus() == 0)
-        for option in ["--url", "--connect-timeout", "--channel", "--pattern", "--json", "--count", "REDIS_URL"] {
+        for option in ["--url", "--connect-timeout", "--channel", "--pattern", "--json", "--count", "REDIS_URL", "rediss://",
+                       "--tls-ca-file", "--tls-cert-file", "--tls-key-file"] {
             #expect(subscriber.stdout.contains(option), "subscriber --help lacks \(option)")
         }
         let publisher = try SampleProcess("publisher", ["--help"])
         #expect(await publisher.exitStatus() == 0)
-        for option in ["--url", "--connect-timeout", "--channel", "--interval", "--count", "--message", "--json", "REDIS_URL"] {
+        for option in ["--url", "--connect-timeout", "--channel", "--interval", "--count", "--message", "--json", "REDIS_URL",
+                       "rediss://", "--tls-ca-file", "--tls-cert-file", "--tls-key-file"] {
             #expect(publisher.stdout.contains(option), "publisher --help lacks \(option)")
         }
     }
