@@ -17,7 +17,12 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]
         ),
-        .target(name: "HiredisBaseline", dependencies: ["CHiredisBench"]),
+        .systemLibrary(
+            name: "COpenSSLBench",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
+        ),
+        .target(name: "HiredisBaseline", dependencies: ["CHiredisBench", "COpenSSLBench"]),
         .executableTarget(
             name: "pubsub-bench",
             dependencies: [

@@ -291,3 +291,16 @@ struct HiredisContextTLSTests {
         #expect(error.code == .invalidConfiguration && error.message.contains("verification failed"), "\(error)")
     }
 }
+
+extension TLSSession {
+    /// Appends every byte that can be decrypted from what has arrived to `buffer`.
+    func read(into buffer: inout [UInt8]) throws(RedisError) -> ReadResult {
+        try withUnsafeTemporaryAllocation(byteCount: Self.recordSize, alignment: 1) { scratch throws(RedisError) -> ReadResult in
+            while true {
+                let outcome = try read(into: scratch)
+                guard case .bytes(let count) = outcome else { return outcome }
+                buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+            }
+        }
+    }
+}

@@ -9,6 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 uint64_t baseline_now_ns(void) {
     struct timespec ts;
@@ -214,4 +222,73 @@ baseline_result baseline_publish(const char *host, int port, const char *channel
 
 baseline_result baseline_publish_paced(const char *host, int port, const char *channel, long count, long size, long rate) {
     return publish(host, port, channel, count, size, 1000000, rate);
+}
+
+// ---- subscriber over TLS: OpenSSL on a blocking socket, hiredis's reader ----
+baseline_result baseline_subscribe_tls(const char *host, int port, const char *channel, long count, const char *ca_file,
+                                       void (*ready)(void)) {
+    baseline_result result;
+    memset(&result, 0, sizeof result);
+    signal(SIGPIPE, SIG_IGN);
+#define TLS_FAIL(...) do { result.error = 1; snprintf(result.message, sizeof result.message, __VA_ARGS__); goto done; } while (0)
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = NULL;
+    redisReader *reader = NULL;
+    char *command = NULL;
+    int fd = -1;
+    if (!ctx || SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) TLS_FAIL("cannot load %s", ca_file);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    struct sockaddr_in address;
+    memset(&address, 0, sizeof address);
+    address.sin_family = AF_INET;
+    address.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &address.sin_addr) != 1) TLS_FAIL("%s is not an IPv4 address", host);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&address, sizeof address) != 0) TLS_FAIL("connect: %s", strerror(errno));
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+    if (SSL_connect(ssl) != 1) TLS_FAIL("TLS handshake failed: %s", ERR_reason_error_string(ERR_get_error()));
+    const char *argv[2] = { "SUBSCRIBE", channel };
+    size_t lens[2] = { 9, strlen(channel) };
+    int length = redisFormatCommandArgv(&command, 2, argv, lens);
+    if (length < 0 || SSL_write(ssl, command, length) != length) TLS_FAIL("cannot send SUBSCRIBE");
+    reader = redisReaderCreate();
+    static char buffer[64 * 1024];
+    long received = 0;
+    uint64_t first = 0, last = 0;
+    int acknowledged = 0;
+    while (received < count) {
+        int n = SSL_read(ssl, buffer, sizeof buffer);
+        if (n <= 0) TLS_FAIL("TLS read failed after %ld messages", received);
+        if (redisReaderFeed(reader, buffer, (size_t)n) != REDIS_OK) TLS_FAIL("reader: %s", reader->errstr);
+        void *r = NULL;
+        while (received < count) {
+            if (redisReaderGetReply(reader, &r) != REDIS_OK) TLS_FAIL("reader: %s", reader->errstr);
+            if (!r) break;
+            redisReply *reply = r;
+            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+                if (!acknowledged && strcmp(reply->element[0]->str, "subscribe") == 0) {
+                    acknowledged = 1;
+                    if (ready) ready();
+                } else if (strcmp(reply->element[0]->str, "message") == 0) {
+                    uint64_t now = baseline_now_ns();
+                    if (received == 0) first = now;
+                    last = now;
+                    received++;
+                }
+            }
+            freeReplyObject(reply);
+        }
+    }
+    result.messages = received;
+    result.seconds = (double)(last - first) / 1e9;
+done:
+    if (reader) redisReaderFree(reader);
+    if (command) free(command);
+    if (ssl) SSL_free(ssl);
+    if (fd >= 0) close(fd);
+    if (ctx) SSL_CTX_free(ctx);
+    return result;
+#undef TLS_FAIL
 }

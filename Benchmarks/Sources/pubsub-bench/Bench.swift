@@ -36,6 +36,18 @@ struct Common: ParsableArguments {
     @Option(help: "Seconds after which the run is abandoned (exit status 1).")
     var timeout: UInt32 = 300
 
+    @Option(name: .customLong("tls-ca-file"), help: "With a rediss:// URL: the CA file that signs the server's certificate.")
+    var tlsCAFile: String?
+
+    /// The URL's configuration, trusting `--tls-ca-file`.
+    var configuration: RedisConfiguration {
+        get throws {
+            var configuration = try RedisConfiguration(url: url)
+            if let tlsCAFile { configuration.tls?.trust = .certificateAuthorityFile(tlsCAFile) }
+            return configuration
+        }
+    }
+
     var endpoint: (host: String, port: Int32) {
         get throws {
             guard case .tcp(let host, let port) = try RedisConfiguration(url: url).endpoint else {
@@ -73,6 +85,14 @@ struct Subscribe: AsyncParsableCommand {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
         switch engine {
+        case .c where try common.configuration.tls != nil:
+            guard let caFile = common.tlsCAFile, fanout == 1, !latency else {
+                throw ValidationError("the C baseline over TLS takes --tls-ca-file, and no --fanout or --latency")
+            }
+            let start = cpuSeconds()
+            let result = baseline_subscribe_tls(host, port, common.channel, count, caFile, { printFlushed("ready") })
+            guard result.error == 0 else { throw failure(result) }
+            report(received: result.messages, seconds: result.seconds, cpu: cpuSeconds() - start, latencies: [])
         case .c:
             let start = cpuSeconds()
             var latencies = [UInt64](repeating: 0, count: latency ? count : 0)
@@ -83,7 +103,7 @@ struct Subscribe: AsyncParsableCommand {
             guard result.error == 0 else { throw failure(result) }
             report(received: result.messages, seconds: result.seconds, cpu: cpuSeconds() - start, latencies: latencies)
         case .swift:
-            var configuration = try RedisConfiguration(url: common.url)
+            var configuration = try common.configuration
             configuration.healthCheckInterval = nil
             let subscriber = try await Subscriber.connect(to: configuration)
             var subscriptions: [Subscription] = []

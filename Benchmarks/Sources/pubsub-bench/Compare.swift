@@ -14,9 +14,13 @@ struct Compare: AsyncParsableCommand {
     var scale = 1.0
 
     func run() async throws {
-        let server = try PrivateRedis.start()
+        let certificates = try Self.makeCertificates()
+        defer { try? FileManager.default.removeItem(atPath: certificates) }
+        let server = try PrivateRedis.start(certificates: certificates)
         defer { server.stop() }
         let url = "redis://127.0.0.1:\(server.port)"
+        let tlsURL = "rediss://127.0.0.1:\(server.tlsPort)"
+        let caFile = certificates + "/ca.crt"
         let bench = try Self.executablePath()
         let started = Date()
         var rows: [Row] = []
@@ -34,6 +38,38 @@ struct Compare: AsyncParsableCommand {
             }
             rows.append(Row("subscriber, \(size) B payloads", "msgs/s", rates, higherIsBetter: true))
             rows.append(Row("subscriber CPU, \(size) B payloads", "CPU s per 1M msgs", cpu, higherIsBetter: false))
+        }
+
+        // Subscriber over TLS: the same C publisher (plaintext) feeds a TLS subscriber: C (OpenSSL and hiredis's
+        // reader, blocking), this package over TLS, and this package over plaintext, rotating the order per run.
+        var tlsCost: [String] = []
+        for (size, messages) in [(64, 1_000_000), (1024, 500_000), (65536, 20_000)] {
+            var rates: [Engine: [Double]] = [:], cpu: [Engine: [Double]] = [:]
+            var plainRates: [Double] = [], plainCPU: [Double] = []
+            let orders: [[String]] = [["c", "tls", "plain"], ["tls", "plain", "c"], ["plain", "c", "tls"]]
+            for run in 0..<runs {
+                for kind in orders[run % 3] {
+                    let sample = try await subscriberRun(
+                        bench, kind == "plain" ? url : tlsURL, engine: kind == "c" ? .c : .swift, size: size,
+                        count: count(messages), publishURL: url, caFile: caFile)
+                    switch kind {
+                    case "plain":
+                        plainRates.append(sample.rate)
+                        plainCPU.append(sample.cpuPerMillion)
+                    default:
+                        let engine: Engine = kind == "c" ? .c : .swift
+                        rates[engine, default: []].append(sample.rate)
+                        cpu[engine, default: []].append(sample.cpuPerMillion)
+                    }
+                }
+            }
+            rows.append(Row("subscriber over TLS, \(size) B payloads (C: OpenSSL + hiredis reader)", "msgs/s", rates, higherIsBetter: true))
+            rows.append(Row("subscriber CPU over TLS, \(size) B payloads", "CPU s per 1M msgs", cpu, higherIsBetter: false))
+            let tls = median(rates[.swift] ?? []), plain = median(plainRates)
+            let tlsCPU = median(cpu[.swift] ?? []), plainCPUMedian = median(plainCPU)
+            tlsCost.append(
+                "| \(size) B | \(format(plain)) | \(format(tls)) | \(String(format: "%.2fx", tls / plain)) | "
+                    + "\(format(plainCPUMedian)) | \(format(tlsCPU)) |")
         }
 
         // Publisher throughput, no subscribers. The target row: Swift tasks on the default executor against C with
@@ -119,6 +155,12 @@ struct Compare: AsyncParsableCommand {
         print("")
         print("Memory (Swift only; the consumer stalls until the burst is over):")
         for line in memory { print("- " + line) }
+        print("")
+        print("TLS against plaintext (Swift subscriber, same run, same C publisher):")
+        print("")
+        print("| payload | plaintext msgs/s | TLS msgs/s | TLS / plaintext | plaintext CPU s per 1M | TLS CPU s per 1M |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for line in tlsCost { print(line) }
     }
 
     // MARK: One subscriber run
@@ -129,14 +171,17 @@ struct Compare: AsyncParsableCommand {
         var latency: (p50: Double, p99: Double, p999: Double)?
     }
 
+    /// `url` is the subscriber's; the publisher uses `publishURL` (default: the same). `caFile` is passed along.
     private func subscriberRun(
         _ bench: String, _ url: String, engine: Engine, size: Int, count: Int, fanout: Int = 1, pacedRate: Int? = nil,
-        executor: ExecutorChoice = .global
+        executor: ExecutorChoice = .global, publishURL: String? = nil, caFile: String? = nil
     ) async throws -> SubscriberSample {
         let channel = "bench-\(UUID().uuidString.prefix(8))"
         var arguments = ["subscribe", "--url", url, "--channel", channel, "--engine", engine.rawValue,
                          "--count", "\(count)", "--fanout", "\(fanout)", "--executor", executor.rawValue]
         if pacedRate != nil { arguments.append("--latency") }
+        if let caFile { arguments += ["--tls-ca-file", caFile] }
+        let url = publishURL ?? url
         let subscriber = try Child(bench, arguments)
         try await subscriber.waitForLine(containing: "ready")
         let publisherArguments: [String]
@@ -180,10 +225,32 @@ struct Compare: AsyncParsableCommand {
         return value
     }
 
+    /// Throwaway certificates for the TLS rows, made by the repository's scripts/make-test-certs.sh.
+    static func makeCertificates() throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pubsub-bench-tls-\(UUID().uuidString)").path
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../scripts/make-test-certs.sh")
+            .standardizedFileURL.path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = [script, directory, "localhost"]
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("\(script) failed (is openssl installed?)") }
+        return directory
+    }
+
     static func executablePath() throws -> String {
         let path = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return URL(fileURLWithPath: path).standardizedFileURL.path
     }
+}
+
+/// A table cell: millions from 10,000 up, else the number.
+func format(_ value: Double) -> String {
+    if value.isNaN { return "-" }
+    if value >= 10_000 { return String(format: "%.2fM", value / 1_000_000).replacingOccurrences(of: "0.00M", with: "<0.01M") }
+    return String(format: value >= 100 ? "%.0f" : "%.2f", value)
 }
 
 /// A table row: medians per engine and the Swift/C ratio.
@@ -203,11 +270,6 @@ struct Row {
     }
 
     var markdown: String {
-        func format(_ value: Double) -> String {
-            if value.isNaN { return "-" }
-            if value >= 10_000 { return String(format: "%.2fM", value / 1_000_000).replacingOccurrences(of: "0.00M", with: "<0.01M") }
-            return String(format: value >= 100 ? "%.0f" : "%.2f", value)
-        }
         let ratio = c > 0 ? String(format: "%.2fx", swift / c) : "-"
         return "| \(name) | \(unit) | \(format(c)) | \(format(swift)) | \(ratio) |"
     }
@@ -282,11 +344,13 @@ final class Child: @unchecked Sendable {
 /// (a slower subscriber must fall behind, not be disconnected, or it never reaches its count).
 struct PrivateRedis {
     let port: Int
+    /// Its TLS port, with the server certificate from `certificates`.
+    let tlsPort: Int
     let process: Process
     let directory: URL
     let version: String
 
-    static func start() throws -> PrivateRedis {
+    static func start(certificates: String) throws -> PrivateRedis {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pubsub-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let executable = ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server"]
@@ -294,16 +358,20 @@ struct PrivateRedis {
         guard let executable else { throw ValidationError("redis-server is not installed") }
         for _ in 0..<10 {
             let port = Int.random(in: 20000..<60000)
+            let tlsPort = Int.random(in: 20000..<60000)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                  "--dir", directory.path, "--client-output-buffer-limit", "pubsub 0 0 0",
-                                 "--logfile", directory.appendingPathComponent("redis.log").path]
+                                 "--logfile", directory.appendingPathComponent("redis.log").path,
+                                 "--tls-port", "\(tlsPort)", "--tls-cert-file", certificates + "/server.crt",
+                                 "--tls-key-file", certificates + "/server.key", "--tls-ca-cert-file", certificates + "/ca.crt",
+                                 "--tls-auth-clients", "no"]
             try process.run()
             for _ in 0..<200 {
                 if !process.isRunning { break }
                 if let version = ping(port: port) {
-                    return PrivateRedis(port: port, process: process, directory: directory, version: version)
+                    return PrivateRedis(port: port, tlsPort: tlsPort, process: process, directory: directory, version: version)
                 }
                 usleep(10_000)
             }

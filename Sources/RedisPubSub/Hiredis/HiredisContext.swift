@@ -82,6 +82,8 @@ final class HiredisContext: EventLoopSource {
     /// Ciphertext waiting for the socket, from `ciphertextSent` on.
     private var ciphertext: [UInt8] = []
     private var ciphertextSent = 0
+    /// Decrypted bytes on their way to hiredis's reader: one TLS record's worth, allocated once per TLS connection.
+    private let plaintextBuffer: UnsafeMutableRawBufferPointer?
 
     /// Starts a non-blocking connect. The delegate later gets ``HiredisContextDelegate/hiredisContextDidConnect(_:)``
     /// or ``HiredisContextDelegate/hiredisContext(_:didCloseWith:)``.
@@ -95,6 +97,7 @@ final class HiredisContext: EventLoopSource {
         self.address = address
         self.delegate = delegate
         self.tls = tls
+        self.plaintextBuffer = tls == nil ? nil : .allocate(byteCount: TLSSession.recordSize, alignment: 1)
 
         let created: UnsafeMutablePointer<redisAsyncContext>?
         errno = 0
@@ -136,6 +139,7 @@ final class HiredisContext: EventLoopSource {
 
     deinit {
         assert(context == nil, "HiredisContext released while hiredis still holds it")
+        plaintextBuffer?.deallocate()
     }
 
     private static func from(_ data: UnsafeMutableRawPointer?) -> HiredisContext {
@@ -218,28 +222,33 @@ final class HiredisContext: EventLoopSource {
             deliverEvents()
         }
         if tls != nil {
-            guard readThroughTLS(c) else { return }
-        } else {
-            guard redisBufferRead(c) == REDIS_OK else {
-                fail(Self.ioError(c))
-                return
-            }
+            guard receiveThroughTLS() else { return }
+            return decryptAndDeliver(c)
         }
+        guard redisBufferRead(c) == REDIS_OK else {
+            fail(Self.ioError(c))
+            return
+        }
+        if deliverReplies(c) { delegate?.hiredisContextDidFinishReading(self) }
+    }
+
+    /// Hands every complete reply in hiredis's reader to the delegate. Returns `false` when the connection failed or
+    /// was closed on the way.
+    private func deliverReplies(_ c: UnsafeMutablePointer<redisContext>) -> Bool {
         var raw: UnsafeMutableRawPointer?
         while context != nil {
             guard redisGetReplyFromReader(c, &raw) == REDIS_OK else {
                 fail(RedisError(.protocolError, "invalid reply from the server: " + String(cString: chiredis_errstr(c))))
-                return
+                return false
             }
             guard let reply = raw else {
                 // Incomplete: what the reader holds so far must not nest deeper than a reply may (hiredis 1.x has no
                 // limit of its own before 1.3, and only a loose one since; 0.14 stops at 7).
                 if chiredis_reader_depth(c) >= RedisValue.maximumDepth {
                     fail(Self.tooDeep)
-                    return
+                    return false
                 }
-                delegate?.hiredisContextDidFinishReading(self)
-                return
+                return true
             }
             let typed = reply.assumingMemoryBound(to: redisReply.self)
             if decodesPushes, let push = Self.push(typed) {
@@ -254,12 +263,13 @@ final class HiredisContext: EventLoopSource {
             } catch {
                 freeReplyObject(reply)
                 fail(error)
-                return
+                return false
             }
             freeReplyObject(reply)
             raw = nil
             delegate?.hiredisContext(self, didReceive: value)  // may close: the loop condition re-checks `context`
         }
+        return false
     }
 
     // MARK: TLS driver
@@ -286,9 +296,10 @@ final class HiredisContext: EventLoopSource {
         deliverEvents()
     }
 
-    /// Reads what the socket has, decrypts it and feeds the plaintext to hiredis's reader. Returns `false` when the
-    /// connection failed (then closed) or is still handshaking.
-    private func readThroughTLS(_ c: UnsafeMutablePointer<redisContext>) -> Bool {
+    /// Receives one chunk of ciphertext from the socket into the session (at most 64 KiB: as in plaintext, one read
+    /// per readiness event, so a fast server cannot keep the loop here) and advances a handshake in progress.
+    /// Returns `false` when the connection failed (then closed) or is still handshaking.
+    private func receiveThroughTLS() -> Bool {
         guard let tls else { return false }
         let chunk = 64 * 1024
         while true {
@@ -312,7 +323,7 @@ final class HiredisContext: EventLoopSource {
                             + "speak TLS; use redis:// or the server's tls-port"))
                 return false
             }
-            if count > 0 { continue }
+            if count > 0 { break }
             if count == 0 {
                 fail(
                     RedisError(
@@ -322,8 +333,8 @@ final class HiredisContext: EventLoopSource {
                             : "the server closed the connection"))
                 return false
             }
-            if errno == EAGAIN || errno == EWOULDBLOCK { break }
             if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { break }  // a spurious wakeup; what was received is decrypted
             fail(RedisError(.connectionClosed, "connection lost: \(String(cString: strerror(errno)))"))
             return false
         }
@@ -331,32 +342,39 @@ final class HiredisContext: EventLoopSource {
             advanceHandshake()
             guard connected, context != nil else { return false }
         }
-        var plaintext: [UInt8] = []
-        let outcome: TLSSession.ReadResult
-        do {
-            outcome = try tls.read(into: &plaintext)
-        } catch {
-            fail(error)
-            return false
-        }
-        if tls.hasOutput {  // a key update or the like wants an answer
-            tls.takeOutput(into: &ciphertext)
-            sendCiphertext()
-        }
-        if !plaintext.isEmpty {
-            let fed = plaintext.withUnsafeBytes {
-                chiredis_reader_feed(c, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count)
-            }
-            guard fed == REDIS_OK else {
-                fail(RedisError(.protocolError, "invalid reply from the server: " + String(cString: chiredis_errstr(c))))
-                return false
-            }
-        }
-        if outcome == .closed {
-            fail(RedisError(.connectionClosed, "the server closed the TLS session"))
-            return false
-        }
         return context != nil
+    }
+
+    /// Decrypts what the session holds, one TLS record at a time, feeding each to hiredis's reader and delivering
+    /// the replies it completes before the next. Small pieces keep hiredis's reader cheap: it moves its unparsed rest
+    /// to the front of its buffer after every kilobyte parsed, so one large feed would cost time quadratic in its size.
+    private func decryptAndDeliver(_ c: UnsafeMutablePointer<redisContext>) {
+        guard let tls, let plaintextBuffer else { return }
+        while context != nil {
+            let outcome: TLSSession.ReadResult
+            do {
+                outcome = try tls.read(into: plaintextBuffer)
+            } catch {
+                return fail(error)
+            }
+            if tls.hasOutput {  // a key update or the like wants an answer
+                tls.takeOutput(into: &ciphertext)
+                sendCiphertext()
+            }
+            switch outcome {
+            case .bytes(let count):
+                let fed = chiredis_reader_feed(c, plaintextBuffer.baseAddress!.assumingMemoryBound(to: CChar.self), count)
+                guard fed == REDIS_OK else {
+                    return fail(RedisError(.protocolError, "invalid reply from the server: " + String(cString: chiredis_errstr(c))))
+                }
+                guard deliverReplies(c) else { return }
+            case .needsMore:
+                delegate?.hiredisContextDidFinishReading(self)
+                return
+            case .closed:
+                return fail(RedisError(.connectionClosed, "the server closed the TLS session"))
+            }
+        }
     }
 
     /// What a server that does not speak TLS answered to a ClientHello, shortened, or `nil` when `bytes` start like a
@@ -400,6 +418,11 @@ final class HiredisContext: EventLoopSource {
         }
         if ciphertextSent == ciphertext.count {
             ciphertext.removeAll(keepingCapacity: ciphertext.capacity <= 1 << 20)
+            ciphertextSent = 0
+        } else if ciphertextSent >= 1 << 20, ciphertextSent >= ciphertext.count / 2 {
+            // A socket that never quite drains would otherwise keep every byte ever sent: drop the sent part once it
+            // is the larger half (the move costs less than what was sent since the last one).
+            ciphertext.removeFirst(ciphertextSent)
             ciphertextSent = 0
         }
         setInterest()

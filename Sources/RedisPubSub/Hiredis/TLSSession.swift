@@ -114,29 +114,28 @@ final class TLSSession {
     // MARK: Plaintext
 
     enum ReadResult: Equatable {
-        /// Everything decrypted so far was appended; more needs more ciphertext.
+        /// This many bytes were decrypted into the buffer; there may be more.
+        case bytes(Int)
+        /// Nothing more can be decrypted without more ciphertext.
         case needsMore
         /// The peer closed the TLS session (`close_notify`).
         case closed
     }
 
-    /// Appends every byte that can be decrypted from what has arrived to `buffer`.
+    /// The most plaintext one TLS record carries.
+    static let recordSize = 16 * 1024
+
+    /// Decrypts into `buffer` as much as fits (one record with a buffer of ``recordSize``).
     ///
-    /// - Throws: ``RedisError/Code/protocolError`` when the stream is not valid TLS.
-    func read(into buffer: inout [UInt8]) throws(RedisError) -> ReadResult {
-        let chunk = 16 * 1024  // one TLS record's worth
-        while true {
-            let result = withUnsafeTemporaryAllocation(byteCount: chunk, alignment: 1) { scratch -> Int32 in
-                let result = SSL_read(ssl, scratch.baseAddress!, Int32(chunk))
-                if result > 0 { buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<Int(result)])) }
-                return result
-            }
-            if result > 0 { continue }
-            switch SSL_get_error(ssl, result) {
-            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needsMore
-            case SSL_ERROR_ZERO_RETURN: return .closed
-            default: throw failure("TLS read failed")
-            }
+    /// - Throws: ``RedisError/Code/protocolError`` when the stream is not valid TLS (or a configuration error when
+    ///   the peer's alert refuses this side's certificate).
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(RedisError) -> ReadResult {
+        let result = SSL_read(ssl, buffer.baseAddress!, Int32(min(buffer.count, Int(Int32.max))))
+        if result > 0 { return .bytes(Int(result)) }
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .needsMore
+        case SSL_ERROR_ZERO_RETURN: return .closed
+        default: throw failure("TLS read failed")
         }
     }
 

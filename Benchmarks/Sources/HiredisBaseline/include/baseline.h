@@ -17,6 +17,11 @@ typedef struct {
 baseline_result baseline_subscribe(const char *host, int port, const char *channel, long count, int fanout,
                                    void (*ready)(void), uint64_t *latencies);
 
+/// Like `baseline_subscribe` over TLS (verified against `ca_file`): OpenSSL reads the socket, hiredis's reader
+/// parses what it decrypts. A blocking socket and one SSL_read per TLS record: the least a TLS subscriber can do.
+baseline_result baseline_subscribe_tls(const char *host, int port, const char *channel, long count, const char *ca_file,
+                                       void (*ready)(void));
+
 /// Publishes `count` messages of `size` bytes with at most `window` commands in flight, as fast as possible.
 baseline_result baseline_publish(const char *host, int port, const char *channel, long count, long size, int window);
 
