@@ -14,6 +14,12 @@ static inline int copenssl_set_server_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }
 static inline long copenssl_set_mode(SSL_CTX *context, long mode) { return SSL_CTX_set_mode(context, mode); }
+// No renegotiation: a write mid-renegotiation could take only part of hiredis's output buffer.
+static inline void copenssl_disable_renegotiation(SSL_CTX *context) {
+#ifdef SSL_OP_NO_RENEGOTIATION
+    SSL_CTX_set_options(context, SSL_OP_NO_RENEGOTIATION);
+#endif
+}
 // A memory BIO that reports "retry" instead of end-of-file when empty: more ciphertext may still come.
 static inline void copenssl_mem_retry_when_empty(BIO *bio) { BIO_set_mem_eof_return(bio, -1); }
 

@@ -417,13 +417,16 @@ struct ResilienceTests {
 
     /// The subscriber's own loop is held busy, so it stops reading however fast the machine is, until the server
     /// has dropped it for its backlog: the gap names that cause, and the bounded buffer dropped instead of growing.
-    @Test func overTheServersOutputBufferLimitTheGapNamesTheCauseAndMemoryStaysBounded() async throws {
-        let server = try RedisServer.start(["--client-output-buffer-limit", "pubsub 1mb 512kb 0"])
+    @Test(arguments: [false, true])
+    func overTheServersOutputBufferLimitTheGapNamesTheCauseAndMemoryStaysBounded(tls: Bool) async throws {
+        let limit = ["--client-output-buffer-limit", "pubsub 1mb 512kb 0"]
+        let (server, tlsPort) = tls ? try RedisServer.startTLS(limit) : (try RedisServer.start(limit), 0)
         defer { server.stop() }
         // A loop of its own: blocking the shared one would stall every other test's I/O and timers.
         let loop = EventLoop(name: "output-buffer-limit-test")
         let subscriber = try await Subscriber.connect(
-            to: .init(url: server.url), logger: RedisConnection.disabledLogger, on: loop)
+            to: tls ? try tlsConfiguration(port: tlsPort) : .init(url: server.url), logger: RedisConnection.disabledLogger,
+            on: loop)
         let slow = try await subscriber.subscribe(to: "big", bufferingPolicy: .bufferingNewest(10))  // never read
         defer { withExtendedLifetime(slow) {} }
         let gaps = EventRecorder(slow.events())

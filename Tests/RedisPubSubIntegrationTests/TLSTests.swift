@@ -76,6 +76,58 @@ struct TLSTests {
         #expect(none.time < .seconds(5) && untrusted.time < .seconds(5))  // at once, not after the connect timeout
     }
 
+    @Test func overTLS12MutualTLSAndItsRefusalAndAMinimumVersionTheServerLacks() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS(clientCertificates: "yes", ["--tls-protocols", "TLSv1.2"])
+        defer { server.stop() }
+        let certificates = TestCertificates.shared
+        let connection = try await RedisConnection.connect(
+            to: try tlsConfiguration(port: tlsPort) {
+                $0.tls?.certificateFile = certificates.clientCertificate
+                $0.tls?.privateKeyFile = certificates.clientKey
+            })
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+        // TLS 1.2 refuses a missing client certificate with a generic handshake_failure alert.
+        let none = await connectFailure(try tlsConfiguration(port: tlsPort))
+        #expect(none.error?.code == .invalidConfiguration, "\(String(describing: none.error))")
+        #expect(none.error?.message.contains("may require a client certificate") == true, "\(String(describing: none.error))")
+        let newer = await connectFailure(
+            try tlsConfiguration(port: tlsPort) {
+                $0.tls?.minimumVersion = .tls1_3
+                $0.tls?.certificateFile = certificates.clientCertificate
+                $0.tls?.privateKeyFile = certificates.clientKey
+            })
+        #expect(newer.error?.code == .invalidConfiguration, "\(String(describing: newer.error))")
+        #expect(newer.error?.message.contains("no TLS version that both sides accept") == true, "\(String(describing: newer.error))")
+        #expect(none.time < .seconds(5) && newer.time < .seconds(5))
+        print("TLS 1.2 without a client certificate: \(String(describing: none.error)); TLS 1.3 only: \(String(describing: newer.error))")
+    }
+
+    @Test func aHashedCADirectoryIsTrusted() async throws {
+        let (server, tlsPort) = try RedisServer.startTLS()
+        defer { server.stop() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ca-dir-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try FileManager.default.copyItem(atPath: TestCertificates.shared.ca, toPath: directory.appendingPathComponent("ca.pem").path)
+        let rehash = Process()
+        rehash.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        rehash.arguments = ["openssl", "rehash", directory.path]
+        try rehash.run()
+        rehash.waitUntilExit()
+        #expect(rehash.terminationStatus == 0)
+        let connection = try await RedisConnection.connect(
+            to: try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityDirectory(directory.path) })
+        #expect(try await connection.ping() == "PONG")
+        await connection.close()
+        // A directory without the CA: the server's certificate is not trusted.
+        let empty = directory.appendingPathComponent("empty")
+        try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+        let untrusted = await connectFailure(
+            try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityDirectory(empty.path) })
+        #expect(untrusted.error?.message.contains("not signed by a trusted CA") == true, "\(String(describing: untrusted.error))")
+    }
+
     @Test func aCertificateThatDoesNotVerifyFailsAtOnceNamingWhy() async throws {
         let certificates = TestCertificates.shared
         let (server, tlsPort) = try RedisServer.startTLS()
@@ -143,18 +195,18 @@ struct TLSTests {
         defer { server.stop() }
         let missing = "/nonexistent/\(UUID().uuidString).pem"
         let certificates = TestCertificates.shared
-        let cases: [RedisConfiguration] = [
-            try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityFile(missing) },
-            try tlsConfiguration(port: tlsPort) { $0.tls?.certificateFile = missing },
-            try tlsConfiguration(port: tlsPort) {
+        let cases: [(RedisConfiguration, String)] = [
+            (try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityFile(missing) }, missing),
+            (try tlsConfiguration(port: tlsPort) { $0.tls?.certificateFile = missing }, missing),
+            (try tlsConfiguration(port: tlsPort) {
                 $0.tls?.certificateFile = certificates.clientCertificate
                 $0.tls?.privateKeyFile = certificates.serverKey  // not the certificate's key
-            },
+            }, certificates.serverKey),
         ]
-        for configuration in cases {
+        for (configuration, file) in cases {
             let (error, time) = await connectFailure(configuration)
             #expect(error?.code == .invalidConfiguration, "\(String(describing: error))")
-            #expect(error?.message.contains("/") == true, "\(String(describing: error))")  // names a file
+            #expect(error?.message.contains(file) == true, "\(String(describing: error))")
             #expect(time < .seconds(2))
         }
         // Not even a socket is opened for what validation refuses.
@@ -190,6 +242,33 @@ struct TLSTests {
         let received = try await collect(subscription, 6).map(\.string)
         #expect(received == ["before", "sharded", "after 0", "after 1", "after 2", "sharded again"])
         await publisher.close()
+        await subscriber.close()
+    }
+
+    /// The server comes back with a certificate from another CA, and the client's CA file was replaced meanwhile:
+    /// files are read again for every socket, so the reconnect trusts the new CA.
+    @Test func aRotatedCAFileIsReadAgainOnReconnect() async throws {
+        let certificates = TestCertificates.shared
+        var (server, tlsPort) = try RedisServer.startTLS()
+        let port = server.port
+        defer { server.stop() }
+        let trusted = FileManager.default.temporaryDirectory.appendingPathComponent("rotating-ca-\(UUID().uuidString).pem")
+        defer { try? FileManager.default.removeItem(at: trusted) }
+        try FileManager.default.copyItem(atPath: certificates.ca, toPath: trusted.path)
+        let subscriber = try await Subscriber.connect(
+            to: try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityFile(trusted.path) })
+        let subscription = try await subscriber.subscribe(to: "rotation")
+        let events = EventRecorder(subscription.events())
+        server.stop()
+        _ = try await events.disconnected()
+        // Replaced atomically, as deployment tools do: a reconnect attempt in between reads one file or the other.
+        try Data(contentsOf: URL(fileURLWithPath: certificates.otherCA)).write(to: trusted, options: .atomic)
+        (server, _) = try RedisServer.startTLS(certificate: certificates.otherCAServerCertificate, tlsPort: tlsPort, port: port)
+        try await events.resubscribed()
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        #expect(try await admin.publish("after the rotation", to: "rotation") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["after the rotation"])
+        await admin.close()
         await subscriber.close()
     }
 

@@ -277,9 +277,9 @@ struct ConnectionStateMachineTests {
         #expect(error??.message.contains("TLS handshake") == true)
         #expect(error??.message.contains("tls-port") == true)
 
-        var plain = Machine(settings: settings(fixed: a, reconnect: .disabled, usesTLS: true), seed: 1)
-        _ = plain.start(now: t0)  // the TCP connect itself never completes
-        let other = finished(plain.timerFired(.attempt, now: t0 + .seconds(10), lastRead: t0))
+        var tcpOnly = Machine(settings: settings(fixed: a, reconnect: .disabled, usesTLS: true), seed: 1)
+        _ = tcpOnly.start(now: t0)  // the TCP connect itself never completes
+        let other = finished(tcpOnly.timerFired(.attempt, now: t0 + .seconds(10), lastRead: t0))
         #expect(other??.message.contains("timed out after") == true)
         #expect(other??.message.contains("TLS") == false)
     }

@@ -248,7 +248,10 @@ baseline_result baseline_subscribe_tls(const char *host, int port, const char *c
     ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
-    if (SSL_connect(ssl) != 1) TLS_FAIL("TLS handshake failed: %s", ERR_reason_error_string(ERR_get_error()));
+    if (SSL_connect(ssl) != 1) {
+        const char *reason = ERR_reason_error_string(ERR_get_error());
+        TLS_FAIL("TLS handshake failed: %s", reason ? reason : "connection closed");
+    }
     const char *argv[2] = { "SUBSCRIBE", channel };
     size_t lens[2] = { 9, strlen(channel) };
     int length = redisFormatCommandArgv(&command, 2, argv, lens);
@@ -267,7 +270,7 @@ baseline_result baseline_subscribe_tls(const char *host, int port, const char *c
             if (redisReaderGetReply(reader, &r) != REDIS_OK) TLS_FAIL("reader: %s", reader->errstr);
             if (!r) break;
             redisReply *reply = r;
-            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 && reply->element[0]->type == REDIS_REPLY_STRING) {
                 if (!acknowledged && strcmp(reply->element[0]->str, "subscribe") == 0) {
                     acknowledged = 1;
                     if (ready) ready();

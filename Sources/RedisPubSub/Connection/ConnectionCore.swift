@@ -57,8 +57,6 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private var closeWaiters: [@Sendable () -> Void] = []
     private var readyWaiters: [Pending<Void>] = []
     private var spareSubmissions: [Submission] = []
-    /// The TLS trust store and certificate, loaded at the first connect and shared by every socket after it.
-    private var tlsContext: TLSContext?
 
     init(configuration: RedisConfiguration, logger: Logger, loop: EventLoop) {
         self.configuration = configuration
@@ -204,20 +202,15 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         }
     }
 
-    /// A TLS session for a new socket when the configuration asks for TLS (the context is made once), else `nil`.
+    /// A TLS session for a new socket when the configuration asks for TLS, else `nil`. The files are read again for
+    /// every socket (cheap next to the handshake itself), so certificates renewed on disk are used from the next one.
     private func makeTLSSession() throws(RedisError) -> TLSSession? {
         guard let tls = configuration.tls, case .tcp(let host, _) = configuration.endpoint else { return nil }
-        let context: TLSContext
-        if let tlsContext {
-            context = tlsContext
-        } else {
-            context = try TLSContext(tls.settings)
-            tlsContext = context
-            if !tls.verifiesServer {
-                logger.warning(
-                    "TLS without verification: the server's certificate is not checked, so anyone on the path can pose as the server",
-                    metadata: ["redis.endpoint": "\(configuration)"])
-            }
+        let context = try TLSContext(tls.settings)
+        if !tls.verifiesServer {
+            logger.warning(
+                "TLS without verification: the server's certificate is not checked, so anyone on the path can pose as the server",
+                metadata: ["redis.endpoint": "\(configuration)"])
         }
         // A link-local address's scope (`fe80::1%eth0`) is not part of what a certificate names.
         return try TLSSession(context: context, serverName: tls.serverName ?? String(host.prefix { $0 != "%" }))

@@ -153,6 +153,11 @@ final class HiredisContext: EventLoopSource {
     func append(_ bytes: UnsafeRawBufferPointer) {
         loop.assertInLoop()
         guard let ac = context, bytes.count > 0 else { return }
+        // Before the TLS session is up, hiredis's own write path would send these bytes (AUTH among them) in clear.
+        guard tls == nil || connected else {
+            assertionFailure("a command appended before the TLS handshake completed")
+            return fail(RedisError(.invalidArgument, "a command was written before the TLS handshake completed"))
+        }
         let rc = redisAppendFormattedCommand(
             chiredis_context(ac), bytes.baseAddress!.assumingMemoryBound(to: CChar.self), bytes.count)
         if rc != REDIS_OK {
@@ -175,10 +180,10 @@ final class HiredisContext: EventLoopSource {
     /// `cause`, or ``RedisError/Code/connectionClosed`` when none is given.
     func close(cause: RedisError? = nil) {
         loop.assertInLoop()
-        if let tls, connected, cause == nil {
+        if let tls, connected {
             tls.shutdown()  // close_notify, best effort: the socket closes right after
             tls.takeOutput(into: &ciphertext)
-            sendCiphertext()
+            sendCiphertextBestEffort()
         }
         fail(cause ?? RedisError(.connectionClosed, "connection closed"))
     }
@@ -222,7 +227,7 @@ final class HiredisContext: EventLoopSource {
             deliverEvents()
         }
         if tls != nil {
-            guard receiveThroughTLS() else { return }
+            guard receiveThroughTLS(c) else { return }
             return decryptAndDeliver(c)
         }
         guard redisBufferRead(c) == REDIS_OK else {
@@ -282,8 +287,9 @@ final class HiredisContext: EventLoopSource {
         do {
             complete = try tls.handshake()
         } catch {
+            closeCause = closeCause ?? error  // what the delegate hears, also if sending the alert fails
             tls.takeOutput(into: &ciphertext)  // the alert telling the server why, best effort
-            sendCiphertext()
+            sendCiphertextBestEffort()
             return fail(error)
         }
         tls.takeOutput(into: &ciphertext)
@@ -299,7 +305,7 @@ final class HiredisContext: EventLoopSource {
     /// Receives one chunk of ciphertext from the socket into the session (at most 64 KiB: as in plaintext, one read
     /// per readiness event, so a fast server cannot keep the loop here) and advances a handshake in progress.
     /// Returns `false` when the connection failed (then closed) or is still handshaking.
-    private func receiveThroughTLS() -> Bool {
+    private func receiveThroughTLS(_ c: UnsafeMutablePointer<redisContext>) -> Bool {
         guard let tls else { return false }
         let chunk = 64 * 1024
         while true {
@@ -324,18 +330,21 @@ final class HiredisContext: EventLoopSource {
                 return false
             }
             if count > 0 { break }
-            if count == 0 {
+            let failure = errno
+            if count < 0, failure == EINTR { continue }
+            if count < 0, failure == EAGAIN || failure == EWOULDBLOCK { break }  // spurious: what came is decrypted
+            if count == 0 || failure == ECONNRESET, !handshaking, tls.holdsUnreadBytes || chiredis_reader_mid_reply(c) != 0 {
+                fail(Self.closedMidReply)
+            } else if count == 0 {
                 fail(
                     RedisError(
                         .connectionClosed,
                         handshaking
                             ? "the server closed the connection during the TLS handshake"
                             : "the server closed the connection"))
-                return false
+            } else {
+                fail(RedisError(.connectionClosed, "connection lost: \(String(cString: strerror(failure)))"))
             }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { break }  // a spurious wakeup; what was received is decrypted
-            fail(RedisError(.connectionClosed, "connection lost: \(String(cString: strerror(errno)))"))
             return false
         }
         if handshaking {
@@ -359,7 +368,8 @@ final class HiredisContext: EventLoopSource {
             }
             if tls.hasOutput {  // a key update or the like wants an answer
                 tls.takeOutput(into: &ciphertext)
-                sendCiphertext()
+                sendCiphertext()  // may fail the connection
+                guard context != nil else { return }
             }
             switch outcome {
             case .bytes(let count):
@@ -372,7 +382,10 @@ final class HiredisContext: EventLoopSource {
                 delegate?.hiredisContextDidFinishReading(self)
                 return
             case .closed:
-                return fail(RedisError(.connectionClosed, "the server closed the TLS session"))
+                // Redis ends a TLS client it drops for its backlog with close_notify, right after part of a reply.
+                return fail(
+                    chiredis_reader_mid_reply(c) != 0
+                        ? Self.closedMidReply : RedisError(.connectionClosed, "the server closed the TLS session"))
             }
         }
     }
@@ -392,7 +405,10 @@ final class HiredisContext: EventLoopSource {
         let length = Int(chiredis_output_length(c))
         if length > 0, let output = chiredis_output(c) {
             do {
-                _ = try tls.write(UnsafeRawBufferPointer(start: output, count: length))  // memory BIO: takes all
+                // A memory BIO takes everything; only a renegotiation (turned off) could make it take less.
+                guard try tls.write(UnsafeRawBufferPointer(start: output, count: length)) == length else {
+                    return fail(RedisError(.protocolError, "the TLS session took only part of a write"))
+                }
             } catch {
                 return fail(error)
             }
@@ -400,6 +416,16 @@ final class HiredisContext: EventLoopSource {
             tls.takeOutput(into: &ciphertext)
         }
         sendCiphertext()
+    }
+
+    /// Sends what ciphertext the socket takes now and forgets the rest, ignoring errors: for the last words before
+    /// the socket closes (close_notify, an alert), which must not replace the reason it closes.
+    private func sendCiphertextBestEffort() {
+        if fd >= 0, ciphertextSent < ciphertext.count {
+            _ = ciphertext[ciphertextSent...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        }
+        ciphertext.removeAll()
+        ciphertextSent = 0
     }
 
     /// Writes waiting ciphertext until the socket would block; asks for write readiness while some is left.
@@ -564,17 +590,19 @@ final class HiredisContext: EventLoopSource {
 
     // MARK: Errors
 
+    /// An orderly close happens between replies. Cutting one in half is what Redis does to a client whose backlog
+    /// passed its output buffer limit (for subscribers: `client-output-buffer-limit pubsub`).
+    private static let closedMidReply = RedisError(
+        .connectionClosed,
+        "the server closed the connection in the middle of a reply: most likely this client's backlog passed the "
+            + "server's client-output-buffer-limit (for subscribers, `pubsub`)")
+
     private static func ioError(_ c: UnsafeMutablePointer<redisContext>) -> RedisError {
         let text = String(cString: chiredis_errstr(c))
         let reset = c.pointee.err == REDIS_ERR_IO && text.contains(String(cString: strerror(ECONNRESET)))
         switch c.pointee.err {
         case REDIS_ERR_EOF where chiredis_reader_mid_reply(c) != 0, REDIS_ERR_IO where reset && chiredis_reader_mid_reply(c) != 0:
-            // An orderly close happens between replies. Cutting one in half is what Redis does to a client whose
-            // backlog passed its output buffer limit (for subscribers: `client-output-buffer-limit pubsub`).
-            return RedisError(
-                .connectionClosed,
-                "the server closed the connection in the middle of a reply: most likely this client's backlog passed "
-                    + "the server's client-output-buffer-limit (for subscribers, `pubsub`)")
+            return closedMidReply
         case REDIS_ERR_EOF: return RedisError(.connectionClosed, "the server closed the connection")
         case REDIS_ERR_PROTOCOL: return RedisError(.protocolError, "invalid reply from the server: \(text)")
         case 0: return RedisError(.connectionClosed, "connection closed")

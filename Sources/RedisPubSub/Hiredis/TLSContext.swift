@@ -37,6 +37,7 @@ final class TLSContext: @unchecked Sendable {
         }
         // A write may return after part of a record, and the caller retries with a buffer that has moved.
         _ = copenssl_set_mode(context, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
+        copenssl_disable_renegotiation(context)
         if settings.caFile != nil || settings.caDirectory != nil {
             guard SSL_CTX_load_verify_locations(context, settings.caFile, settings.caDirectory) == 1 else {
                 throw TLSContext.error(

@@ -69,6 +69,9 @@ final class TLSSession {
         }
     }
 
+    /// Whether received ciphertext or decrypted plaintext waits to be read (a record cut short by a closed socket).
+    var holdsUnreadBytes: Bool { BIO_ctrl_pending(incoming) > 0 || SSL_pending(ssl) > 0 }
+
     /// Whether ciphertext waits to be sent.
     var hasOutput: Bool { BIO_ctrl_pending(outgoing) > 0 }
 
@@ -93,6 +96,7 @@ final class TLSSession {
     ///   anything else the handshake could not get past (a peer that does not speak TLS, a refused certificate).
     func handshake() throws(RedisError) -> Bool {
         if isHandshakeComplete { return true }
+        ERR_clear_error()  // SSL_get_error reads the thread's queue: leave nothing from elsewhere in it
         let result = SSL_do_handshake(ssl)
         if result == 1 {
             isHandshakeComplete = true
@@ -102,8 +106,9 @@ final class TLSSession {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return false
         default:
+            // The result is recorded even when nothing is verified: consult it only when verifying.
             let verification = SSL_get_verify_result(ssl)
-            if verification != X509_V_OK {
+            if SSL_get_verify_mode(ssl) != SSL_VERIFY_NONE, verification != X509_V_OK {
                 _ = TLSContext.queuedReason()
                 throw verificationFailure(verification)
             }
@@ -130,6 +135,7 @@ final class TLSSession {
     /// - Throws: ``RedisError/Code/protocolError`` when the stream is not valid TLS (or a configuration error when
     ///   the peer's alert refuses this side's certificate).
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(RedisError) -> ReadResult {
+        ERR_clear_error()
         let result = SSL_read(ssl, buffer.baseAddress!, Int32(min(buffer.count, Int(Int32.max))))
         if result > 0 { return .bytes(Int(result)) }
         switch SSL_get_error(ssl, result) {
@@ -147,6 +153,7 @@ final class TLSSession {
         guard !bytes.isEmpty else { return 0 }
         var offset = 0
         while offset < bytes.count {
+            ERR_clear_error()
             let result = SSL_write(ssl, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, 1 << 30)))
             if result > 0 {
                 offset += Int(result)
@@ -194,14 +201,26 @@ final class TLSSession {
     private func failure(_ what: String) -> RedisError {
         let reason = TLSContext.queuedReason()
         let lowered = reason.lowercased()
-        if lowered.contains("alert"),
-            lowered.contains("certificate") || lowered.contains("unknown ca") || lowered.contains("access denied")
-        {
-            return context.presentsCertificate
+        let presents = context.presentsCertificate
+        if lowered.contains("alert"), lowered.contains("certificate") || lowered.contains("unknown ca") {
+            return presents
                 ? RedisError(.invalidConfiguration, "the server refused this client's TLS certificate (\(reason))")
                 : RedisError(
                     .invalidConfiguration,
                     "the server requires a client certificate (\(reason)): set TLS.certificateFile and privateKeyFile")
+        }
+        if lowered.contains("alert"), lowered.contains("access denied") {
+            return RedisError(.invalidConfiguration, "the server denied this client access during the TLS handshake (\(reason))")
+        }
+        if lowered.contains("alert handshake failure") {
+            // TLS 1.2's answer to a missing client certificate, and to parameters the server does not accept.
+            return RedisError(
+                .invalidConfiguration,
+                "the server refused the TLS handshake (\(reason)): "
+                    + (presents
+                        ? "it accepts none of this client's protocol versions or ciphers, or not its certificate"
+                        : "it may require a client certificate (set TLS.certificateFile and privateKeyFile), or accept "
+                            + "none of this client's protocol versions or ciphers"))
         }
         if lowered.contains("protocol version") || lowered.contains("unsupported protocol")
             || lowered.contains("no protocols available")

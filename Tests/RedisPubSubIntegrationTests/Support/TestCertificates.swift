@@ -15,6 +15,8 @@ struct TestCertificates: Sendable {
     var expiredServerCertificate: String { directory.appendingPathComponent("expired.crt").path }
     /// For `serverKey`, naming only `other.example`.
     var otherNameServerCertificate: String { directory.appendingPathComponent("other-name.crt").path }
+    /// For `serverKey` and the same names as `serverCertificate`, signed by `otherCA`.
+    var otherCAServerCertificate: String { directory.appendingPathComponent("other-ca-server.crt").path }
     /// For `clientKey`, signed by `otherCA`.
     var untrustedClientCertificate: String { directory.appendingPathComponent("untrusted-client.crt").path }
 
@@ -48,6 +50,7 @@ struct TestCertificates: Sendable {
             ("expired.crt", "server.csr", "ca", "-1", "server.ext"),
             ("other-name.crt", "server.csr", "ca", "2", "other-name.ext"),
             ("untrusted-client.crt", "client.csr", "other-ca", "2", "client.ext"),
+            ("other-ca-server.crt", "server.csr", "other-ca", "2", "server.ext"),
         ] {
             openssl(["x509", "-req", "-in", csr, "-CA", "\(ca).crt", "-CAkey", "\(ca).key", "-CAcreateserial",
                      "-out", output, "-days", days, "-extfile", ext])
