@@ -125,7 +125,7 @@ struct ConnectTests {
         let time = await elapsed {
             await #expect { _ = try await RedisConnection.connect(to: configuration) } throws: { isRedisError($0, .timeout) }
         }
-        #expect(time < .seconds(5))
+        #expect(time < .seconds(10))  // 0.3 s and its retries; a sanitizer run on a loaded machine took 5.2 s
         server.resume()
     }
 
