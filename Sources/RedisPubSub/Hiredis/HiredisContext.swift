@@ -575,17 +575,24 @@ final class HiredisContext: EventLoopSource {
             return UnsafeRawBufferPointer(start: element.pointee.str, count: Int(element.pointee.len))
         }
         guard let type = bytes(0) else { return nil }
-        if r.elements == 3, type.count == 7, type.elementsEqual("message".utf8), let channel = bytes(1), let payload = bytes(2) {
+        if r.elements == 3, Self.matches(type, "message"), let channel = bytes(1), let payload = bytes(2) {
             return RawPush(kind: .channel, channel: channel, pattern: nil, payload: payload)
         }
-        if r.elements == 3, type.count == 8, type.elementsEqual("smessage".utf8), let channel = bytes(1), let payload = bytes(2) {
+        if r.elements == 3, Self.matches(type, "smessage"), let channel = bytes(1), let payload = bytes(2) {
             return RawPush(kind: .shardChannel, channel: channel, pattern: nil, payload: payload)
         }
-        if r.elements == 4, type.count == 8, type.elementsEqual("pmessage".utf8),
+        if r.elements == 4, Self.matches(type, "pmessage"),
            let pattern = bytes(1), let channel = bytes(2), let payload = bytes(3) {
             return RawPush(kind: .pattern, channel: channel, pattern: pattern, payload: payload)
         }
         return nil
+    }
+
+    /// Whether `bytes` are `literal`'s: one `memcmp` (the generic `elementsEqual` over a `String.UTF8View` showed
+    /// at 3.5% of a subscriber's profile, once per message).
+    @inline(__always)
+    private static func matches(_ bytes: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
+        bytes.count == literal.utf8CodeUnitCount && memcmp(bytes.baseAddress!, literal.utf8Start, bytes.count) == 0
     }
 
     // MARK: Errors
