@@ -41,10 +41,19 @@ static inline redisContext *_Nonnull chiredis_context(redisAsyncContext *_Nonnul
 static inline const char *_Nonnull chiredis_errstr(const redisContext *_Nonnull c) { return c->errstr; }
 
 
-// Whether the context's reader holds part of a reply: unparsed bytes, or an aggregate begun and not finished.
-// At end of stream this means the server closed mid-reply. `pos`, `len` and `ridx` exist in 0.14 and 1.x.
+// Whether the context's reader holds part of a reply: unparsed bytes, a nested item begun, or a top-level item
+// whose type byte was read. At end of stream this means the server closed mid-reply. A reader asked for a reply
+// with nothing left to parse also sits at ridx 0 (with the top task's type -1): that is not mid-reply.
+// `pos`, `len` and `ridx` exist in 0.14 and 1.x; the task stack is `rstack` in 0.14 and `task` in 1.x.
 static inline int chiredis_reader_mid_reply(const redisContext *_Nonnull c) {
-    return c->reader != NULL && (c->reader->len > c->reader->pos || c->reader->ridx >= 0);
+    const redisReader *r = c->reader;
+    if (r == NULL) return 0;
+    if (r->len > r->pos || r->ridx > 0) return 1;
+#if HIREDIS_MAJOR >= 1
+    return r->ridx == 0 && r->task != NULL && r->task[0] != NULL && r->task[0]->type >= 0;
+#else
+    return r->ridx == 0 && r->rstack[0].type >= 0;
+#endif
 }
 
 // How deep the aggregate the reader is in the middle of is nested (-1: none). `ridx` exists in 0.14 and 1.x.

@@ -212,9 +212,9 @@ final class ExternalSubscriber: @unchecked Sendable {
     func stop() {
         // SIGKILL: a child spawned from a cooperative-pool thread inherits libdispatch's blocked signal mask,
         // so it would never see SIGTERM.
-        if process.isRunning {
+        if process.endedStatus() == nil {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.waitForExit()  // not `waitUntilExit()`: see `Process.endedStatus()`
         }
     }
 }

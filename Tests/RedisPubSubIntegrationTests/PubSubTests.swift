@@ -374,7 +374,7 @@ struct PubSubTests {
         cliPublish.arguments = ["-h", "127.0.0.1", "-p", "\(server.port)", "PUBLISH", channel, "from redis-cli"]
         cliPublish.standardOutput = FileHandle.nullDevice
         try cliPublish.run()
-        cliPublish.waitUntilExit()
+        await cliPublish.waitForExit()
         #expect(try await collect(subscription, 1).map(\.string) == ["from redis-cli"])
         await subscriber.close()
         await publisher.close()

@@ -415,6 +415,27 @@ struct ResilienceTests {
         await admin.close()
     }
 
+    /// A connection the server closes between replies (CLIENT KILL; over TLS with close_notify) is not taken for
+    /// one cut in the middle of a reply: the cause does not point at the output buffer limit.
+    @Test(arguments: [false, true])
+    func aCloseBetweenRepliesIsNotTakenForACutReply(tls: Bool) async throws {
+        let (server, tlsPort) = tls ? try RedisServer.startTLS() : (try RedisServer.start(), 0)
+        defer { server.stop() }
+        let subscriber = try await Subscriber.connect(to: tls ? try tlsConfiguration(port: tlsPort) : .init(url: server.url))
+        let subscription = try await subscriber.subscribe(to: "between")
+        let events = EventRecorder(subscription.events())
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        for index in 0..<3 { try await admin.publish("small \(index)", to: "between") }
+        #expect(try await collect(subscription, 3).count == 3)
+        try await admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+        let cause = try await events.disconnected()
+        #expect(cause.code == .connectionClosed)
+        #expect(!cause.message.contains("client-output-buffer-limit"), "\(cause)")
+        try await events.resubscribed()
+        await admin.close()
+        await subscriber.close()
+    }
+
     /// The subscriber's own loop is held busy, so it stops reading however fast the machine is, until the server
     /// has dropped it for its backlog: the gap names that cause, and the bounded buffer dropped instead of growing.
     @Test(arguments: [false, true])

@@ -9,6 +9,8 @@ final class SampleProcess: @unchecked Sendable {
     private let lock = NSLock()
     private var stdoutText = ""
     private var stderrText = ""
+    /// The exit status, once reaped (a reaped child cannot be asked again).
+    private var reapedStatus: Int32?
 
     init(_ name: String, _ arguments: [String], environment extra: [String: String] = [:]) throws {
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name)
@@ -43,15 +45,16 @@ final class SampleProcess: @unchecked Sendable {
 
     /// Waits up to `timeout` for the process to exit; kills it and returns nil if it does not.
     func exitStatus(within timeout: Duration = .seconds(20)) async -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        guard !process.isRunning else {
+        if let reaped = lock.withLock({ reapedStatus }) { return reaped }
+        guard let status = await process.waitForExit(timeout: timeout) else {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            let killed = await process.waitForExit()
+            lock.withLock { reapedStatus = killed }
             return nil
         }
+        lock.withLock { reapedStatus = status }
         try? await Task.sleep(for: .milliseconds(50))  // let the pipes drain
-        return process.terminationStatus
+        return status
     }
 
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
@@ -127,8 +130,7 @@ struct SampleBinaryTests {
         script.arguments = [directory.path, "localhost"]
         script.standardOutput = FileHandle.nullDevice
         try script.run()
-        script.waitUntilExit()
-        #expect(script.terminationStatus == 0)
+        #expect(await script.waitForExit() == 0)
         func file(_ name: String) -> String {
             #expect(compose.contains("/certs/\(name)"), "docker-compose.tls.yml no longer uses /certs/\(name)")
             return directory.appendingPathComponent(name).path
@@ -148,7 +150,7 @@ struct SampleBinaryTests {
         let output = Pipe()
         ping.standardOutput = output
         try ping.run()
-        ping.waitUntilExit()
+        await ping.waitForExit()
         #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("PONG"))
 
         let tls = ["--tls-ca-file", file("ca.crt"), "--tls-cert-file", file("client.crt"), "--tls-key-file", file("client.key")]

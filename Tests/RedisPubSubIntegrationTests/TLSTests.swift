@@ -124,8 +124,7 @@ struct TLSTests {
         rehash.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         rehash.arguments = ["openssl", "rehash", directory.path]
         try rehash.run()
-        rehash.waitUntilExit()
-        #expect(rehash.terminationStatus == 0)
+        #expect(await rehash.waitForExit() == 0)
         let connection = try await RedisConnection.connect(
             to: try tlsConfiguration(port: tlsPort) { $0.tls?.trust = .certificateAuthorityDirectory(directory.path) })
         #expect(try await connection.ping() == "PONG")
@@ -278,6 +277,39 @@ struct TLSTests {
         let admin = try await RedisConnection.connect(to: .init(url: server.url))
         #expect(try await admin.publish("after the rotation", to: "rotation") == 1)
         #expect(try await collect(subscription, 1).map(\.string) == ["after the rotation"])
+        await admin.close()
+        await subscriber.close()
+    }
+
+    /// A rotation half done when a reconnect comes (the key replaced, the certificate not yet): the files as they
+    /// were for the last connection are used, instead of ending the subscriber for good.
+    @Test func aReconnectDuringAHalfDoneRotationUsesTheFilesThatWorkedLast() async throws {
+        let certificates = TestCertificates.shared
+        var (server, tlsPort) = try RedisServer.startTLS(clientCertificates: "yes")
+        let port = server.port
+        defer { server.stop() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rotating-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let certificate = directory.appendingPathComponent("client.crt"), key = directory.appendingPathComponent("client.key")
+        try FileManager.default.copyItem(atPath: certificates.clientCertificate, toPath: certificate.path)
+        try FileManager.default.copyItem(atPath: certificates.clientKey, toPath: key.path)
+        let subscriber = try await Subscriber.connect(
+            to: try tlsConfiguration(port: tlsPort) {
+                $0.tls?.certificateFile = certificate.path
+                $0.tls?.privateKeyFile = key.path
+            })
+        let subscription = try await subscriber.subscribe(to: "half-rotated")
+        let events = EventRecorder(subscription.events())
+        server.stop()
+        _ = try await events.disconnected()
+        // The new key is in place, its certificate is not: the pair does not match.
+        try Data(contentsOf: URL(fileURLWithPath: certificates.serverKey)).write(to: key, options: .atomic)
+        (server, _) = try RedisServer.startTLS(clientCertificates: "yes", tlsPort: tlsPort, port: port)
+        try await events.resubscribed()
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        #expect(try await admin.publish("still here", to: "half-rotated") == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["still here"])
         await admin.close()
         await subscriber.close()
     }

@@ -235,8 +235,7 @@ struct Compare: AsyncParsableCommand {
         process.arguments = [script, directory, "localhost"]
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("\(script) failed (is openssl installed?)") }
+        guard childExitCode(of: process) == 0 else { throw ValidationError("\(script) failed (is openssl installed?)") }
         return directory
     }
 
@@ -326,10 +325,14 @@ final class Child: @unchecked Sendable {
 
     /// Waits for the exit; the output, or an error with standard error's text.
     func finish() async throws -> String {
-        while process.isRunning { try await Task.sleep(for: .milliseconds(5)) }
+        var status: Int32?
+        while status == nil {
+            status = childExitCode(of: process, wait: false)
+            if status == nil { try await Task.sleep(for: .milliseconds(5)) }
+        }
         try await Task.sleep(for: .milliseconds(20))  // let the pipes drain
         let (out, err) = collected
-        guard process.terminationStatus == 0 else {
+        guard status == 0 else {
             throw ValidationError("`pubsub-bench \(process.arguments?.joined(separator: " ") ?? "")` failed: \(err)")
         }
         return out
@@ -375,16 +378,16 @@ struct PrivateRedis {
                 }
                 usleep(10_000)
             }
-            process.terminate()
-            process.waitUntilExit()
+            kill(process.processIdentifier, SIGKILL)
+            _ = childExitCode(of: process)
         }
         throw ValidationError("could not start redis-server")
     }
 
     func stop() {
-        if process.isRunning {
+        if childExitCode(of: process, wait: false) == nil {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            _ = childExitCode(of: process)
         }
         try? FileManager.default.removeItem(at: directory)
     }
@@ -397,9 +400,27 @@ struct PrivateRedis {
         let pipe = Pipe()
         cli.standardOutput = pipe
         guard (try? cli.run()) != nil else { return nil }
-        cli.waitUntilExit()
+        _ = childExitCode(of: cli)
         let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             .trimmingCharacters(in: .whitespacesAndNewlines)
         return text.isEmpty ? nil : text
+    }
+}
+
+/// A child's exit code (a signal's number if one ended it), reaped with `waitpid` rather than Foundation's
+/// `waitUntilExit()`/`isRunning`, which on Linux can miss an exit among many children and then wait forever.
+/// With `wait: false`, `nil` while it runs. Ask until it answers, then no more: the child is reaped.
+func childExitCode(of process: Process, wait: Bool = true) -> Int32? {
+    while true {
+        var status: Int32 = 0
+        switch waitpid(process.processIdentifier, &status, wait ? 0 : WNOHANG) {
+        case process.processIdentifier: return status & 0x7F == 0 ? (status >> 8) & 0xFF : status & 0x7F
+        case -1 where errno == EINTR: continue
+        case -1:  // ECHILD: Foundation reaped it and holds the status
+            if !wait && process.isRunning { return nil }
+            process.waitUntilExit()
+            return process.terminationStatus
+        default: return nil
+        }
     }
 }

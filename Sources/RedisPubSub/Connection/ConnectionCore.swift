@@ -57,6 +57,9 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     private var closeWaiters: [@Sendable () -> Void] = []
     private var readyWaiters: [Pending<Void>] = []
     private var spareSubmissions: [Submission] = []
+    /// The TLS files as read for the current socket, and as read for the last socket that became ready.
+    private var currentTLSContext: TLSContext?
+    private var lastGoodTLSContext: TLSContext?
 
     init(configuration: RedisConfiguration, logger: Logger, loop: EventLoop) {
         self.configuration = configuration
@@ -204,9 +207,20 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     /// A TLS session for a new socket when the configuration asks for TLS, else `nil`. The files are read again for
     /// every socket (cheap next to the handshake itself), so certificates renewed on disk are used from the next one.
+    /// A reconnect that finds them unreadable or mismatched (a rotation half done) uses those that worked last.
     private func makeTLSSession() throws(RedisError) -> TLSSession? {
         guard let tls = configuration.tls, case .tcp(let host, _) = configuration.endpoint else { return nil }
-        let context = try TLSContext(tls.settings)
+        let context: TLSContext
+        do {
+            context = try TLSContext(tls.settings)
+        } catch {
+            guard let lastGoodTLSContext else { throw error }
+            logger.warning(
+                "cannot read the TLS files again; using them as they were for the last connection",
+                metadata: ["redis.endpoint": "\(configuration)", "error": "\(error)"])
+            context = lastGoodTLSContext
+        }
+        currentTLSContext = context
         if !tls.verifiesServer {
             logger.warning(
                 "TLS without verification: the server's certificate is not checked, so anyone on the path can pose as the server",
@@ -246,6 +260,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
 
     private func becameReady(downtime: Duration?) {
         lastRead = .now
+        if let currentTLSContext { lastGoodTLSContext = currentTLSContext }
         let date = Date()
         if let downtime {
             logger.info("reconnected", metadata: ["redis.endpoint": "\(configuration)", "redis.downtime": "\(downtime)"])

@@ -180,8 +180,10 @@ final class HiredisContext: EventLoopSource {
     /// `cause`, or ``RedisError/Code/connectionClosed`` when none is given.
     func close(cause: RedisError? = nil) {
         loop.assertInLoop()
-        if let tls, connected {
-            tls.shutdown()  // close_notify, best effort: the socket closes right after
+        // close_notify, best effort: the socket closes right after. Not behind commands the socket has not taken:
+        // their callers are told they failed, so they must not reach the server after all (as in plaintext).
+        if let tls, connected, ciphertextSent == ciphertext.count {
+            tls.shutdown()
             tls.takeOutput(into: &ciphertext)
             sendCiphertextBestEffort()
         }

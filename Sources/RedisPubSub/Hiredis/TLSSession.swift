@@ -70,7 +70,7 @@ final class TLSSession {
     }
 
     /// Whether received ciphertext or decrypted plaintext waits to be read (a record cut short by a closed socket).
-    var holdsUnreadBytes: Bool { BIO_ctrl_pending(incoming) > 0 || SSL_pending(ssl) > 0 }
+    var holdsUnreadBytes: Bool { BIO_ctrl_pending(incoming) > 0 || SSL_has_pending(ssl) == 1 }
 
     /// Whether ciphertext waits to be sent.
     var hasOutput: Bool { BIO_ctrl_pending(outgoing) > 0 }

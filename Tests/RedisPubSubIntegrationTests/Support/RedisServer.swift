@@ -11,6 +11,9 @@ final class RedisServer: @unchecked Sendable {
     let port: Int
     let directory: URL
     let process: Process
+    /// Set once the process is reaped: its pid may belong to another process after that, so it is never signalled.
+    private let ended = NSLock()
+    private var hasEnded = false
 
     var url: String { "redis://127.0.0.1:\(port)" }
     var socketPath: String { directory.appendingPathComponent("redis.sock").path }
@@ -40,7 +43,10 @@ final class RedisServer: @unchecked Sendable {
         try process.run()
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
-            if !process.isRunning { break }
+            if let _ = process.endedStatus() {
+                hasEnded = true  // it failed to start (its port taken, say)
+                break
+            }
             if Self.canConnect(port: port) { return }
             usleep(10_000)
         }
@@ -53,10 +59,13 @@ final class RedisServer: @unchecked Sendable {
     /// Kills the server and removes its directory. SIGKILL alone ends a paused server too, and without a SIGCONT first
     /// a paused one answers nothing more on its way out.
     func stop() {
-        if process.isRunning {
+        ended.lock()
+        if !hasEnded {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.waitForExit()  // not `waitUntilExit()`: see `Process.endedStatus()`
+            hasEnded = true
         }
+        ended.unlock()
         try? FileManager.default.removeItem(at: directory)
     }
 

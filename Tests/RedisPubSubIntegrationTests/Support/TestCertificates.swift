@@ -31,8 +31,7 @@ struct TestCertificates: Sendable {
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try! process.run()
-            process.waitUntilExit()
-            precondition(process.terminationStatus == 0, "openssl \(arguments.joined(separator: " ")) failed")
+            precondition(process.waitForExit() == 0, "openssl \(arguments.joined(separator: " ")) failed")
         }
         let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         for ca in ["ca", "other-ca"] {
