@@ -36,14 +36,7 @@ struct ExecutorTests {
         let messages = try await withTaskExecutorPreference(subscriber.taskExecutor) {
             try await collect(subscription, tasks * perTask)
         }
-        var next = [Int](repeating: 0, count: tasks)
-        var inOrder = true
-        for message in messages {
-            let parts = message.string.split(separator: " ").compactMap { Int($0) }
-            guard parts.count == 2, parts[0] < tasks, parts[1] == next[parts[0]] else { inOrder = false; break }
-            next[parts[0]] += 1
-        }
-        #expect(inOrder && next.allSatisfy { $0 == perTask })
+        #expect(everyTasksMessagesInOrder(messages, tasks: tasks, perTask: perTask))
         await subscriber.close()
         await publisher.close()
     }

@@ -274,11 +274,18 @@ struct TLSTests {
         try Data(contentsOf: URL(fileURLWithPath: certificates.otherCA)).write(to: trusted, options: .atomic)
         (server, _) = try RedisServer.startTLS(certificate: certificates.otherCAServerCertificate, tlsPort: tlsPort, port: port)
         try await events.resubscribed()
-        let admin = try await RedisConnection.connect(to: .init(url: server.url))
-        #expect(try await admin.publish("after the rotation", to: "rotation") == 1)
-        #expect(try await collect(subscription, 1).map(\.string) == ["after the rotation"])
-        await admin.close()
+        try await expectDelivery(of: "after the rotation", to: "rotation", through: server, subscription)
         await subscriber.close()
+    }
+
+    /// Publishes `text` on `server`'s plaintext port: one receiver, and `subscription` gets it.
+    private func expectDelivery(
+        of text: String, to channel: String, through server: RedisServer, _ subscription: Subscription
+    ) async throws {
+        let admin = try await RedisConnection.connect(to: .init(url: server.url))
+        #expect(try await admin.publish(text, to: channel) == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == [text])
+        await admin.close()
     }
 
     /// A rotation half done when a reconnect comes (the key replaced, the certificate not yet): the files as they
@@ -307,10 +314,7 @@ struct TLSTests {
         try Data(contentsOf: URL(fileURLWithPath: certificates.serverKey)).write(to: key, options: .atomic)
         (server, _) = try RedisServer.startTLS(clientCertificates: "yes", tlsPort: tlsPort, port: port)
         try await events.resubscribed()
-        let admin = try await RedisConnection.connect(to: .init(url: server.url))
-        #expect(try await admin.publish("still here", to: "half-rotated") == 1)
-        #expect(try await collect(subscription, 1).map(\.string) == ["still here"])
-        await admin.close()
+        try await expectDelivery(of: "still here", to: "half-rotated", through: server, subscription)
         await subscriber.close()
     }
 
@@ -338,14 +342,7 @@ struct TLSTests {
         let large = [UInt8]((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) })
         #expect(try await publisher.publish(large, to: "tls-large") == 1)
         let messages = try await collect(subscription, tasks * perTask + 1)
-        var next = [Int](repeating: 0, count: tasks)
-        var inOrder = true
-        for message in messages.dropLast() {
-            let parts = message.string.split(separator: " ").compactMap { Int($0) }
-            guard parts.count == 2, parts[0] < tasks, parts[1] == next[parts[0]] else { inOrder = false; break }
-            next[parts[0]] += 1
-        }
-        #expect(inOrder && next.allSatisfy { $0 == perTask })
+        #expect(everyTasksMessagesInOrder(messages.dropLast(), tasks: tasks, perTask: perTask))
         #expect(messages.last?.payload == large)
         await subscriber.close()
         await publisher.close()

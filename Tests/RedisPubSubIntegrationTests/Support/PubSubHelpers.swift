@@ -37,6 +37,18 @@ func collect(
     }
 }
 
+/// Whether `messages`, each `"<task> <index>"`, hold every one of `tasks` tasks' `perTask` messages, each task's
+/// in order.
+func everyTasksMessagesInOrder(_ messages: some Sequence<Message>, tasks: Int, perTask: Int) -> Bool {
+    var next = [Int](repeating: 0, count: tasks)
+    for message in messages {
+        let parts = message.string.split(separator: " ").compactMap { Int($0) }
+        guard parts.count == 2, parts[0] < tasks, parts[1] == next[parts[0]] else { return false }
+        next[parts[0]] += 1
+    }
+    return next.allSatisfy { $0 == perTask }
+}
+
 /// A subscriber and a publisher on the shared server.
 func pubSubPair() async throws -> (Subscriber, Publisher) {
     let configuration = try SharedServer.configuration
