@@ -219,12 +219,14 @@ final class ExternalSubscriber: @unchecked Sendable {
     }
 }
 
-/// Polls `condition` every 20 ms for up to 10 s.
-func waitUntil(_ condition: () async throws -> Bool, sourceLocation: SourceLocation = #_sourceLocation) async throws {
-    let deadline = ContinuousClock.now + .seconds(10)
+/// Polls `condition` every 20 ms for up to `timeout`, recording a failure if it never holds.
+func waitUntil(
+    timeout: Duration = .seconds(10), _ condition: () async throws -> Bool, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return }
         try await Task.sleep(for: .milliseconds(20))
     }
-    Issue.record("condition not met within 10 s", sourceLocation: sourceLocation)
+    Issue.record("condition not met within \(timeout)", sourceLocation: sourceLocation)
 }

@@ -54,6 +54,8 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
     /// When the connection last read anything: the health check and the overdue-command rule judge silence by it.
     private var lastRead = ContinuousClock.now
     private var connectWaiter: Pending<Void>?
+    /// For a connect started on the loop (``connect(completion:)``): runs there when the first handshake is done.
+    private var connectCompletion: (() -> Void)?
     private var closeWaiters: [@Sendable () -> Void] = []
     private var readyWaiters: [Pending<Void>] = []
     private var spareSubmissions: [Submission] = []
@@ -182,6 +184,16 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         run(actions)
     }
 
+    /// Starts connecting from the loop; `ready` runs there once the first handshake is done. A connect that fails for
+    /// good reports through ``PushHandler/connectionClosed(_:)`` (set `pushHandler` first) and the events.
+    func connect(ready: @escaping () -> Void) {
+        loop.assertInLoop()
+        let actions = machine.start(now: .now)
+        guard !actions.isEmpty else { return }
+        connectCompletion = ready
+        run(actions)
+    }
+
     private func resolve(attempt: UInt64) {
         guard case .tcp(let host, let port) = configuration.endpoint else { return }
         AddressResolver.resolve(host: host, port: port) { result in
@@ -271,6 +283,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             events.send(.connected(at: date))
             connectWaiter?.succeed(())
             connectWaiter = nil
+            connectCompletion.take()?()
         }
         let waiters = readyWaiters
         readyWaiters = []
@@ -602,6 +615,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         for submission in leftovers { submission.fail(laterError) }
         connectWaiter?.fail(failure)
         connectWaiter = nil
+        connectCompletion = nil
         let waiters = readyWaiters
         readyWaiters = []
         for waiter in waiters { waiter.fail(failure) }

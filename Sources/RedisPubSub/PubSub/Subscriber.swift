@@ -193,7 +193,7 @@ public final class Subscriber: Sendable {
     private func subscribe(_ keys: [ChannelKey], _ policy: BufferingPolicy) async throws(RedisError) -> Subscription {
         guard !keys.isEmpty else { throw RedisError(.invalidArgument, "subscribe needs at least one channel or pattern") }
         let sink = SubscriptionSink(keys: keys, policy: policy)
-        let handle = SubscriptionHandle(sink: sink, lifetime: lifetime)  // ends (unsubscribes) if we fail below
+        let handle = SubscriptionHandle(sink: sink, owner: lifetime)  // ends (unsubscribes) if we fail below
         try await sink.ready.wait {
             lifetime.core.execute { $0.add(sink) }
         }
@@ -227,7 +227,7 @@ public final class Subscriber: Sendable {
 }
 
 /// Keeps a subscriber's connection open while its `Subscriber` or any of its subscriptions exists.
-final class SubscriberLifetime: Sendable {
+final class SubscriberLifetime: SubscriptionOwner {
     let core: SubscriberCore
 
     init(core: SubscriberCore) {
@@ -236,5 +236,19 @@ final class SubscriberLifetime: Sendable {
 
     deinit {
         core.execute { core in core.close {} }
+    }
+}
+
+extension SubscriberLifetime {
+    func addKeys(_ keys: [ChannelKey], to sink: SubscriptionSink, _ pending: Pending<Void>) {
+        core.execute { $0.addKeys(keys, to: sink, pending) }
+    }
+
+    func removeKeys(_ keys: [ChannelKey], from sink: SubscriptionSink, completion: @escaping @Sendable () -> Void) {
+        core.execute { $0.removeKeys(keys, from: sink, completion: completion) }
+    }
+
+    func remove(_ sink: SubscriptionSink, completion: @escaping @Sendable () -> Void) {
+        core.execute { $0.remove(sink, completion: completion) }
     }
 }

@@ -361,39 +361,27 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
     /// caching invalidation on `__redis__:invalidate`), malformed messages (dropped and counted), and unsubscribes the
     /// server decided on by itself. A push is never taken for a request's reply.
     func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool {
-        guard case .array(let elements) = reply, let first = elements.first, case .bulkString(let type) = first else {
+        switch PubSubPush(reply, awaited: awaited) {
+        case nil:
             return false
-        }
-        let kind: SubscriptionKind
-        switch type {
-        case Array("message".utf8): kind = .channel
-        case Array("pmessage".utf8): kind = .pattern
-        case Array("smessage".utf8): kind = .shardChannel
-        default: return handleUnsolicitedUnsubscribe(type, elements, awaited: awaited)
-        }
-        let names = elements.dropFirst().dropLast()
-        guard elements.count == (kind == .pattern ? 4 : 3),
-              let routeName = names.first?.bulkBytes, let channel = names.last?.bulkBytes
-        else {
+        case .malformed:
             let count = discardedPushes.add(1, ordering: .relaxed).newValue
             connection.logger.debug(
                 "dropped a malformed message push", metadata: ["redis.push": "\(reply.shape)", "redis.dropped": "\(count)"])
             return true
+        case .message(let route, let message):
+            for sink in machine.recipients(route) where sink.append(message) {
+                toWake.append(sink)
+            }
+            return true
+        case .unsubscribed(let key):
+            guard machine.isUnsolicitedUnsubscribe(key) else { return false }
+            routeCache = nil
+            let name = String(decoding: key.name, as: UTF8.self)
+            let error = RedisError(.connectionClosed, "the server ended the subscription to '\(name)'")
+            for sink in machine.serverUnsubscribed(key) { fail(sink, error) }
+            return true
         }
-        let payload = elements[elements.count - 1]
-        let message: Message
-        if case .bulkString(let bytes) = payload {
-            message = Message(
-                channel: channel, pattern: kind == .pattern ? routeName : nil, isSharded: kind == .shardChannel, payload: bytes)
-        } else {
-            message = Message(
-                channel: channel, pattern: kind == .pattern ? routeName : nil, isSharded: kind == .shardChannel,
-                payloadValue: payload)
-        }
-        for sink in machine.recipients(ChannelKey(kind: kind, name: routeName)) where sink.append(message) {
-            toWake.append(sink)
-        }
-        return true
     }
 
     /// One `memcmp`, not the generic `elementsEqual`: this runs once per message.
@@ -417,28 +405,10 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
             routeCache = (push.kind, name, sinks)
         }
         guard !sinks.isEmpty else { return }
-        let message: Message
-        switch push.kind {
-        case .channel: message = Message(channel: name, payload: Array(push.payload))
-        case .shardChannel: message = Message(channel: name, isSharded: true, payload: Array(push.payload))
-        case .pattern: message = Message(channel: Array(push.channel), pattern: name, payload: Array(push.payload))
-        }
+        let message = Message(push, route: name)
         for sink in sinks where sink.append(message) {
             toWake.append(sink)
         }
-    }
-
-    private func handleUnsolicitedUnsubscribe(_ type: [UInt8], _ elements: [RedisValue], awaited: Acknowledgement?) -> Bool {
-        guard elements.count == 3, case .bulkString(let name) = elements[1] else { return false }
-        if awaited == Acknowledgement(type: type, name: name) { return false }  // the reply to our own UNSUBSCRIBE
-        let kinds: [SubscriptionKind] = [.channel, .pattern, .shardChannel]
-        guard let kind = kinds.first(where: { $0.acknowledgement(subscribe: false) == type }) else { return false }
-        let key = ChannelKey(kind: kind, name: name)
-        guard machine.isUnsolicitedUnsubscribe(key) else { return false }
-        routeCache = nil
-        let error = RedisError(.connectionClosed, "the server ended the subscription to '\(String(decoding: name, as: UTF8.self))'")
-        for sink in machine.serverUnsubscribed(key) { fail(sink, error) }
-        return true
     }
 
     func flush() {

@@ -77,7 +77,7 @@ public struct Subscription: AsyncSequence, Sendable {
         guard !keys.isEmpty else { return }
         let sink = handle.sink
         let pending = Pending<Void>()
-        try await pending.wait { handle.lifetime.core.execute { $0.addKeys(keys, to: sink, pending) } }
+        try await pending.wait { handle.owner.addKeys(keys, to: sink, pending) }
     }
 
     /// Removes channels, patterns and sharded channels from this subscription: nothing more is buffered from them
@@ -93,7 +93,7 @@ public struct Subscription: AsyncSequence, Sendable {
         guard !keys.isEmpty else { return }
         let sink = handle.sink
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            handle.lifetime.core.execute { $0.removeKeys(keys, from: sink) { continuation.resume() } }
+            handle.owner.removeKeys(keys, from: sink) { continuation.resume() }
         }
     }
 
@@ -243,12 +243,13 @@ final class SubscriptionHandle: Sendable {
     }
 
     let sink: SubscriptionSink
-    let lifetime: SubscriberLifetime
+    /// The subscriber it belongs to; held, so the subscriber's connections stay open while the subscription exists.
+    let owner: any SubscriptionOwner
     private let state = Locked(State.live)
 
-    init(sink: SubscriptionSink, lifetime: SubscriberLifetime) {
+    init(sink: SubscriptionSink, owner: any SubscriptionOwner) {
         self.sink = sink
-        self.lifetime = lifetime
+        self.owner = owner
     }
 
     deinit { end() }
@@ -276,15 +277,13 @@ final class SubscriptionHandle: Sendable {
         sink.consumerStopped()
         let sink = self.sink
         let state = self.state  // not `self`: this may run from `deinit`
-        lifetime.core.execute {
-            $0.remove(sink) {
-                let waiting = state.withLock { state -> [@Sendable () -> Void] in
-                    defer { state = .ended }
-                    if case .ending(let waiting) = state { return waiting }
-                    return []
-                }
-                for completion in waiting { completion() }
+        owner.remove(sink) {
+            let waiting = state.withLock { state -> [@Sendable () -> Void] in
+                defer { state = .ended }
+                if case .ending(let waiting) = state { return waiting }
+                return []
             }
+            for completion in waiting { completion() }
         }
     }
 }

@@ -1,0 +1,81 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One cluster node's subscriber connection, as its ``ClusterSubscriberCore`` sees it: the connection's pushes and
+/// changes, tagged with the node they came from. Loop-confined.
+final class ClusterNodeLink: PushHandler {
+    let node: ClusterNodeAddress
+    let connection: ConnectionCore
+    private let core: ClusterSubscriberCore
+    /// The core gave this connection up (or replaced it): nothing it reports counts any more.
+    private(set) var isDetached = false
+    /// The last routed name and its recipients, valid while the core's generation is unchanged.
+    var routeCache: (generation: UInt64, kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
+
+    init(node: ClusterNodeAddress, core: ClusterSubscriberCore, connection: ConnectionCore) {
+        self.node = node
+        self.core = core
+        self.connection = connection
+    }
+
+    /// Closes the connection, after what is in flight; it reports nothing more.
+    func detach() {
+        isDetached = true
+        routeCache = nil
+        connection.close()
+    }
+
+    /// Closes gracefully (the core is closing); `completion` runs once the socket is closed.
+    func close(_ completion: @escaping @Sendable () -> Void) {
+        isDetached = true
+        routeCache = nil
+        connection.close(completion)
+    }
+
+    /// One `memcmp`: this runs once per message.
+    @inline(__always)
+    static func sameBytes(_ name: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard name.count == bytes.count else { return false }
+        guard !bytes.isEmpty else { return true }
+        return name.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }
+    }
+
+    // MARK: PushHandler
+
+    func handlePush(_ reply: RedisValue, awaited: Acknowledgement?) -> Bool {
+        if isDetached { return PubSubPush(reply, awaited: awaited) != nil }  // swallowed: no reply can match it
+        return core.handlePush(reply, awaited: awaited, from: self)
+    }
+
+    func handleMessage(_ push: RawPush) {
+        guard !isDetached else { return }
+        core.route(push, from: self)
+    }
+
+    func flush() { core.flush() }
+
+    func connectionLost(_ error: RedisError, at date: Date) {
+        guard !isDetached else { return }
+        core.linkLost(self, error)
+    }
+
+    func connectionRestored(at date: Date, downtime: Duration) {
+        guard !isDetached else { return }
+        core.linkRestored(self)
+    }
+
+    func connectionClosed(_ error: RedisError?) {
+        guard !isDetached else { return }
+        core.linkClosed(self, error)
+    }
+}

@@ -1,0 +1,127 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+public import Logging
+
+/// Publishes to a Redis Cluster: `SPUBLISH` to the primary serving the channel's slot, pipelined per node, following
+/// `-MOVED` and `-ASK` redirections; `PUBLISH` to any node (the cluster broadcasts it to every node). Share one
+/// publisher between many tasks.
+///
+/// ```swift
+/// let publisher = try await ClusterPublisher.connect(to: try RedisClusterConfiguration(urls: ["redis://10.0.0.1:6379"]))
+/// try await publisher.publish("shipped", toShard: "orders:{eu}")
+/// ```
+///
+/// It opens a command connection to a primary when it first publishes there. A `-MOVED` answer corrects its map at
+/// once (the publish is sent again to the node named) and fetches the whole map in the background; `-ASK` (a slot
+/// being migrated) sends `ASKING` and the command together to the node named.
+public final class ClusterPublisher: Sendable {
+    /// The configuration this publisher connected with.
+    public let configuration: RedisClusterConfiguration
+    /// The encoder for ``publish(json:toShard:encoder:)`` when none is passed.
+    public let encoder: JSONEncoder
+    /// What a publish does while its slot's primary is unreachable (during a failover, say).
+    public let retry: PublishRetry
+    let router: ClusterRouter
+
+    private init(configuration: RedisClusterConfiguration, encoder: JSONEncoder, retry: PublishRetry, router: ClusterRouter) {
+        self.configuration = configuration
+        self.encoder = encoder
+        self.retry = retry
+        self.router = router
+    }
+
+    /// Learns the cluster's map from the first seed that answers.
+    ///
+    /// - Parameters:
+    ///   - retry: ``PublishRetry/never`` (the default) fails a publish whose node is unreachable at once;
+    ///     ``PublishRetry/whileReconnecting(upTo:)`` fetches the map and tries again (the failed-over primary, or the
+    ///     node back) until the limit, which may deliver a message twice.
+    /// - Throws: as ``ClusterSubscriber/connect(to:logger:)``.
+    public static func connect(
+        to configuration: RedisClusterConfiguration,
+        encoder: JSONEncoder = JSONEncoder(),
+        retry: PublishRetry = .never,
+        logger: Logger = RedisConnection.disabledLogger
+    ) async throws(RedisError) -> ClusterPublisher {
+        try configuration.validate()
+        let router = try await ClusterRouter.connect(to: configuration, logger: logger)
+        return ClusterPublisher(configuration: configuration, encoder: encoder, retry: retry, router: router)
+    }
+
+    /// `SPUBLISH` of `message` (bytes as they are) on the primary serving `channel`'s slot.
+    ///
+    /// - Returns: the number of clients that received it on that node (subscribers on its replicas are not counted).
+    /// - Throws: ``RedisError`` (``RedisError/Code/connectionClosed`` when the node is unreachable and ``retry``
+    ///   allows no more, ``RedisError/Code/timeout``, ``RedisError/Code/serverError`` with the server's message).
+    @discardableResult
+    public func publish(_ message: some RedisPayload, toShard channel: some RedisNameConvertible) async throws(RedisError) -> Int {
+        let channel = channel.redisArgument
+        return try await publish(["SPUBLISH", channel, message.redisArgument], routedBy: channel.bytes)
+    }
+
+    /// `SPUBLISH` of `value` encoded as JSON.
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` when `value` cannot be encoded (nothing is sent), or as
+    ///   ``publish(_:toShard:)``.
+    @discardableResult
+    public func publish(
+        json value: some Encodable, toShard channel: some RedisNameConvertible, encoder: JSONEncoder? = nil
+    ) async throws(RedisError) -> Int {
+        try await publish(try json(value, encoder), toShard: channel)
+    }
+
+    /// `PUBLISH` of `message` to a classic channel, through one node: the cluster broadcasts it to every node.
+    ///
+    /// - Returns: the number of clients that received it **on the node it went to** only: subscribers on other nodes
+    ///   receive it too, uncounted. For an exact count, use sharded channels.
+    /// - Throws: as ``publish(_:toShard:)``.
+    @discardableResult
+    public func publish(_ message: some RedisPayload, to channel: some RedisNameConvertible) async throws(RedisError) -> Int {
+        try await publish(["PUBLISH", channel.redisArgument, message.redisArgument], routedBy: nil)
+    }
+
+    /// `PUBLISH` of `value` encoded as JSON; see ``publish(_:to:)``.
+    @discardableResult
+    public func publish(
+        json value: some Encodable, to channel: some RedisNameConvertible, encoder: JSONEncoder? = nil
+    ) async throws(RedisError) -> Int {
+        try await publish(try json(value, encoder), to: channel)
+    }
+
+    /// Sends a command to the primary serving `key`'s slot (following redirections), for anything besides
+    /// publishing: `GET`, `XADD`, ... The rules of ``RedisConnection/send(_:)`` apply.
+    ///
+    /// - Throws: as ``RedisConnection/send(_:)``.
+    @discardableResult
+    public func send(_ command: [RedisArgument], routedBy key: some RedisNameConvertible) async throws(RedisError) -> RedisValue {
+        try CommandRules.checkShared(command)
+        return try await router.send(command, routedBy: key.redisArgument.bytes, retry: retry)
+    }
+
+    /// How the publisher reaches the cluster: map changes and refresh failures.
+    public func events() -> AsyncStream<ClusterEvent> { router.events.stream() }
+
+    /// Closes every connection after the publishes in flight are answered.
+    public func close() async {
+        await router.close()
+    }
+
+    private func publish(_ command: [RedisArgument], routedBy key: [UInt8]?) async throws(RedisError) -> Int {
+        let reply = try await router.send(command, routedBy: key, retry: retry)
+        guard case .integer(let count) = reply else {
+            throw RedisError(.protocolError, "unexpected reply to \(command[0]): \(reply.shape)")
+        }
+        return count
+    }
+
+    private func json(_ value: some Encodable, _ encoder: JSONEncoder?) throws(RedisError) -> RedisArgument {
+        do {
+            return RedisArgument(try (encoder ?? self.encoder).encode(value))
+        } catch {
+            throw RedisError(.invalidArgument, "cannot encode a \(type(of: value)) as JSON (nothing was sent): \(error)")
+        }
+    }
+}

@@ -1,0 +1,245 @@
+import Logging
+
+/// Sends commands to the cluster node that serves them: a command connection per node (opened on first use), the
+/// slot map (corrected by `-MOVED`, fetched again in the background after one, after a lost node, and
+/// periodically), `-ASK` answered with `ASKING` and the command written together.
+final class ClusterRouter: Sendable {
+    let configuration: RedisClusterConfiguration
+    let events = EventBroadcaster<ClusterEvent>()
+    private let logger: Logger
+    private let source: ClusterTopologySource
+    private let state: Locked<State>
+
+    private struct State {
+        var topology: ClusterTopology
+        var connections: [ClusterNodeAddress: NodeConnection] = [:]
+        var refresh: Task<Void, Never>?
+        var periodic: Task<Void, Never>?
+        var closed = false
+    }
+
+    private enum NodeConnection {
+        case ready(RedisConnection)
+        case opening(Task<Result<RedisConnection, RedisError>, Never>)
+    }
+
+    /// Redirections followed for one command before giving up (a map changing faster than it can be followed).
+    static let redirectLimit = 5
+
+    private init(configuration: RedisClusterConfiguration, topology: ClusterTopology, source: ClusterTopologySource, logger: Logger) {
+        self.configuration = configuration
+        self.source = source
+        self.logger = logger
+        self.state = Locked(State(topology: topology))
+    }
+
+    static func connect(to configuration: RedisClusterConfiguration, logger: Logger) async throws(RedisError) -> ClusterRouter {
+        let source = ClusterTopologySource(configuration: configuration, logger: logger)
+        let map: ClusterTopology
+        do {
+            map = try await source.fetch()
+        } catch {
+            await source.close()
+            throw error
+        }
+        let router = ClusterRouter(configuration: configuration, topology: map, source: source, logger: logger)
+        let interval = configuration.topologyRefreshInterval
+        let periodic = Task { [weak router] in
+            while !Task.isCancelled {
+                guard (try? await Task.sleep(for: interval)) != nil, let router else { return }
+                await router.refresh()
+            }
+        }
+        router.state.withLock { $0.periodic = periodic }
+        return router
+    }
+
+    /// Sends `command` to the primary of `key`'s slot (any node when `key` is `nil`), following redirections; per
+    /// `retry`, waits for a failover or a reconnect when the node is unreachable.
+    func send(
+        _ command: [RedisArgument], routedBy key: [UInt8]?, retry: PublishRetry
+    ) async throws(RedisError) -> RedisValue {
+        let bytes = RESP.encode(command)
+        let slot = key.map { ClusterSlot.of($0) }
+        let deadline: ContinuousClock.Instant? =
+            if case .whileReconnecting(let limit) = retry.base { .now + limit } else { nil }
+        var redirected: (node: ClusterNodeAddress, asking: Bool)?
+        var redirects = 0
+        while true {
+            let node: ClusterNodeAddress
+            if let redirected {
+                node = redirected.node
+            } else {
+                node = try await route(slot, until: deadline)
+            }
+            do throws(RedisError) {
+                let connection = try await self.connection(to: node)
+                if redirected?.asking == true {
+                    var asking = RESP.encode(["ASKING"])
+                    asking += bytes
+                    let replies = try await connection.sendBatch(encoded: asking, commands: 2, keepsErrorReplies: true)
+                    if case .error(let message) = replies[1] { throw RedisError.server(message) }
+                    return replies[1]
+                }
+                return try await connection.sendUninterruptible(encoded: bytes)
+            } catch {
+                if error.code == .serverError, let redirection = ClusterRedirection(error.message) {
+                    redirects += 1
+                    guard redirects <= Self.redirectLimit else {
+                        throw RedisError(.serverError, "still redirected after \(Self.redirectLimit) tries: \(error.message)")
+                    }
+                    if !redirection.ask {
+                        state.withLock { $0.topology.redirect(slot: redirection.slot, to: redirection.node) }
+                        refreshInBackground()
+                    }
+                    redirected = (redirection.node, redirection.ask)
+                    continue
+                }
+                let transient = error.code == .serverError && ClusterRedirection.isTransient(error.message)
+                guard transient || error.code == .connectionClosed else { throw error }
+                // The node is unreachable or the cluster is changing: ask for the map, and wait for it if allowed to.
+                guard let deadline, ContinuousClock.now < deadline else {
+                    refreshInBackground()
+                    throw error
+                }
+                redirected = nil
+                try? await Task.sleep(for: .milliseconds(50))
+                await refresh()
+            }
+        }
+    }
+
+    /// The node for `slot` (`nil`: any node), fetching the map when it names none.
+    private func route(_ slot: Int?, until deadline: ContinuousClock.Instant?) async throws(RedisError) -> ClusterNodeAddress {
+        while true {
+            let node = state.withLock { state -> ClusterNodeAddress? in
+                if let slot { return state.topology.primary(ofSlot: slot) }
+                let primaries = state.topology.primaries
+                return primaries.first { if case .ready? = state.connections[$0] { true } else { false } } ?? primaries.first
+            }
+            if let node { return node }
+            await refresh()
+            guard let deadline, ContinuousClock.now < deadline else {
+                throw RedisError(.connectionClosed, "no cluster node serves slot \(slot.map(String.init) ?? "any") right now")
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    private func connection(to node: ClusterNodeAddress) async throws(RedisError) -> RedisConnection {
+        let current = state.withLock { state -> Result<NodeConnection, RedisError> in
+            if state.closed { return .failure(RedisError(.connectionClosed, "the cluster publisher was closed by close()")) }
+            if let existing = state.connections[node] { return .success(existing) }
+            let settings = configuration.configuration(for: node)
+            let logger = self.logger
+            let opening = Task { () -> Result<RedisConnection, RedisError> in
+                do throws(RedisError) {
+                    return .success(try await RedisConnection.connect(to: settings, logger: logger))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            state.connections[node] = .opening(opening)
+            return .success(.opening(opening))
+        }
+        switch try current.get() {
+        case .ready(let connection):
+            return connection
+        case .opening(let task):
+            let result = await task.value
+            let kept = state.withLock { state -> Bool in
+                guard case .opening(let stored)? = state.connections[node], stored == task else {
+                    return !state.closed
+                }
+                switch result {
+                case .success(let connection) where !state.closed: state.connections[node] = .ready(connection)
+                default: state.connections[node] = nil
+                }
+                return !state.closed
+            }
+            let connection = try result.get()
+            if !kept {
+                await connection.close()
+                throw RedisError(.connectionClosed, "the cluster publisher was closed by close()")
+            }
+            return connection
+        }
+    }
+
+    /// Fetches the map (joining a fetch under way) and gives up connections to nodes that serve no slot any more.
+    func refresh() async {
+        let task = state.withLock { state -> Task<Void, Never>? in
+            if state.closed { return nil }
+            if let running = state.refresh { return running }
+            let task = Task { [self] in
+                let fetched: Result<ClusterTopology, RedisError>
+                do throws(RedisError) { fetched = .success(try await source.fetch()) } catch { fetched = .failure(error) }
+                apply(fetched)
+            }
+            state.refresh = task
+            return task
+        }
+        await task?.value
+    }
+
+    private func refreshInBackground() {
+        Task { await refresh() }
+    }
+
+    private func apply(_ fetched: Result<ClusterTopology, RedisError>) {
+        switch fetched {
+        case .failure(let error):
+            state.withLock { $0.refresh = nil }
+            logger.warning("fetching the cluster map failed", metadata: ["error": "\(error)"])
+            events.send(.topologyRefreshFailed(error))
+        case .success(let map):
+            let (changed, stale) = state.withLock { state -> (Bool, [RedisConnection]) in
+                state.refresh = nil
+                let changed = map.primaries != state.topology.primaries
+                state.topology = map
+                let serving = Set(map.primaries)
+                var stale: [RedisConnection] = []
+                for (node, connection) in state.connections where !serving.contains(node) {
+                    if case .ready(let connection) = connection {
+                        stale.append(connection)
+                        state.connections[node] = nil
+                    }
+                }
+                return (changed, stale)
+            }
+            for connection in stale { Task { await connection.close() } }
+            if changed {
+                let primaries = map.primaries.map(\.description)
+                logger.info("cluster map changed", metadata: ["redis.primaries": "\(primaries.joined(separator: " "))"])
+                events.send(.topologyChanged(primaries: primaries))
+            }
+        }
+    }
+
+    /// The nodes it holds a connection to (tests).
+    var connectedNodes: [ClusterNodeAddress] {
+        state.withLock { state in
+            state.connections.compactMap { node, connection in
+                if case .ready = connection { return node }
+                return nil
+            }.sorted()
+        }
+    }
+
+    func close() async {
+        let (connections, opening, tasks) = state.withLock { state in
+            state.closed = true
+            defer { state.connections = [:] }
+            let ready = state.connections.values.compactMap { if case .ready(let c) = $0 { c } else { nil } }
+            let opening = state.connections.values.compactMap { if case .opening(let t) = $0 { t } else { nil } }
+            return (ready, opening, [state.refresh, state.periodic].compactMap { $0 })
+        }
+        for task in tasks { task.cancel() }
+        for connection in connections { await connection.close() }
+        for task in opening {
+            if case .success(let connection) = await task.value { await connection.close() }
+        }
+        await source.close()
+        events.finish()
+    }
+}

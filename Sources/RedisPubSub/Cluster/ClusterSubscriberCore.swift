@@ -1,0 +1,477 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+import Synchronization
+
+/// The event-loop side of a ``ClusterSubscriber``: carries out what the ``ClusterSubscriptionStateMachine`` decides
+/// (connections per node, SUBSCRIBE commands, map refreshes, subscriptions' news), routes each node's pushes, and
+/// reports the outcomes back to the machine. Loop-confined.
+final class ClusterSubscriberCore: @unchecked Sendable {
+    // @unchecked Sendable because: every mutable property is touched only on `loop` (asserted); other threads only
+    // call `execute`, which hops there, and read the Sendable `events`, `source` and `discardedPushes`.
+
+    typealias Machine = ClusterSubscriptionStateMachine<SubscriptionSink>
+
+    let loop: EventLoop
+    let configuration: RedisClusterConfiguration
+    let logger: Logger
+    let events = EventBroadcaster<ClusterEvent>()
+    let source: ClusterTopologySource
+    /// Message-shaped pushes too malformed to route, from any node.
+    let discardedPushes = Atomic(0)
+
+    private var machine: Machine
+    private var links: [ClusterNodeAddress: ClusterNodeLink] = [:]
+    /// Bumped by every change of the machine: the links' route caches are valid for one generation.
+    private(set) var generation: UInt64 = 0
+    private var toWake: [SubscriptionSink] = []
+    /// New subscriptions not yet confirmed, each with the timer that gives up on it.
+    private var waiting: [ObjectIdentifier: (sink: SubscriptionSink, timer: LoopTimer)] = [:]
+    private var additions: [UInt64: Addition] = [:]
+    private var nextAddition: UInt64 = 0
+    private struct Addition {
+        let sink: SubscriptionSink
+        /// The keys it put on the subscription: taken out again if it fails or its caller left.
+        let introduced: [ChannelKey]
+        let pending: Pending<Void>
+        let timer: LoopTimer
+    }
+    private var refreshing = false
+    private var refreshAgain = false
+    private var refreshTimer: LoopTimer?
+    private var refreshFailures = 0
+    private var periodicTimer: LoopTimer?
+    private var closing = false
+    private var closed = false
+
+    init(configuration: RedisClusterConfiguration, topology: ClusterTopology, source: ClusterTopologySource, logger: Logger, loop: EventLoop) {
+        self.configuration = configuration
+        self.source = source
+        self.logger = logger
+        self.loop = loop
+        self.machine = Machine(topology: topology)
+    }
+
+    /// Runs `body` on the loop with this core.
+    func execute(_ body: @escaping @Sendable (ClusterSubscriberCore) -> Void) {
+        loop.execute { body(self) }
+    }
+
+    /// Starts the periodic map refresh (loop).
+    func start() {
+        loop.assertInLoop()
+        schedulePeriodicRefresh()
+    }
+
+    static let closingError = RedisError(.connectionClosed, "the cluster subscriber is closing: close() was called")
+    static let closedError = RedisError(.connectionClosed, "the cluster subscriber was closed by close()")
+
+    // MARK: Subscriptions (loop)
+
+    func add(_ sink: SubscriptionSink) {
+        loop.assertInLoop()
+        guard !closing else {
+            let error = closed ? Self.closedError : Self.closingError
+            sink.ready.fail(error)
+            return sink.finish(.failed(error))
+        }
+        let limit = configuration.seeds[0].connectTimeout
+        let timer = loop.scheduleTimer(at: .now + limit) { [self] in
+            guard waiting.removeValue(forKey: ObjectIdentifier(sink)) != nil else { return }
+            let error = RedisError(.connectionClosed, "not subscribed within \(limit): \(whyUnconfirmed())")
+            run(machine.remove(sink.keys, from: sink, ends: true, now: .now))
+            sink.ready.fail(error)
+            sink.finish(.failed(error))
+        }
+        waiting[ObjectIdentifier(sink)] = (sink, timer)
+        run(machine.subscribe(sink, to: sink.keys, now: .now))
+    }
+
+    func remove(_ sink: SubscriptionSink, completion: (@Sendable () -> Void)? = nil) {
+        loop.assertInLoop()
+        if let entry = waiting.removeValue(forKey: ObjectIdentifier(sink)) {
+            entry.timer.cancel()
+            sink.ready.fail(.cancelled)
+        }
+        for (request, addition) in additions where addition.sink === sink {
+            additions[request] = nil
+            addition.timer.cancel()
+            addition.pending.fail(.cancelled)
+        }
+        guard !closing else {
+            completion?()
+            return
+        }
+        run(machine.remove(sink.keys, from: sink, ends: true, now: .now), completion: completion)
+    }
+
+    func addKeys(_ keys: [ChannelKey], to sink: SubscriptionSink, _ pending: Pending<Void>) {
+        loop.assertInLoop()
+        if closing { return pending.fail(closed ? Self.closedError : Self.closingError) }
+        guard !sink.hasEnded else {
+            return pending.fail(RedisError(.invalidArgument, "the subscription has ended: subscribe again"))
+        }
+        var unique = Set<ChannelKey>()
+        let keys = keys.filter { unique.insert($0).inserted }
+        let introduced = sink.insertKeys(keys)
+        nextAddition += 1
+        let request = nextAddition
+        let limit = configuration.seeds[0].connectTimeout
+        let timer = loop.scheduleTimer(at: .now + limit) { [self] in
+            finishAddition(request, .failure(RedisError(.connectionClosed, "not subscribed within \(limit): \(whyUnconfirmed())")))
+        }
+        additions[request] = Addition(sink: sink, introduced: introduced, pending: pending, timer: timer)
+        sink.setSubscribed(false)
+        run(machine.add(keys, to: sink, request: request, now: .now))
+    }
+
+    func removeKeys(_ keys: [ChannelKey], from sink: SubscriptionSink, completion: @escaping @Sendable () -> Void) {
+        loop.assertInLoop()
+        let held = sink.removeKeys(keys)
+        guard !held.isEmpty, !closing else { return completion() }
+        run(machine.remove(held, from: sink, now: .now), completion: completion)
+    }
+
+    /// Subscriptions registered now, and nodes with a connection (tests, introspection).
+    var subscriptionCount: Int { machine.subscriptionCount }
+    var connectedNodes: [ClusterNodeAddress] { links.keys.sorted() }
+    func node(of key: ChannelKey) -> ClusterNodeAddress? { machine.node(of: key) }
+
+    private func finishAddition(_ request: UInt64, _ outcome: Result<Void, RedisError>) {
+        guard let addition = additions.removeValue(forKey: request) else { return }
+        addition.timer.cancel()
+        if case .success = outcome {
+            if !addition.sink.hasEnded { addition.sink.setSubscribed(true) }
+            if addition.pending.succeed(()) { return }
+        }
+        // Failed, or its caller left: what it put on the subscription is taken out again.
+        let failure: RedisError
+        if case .failure(let error) = outcome { failure = error } else { failure = .cancelled }
+        let held = addition.sink.removeKeys(addition.introduced)
+        if !held.isEmpty && !closing { run(machine.remove(held, from: addition.sink, now: .now)) }
+        addition.pending.fail(failure)
+    }
+
+    private func whyUnconfirmed() -> String {
+        let down = machine.connections.filter { $0.value == .lost }.keys.sorted().map(\.description)
+        if !down.isEmpty { return "node \(down.joined(separator: ", ")) is down and no other node took its slots over" }
+        return "the cluster did not confirm the subscription (see the cluster events)"
+    }
+
+    // MARK: Carrying out the machine's actions (loop)
+
+    private func run(_ actions: [Machine.Action], completion: (@Sendable () -> Void)? = nil) {
+        generation &+= 1
+        var unsubscribes = 0
+        var finishUnsubscribe: (() -> Void)?
+        if let completion {
+            finishUnsubscribe = {
+                unsubscribes -= 1
+                if unsubscribes == 0 { completion() }
+            }
+        }
+        var moves: [[String]: [RedisName]] = [:]
+        for action in actions {
+            switch action {
+            case .connect(let node): connect(node)
+            case .disconnect(let node): disconnect(node)
+            case .send(let command):
+                if completion != nil && !command.subscribe {
+                    unsubscribes += 1
+                    send(command, then: finishUnsubscribe)
+                } else {
+                    send(command, then: nil)
+                }
+            case .refreshTopology: requestRefresh()
+            case .ready(let sink):
+                waiting.removeValue(forKey: ObjectIdentifier(sink))?.timer.cancel()
+                sink.setSubscribed(true)
+                sink.events.send(.subscribed(at: Date()))
+                sink.ready.succeed(())
+            case .lost(let sink, let cause):
+                sink.setSubscribed(false)
+                sink.events.send(.disconnected(at: Date(), cause: cause))
+            case .restored(let sink, let gap):
+                if !additions.values.contains(where: { $0.sink === sink }) { sink.setSubscribed(true) }
+                sink.events.send(.resubscribed(at: Date(), gap: gap))
+            case .fail(let sink, let error):
+                waiting.removeValue(forKey: ObjectIdentifier(sink))?.timer.cancel()
+                for (request, addition) in additions where addition.sink === sink {
+                    additions[request] = nil
+                    addition.timer.cancel()
+                    addition.pending.fail(error)
+                }
+                sink.ready.fail(error)
+                sink.finish(.failed(error))
+            case .additionFinished(let request, let outcome):
+                finishAddition(request, outcome)
+            case .moved(let key, let from, let to):
+                moves[[from.description, to.description], default: []].append(RedisName(bytes: key.name))
+            }
+        }
+        for (pair, channels) in moves.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            logger.info(
+                "channels moved to another node",
+                metadata: ["redis.from": "\(pair[0])", "redis.to": "\(pair[1])", "redis.channels": "\(channels.count)"])
+            events.send(.channelsMoved(from: pair[0], to: pair[1], channels: channels))
+        }
+        if let completion, unsubscribes == 0 { completion() }
+    }
+
+    private func connect(_ node: ClusterNodeAddress) {
+        guard !closing else { return }
+        let connection = ConnectionCore(configuration: configuration.configuration(for: node), logger: logger, loop: loop)
+        let link = ClusterNodeLink(node: node, core: self, connection: connection)
+        links[node]?.detach()
+        links[node] = link
+        connection.pushHandler = link
+        connection.connect { [self] in linkReady(link) }
+    }
+
+    private func disconnect(_ node: ClusterNodeAddress) {
+        links.removeValue(forKey: node)?.detach()
+    }
+
+    private func send(_ command: Machine.Command, then done: (() -> Void)?) {
+        guard let link = links[command.node], !link.isDetached else {
+            done?()
+            return
+        }
+        let kind = command.key.kind
+        let verb = command.subscribe ? kind.subscribeCommand : kind.unsubscribeCommand
+        let expects = command.subscribe
+            ? nil : Acknowledgement(type: kind.acknowledgement(subscribe: false), name: command.key.name)
+        link.connection.sendInternal([verb, RedisArgument(command.key.name)], expects: expects) { [self] result in
+            defer { done?() }
+            guard !closed, links[command.node] === link else { return }
+            switch result {
+            case .success(let reply):
+                guard case .array(let elements) = reply, elements.count == 3,
+                      elements[0].bytes == kind.acknowledgement(subscribe: command.subscribe),
+                      elements[1].bytes == command.key.name
+                else {
+                    link.connection.closeNow(RedisError(.protocolError, "unexpected acknowledgement: \(reply.shape)"))
+                    return
+                }
+                if command.subscribe { run(machine.acknowledged(command, now: .now)) }
+            case .failure(let error) where error.code == .timeout:
+                // The server may still act on it later: only a new connection is certain of its state.
+                link.connection.closeNow(error)
+            case .failure(let error) where error.code == .connectionClosed:
+                break  // the connection is gone: its loss is reported on its own
+            case .failure(let error):
+                run(machine.refused(command, error, now: .now))
+            }
+        }
+    }
+
+    // MARK: The map (loop)
+
+    private func requestRefresh() {
+        guard !closing else { return }
+        if refreshing {
+            refreshAgain = true
+            return
+        }
+        refreshTimer?.cancel()
+        refreshTimer = nil
+        refreshing = true
+        let down = Set(machine.connections.filter { $0.value == .lost }.keys)
+        let source = self.source
+        Task {
+            let result: Result<ClusterTopology, RedisError>
+            do throws(RedisError) { result = .success(try await source.fetch(avoiding: down)) } catch { result = .failure(error) }
+            self.execute { $0.refreshed(result) }
+        }
+    }
+
+    private func refreshed(_ result: Result<ClusterTopology, RedisError>) {
+        refreshing = false
+        guard !closing else { return }
+        switch result {
+        case .success(let map):
+            refreshFailures = 0
+            let before = machine.topology.primaries
+            run(machine.topologyUpdated(map))
+            if map.primaries != before {
+                let primaries = map.primaries.map(\.description)
+                logger.info("cluster map changed", metadata: ["redis.primaries": "\(primaries.joined(separator: " "))"])
+                events.send(.topologyChanged(primaries: primaries))
+            }
+            if refreshAgain {
+                refreshAgain = false
+                scheduleRefresh(after: .milliseconds(20))
+            } else if machine.needsTopology {
+                scheduleRefresh(after: .milliseconds(200))  // a failover under way: ask until it is done
+            }
+        case .failure(let error):
+            refreshFailures += 1
+            refreshAgain = false
+            logger.warning("fetching the cluster map failed", metadata: ["error": "\(error)"])
+            events.send(.topologyRefreshFailed(error))
+            scheduleRefresh(after: .milliseconds(min(5_000, 100 << min(refreshFailures, 6))))
+        }
+    }
+
+    private func scheduleRefresh(after delay: Duration) {
+        guard refreshTimer == nil else { return }
+        refreshTimer = loop.scheduleTimer(at: .now + delay) { [self] in
+            refreshTimer = nil
+            requestRefresh()
+        }
+    }
+
+    private func schedulePeriodicRefresh() {
+        periodicTimer = loop.scheduleTimer(at: .now + configuration.topologyRefreshInterval) { [self] in
+            guard !closing else { return }
+            requestRefresh()
+            schedulePeriodicRefresh()
+        }
+    }
+
+    // MARK: What the node connections report (loop)
+
+    private func linkReady(_ link: ClusterNodeLink) {
+        guard links[link.node] === link, !closing else { return }
+        logger.debug("connected to a cluster node", metadata: ["redis.node": "\(link.node)"])
+        events.send(.nodeConnected(node: link.node.description))
+        run(machine.connectionReady(link.node))
+    }
+
+    func linkRestored(_ link: ClusterNodeLink) {
+        linkReady(link)
+    }
+
+    func linkLost(_ link: ClusterNodeLink, _ error: RedisError) {
+        guard links[link.node] === link, !closing else { return }
+        flush()
+        events.send(.nodeDisconnected(node: link.node.description, cause: error))
+        run(machine.connectionLost(link.node, error, now: .now))
+    }
+
+    func linkClosed(_ link: ClusterNodeLink, _ error: RedisError?) {
+        guard links[link.node] === link, !closing else { return }
+        flush()
+        links[link.node] = nil
+        let cause = error ?? RedisError(.connectionClosed, "the connection to \(link.node) was closed")
+        events.send(.nodeDisconnected(node: link.node.description, cause: cause))
+        run(machine.connectionClosed(link.node, cause, now: .now))
+    }
+
+    /// A message from `link`'s node, recognised in the raw reply.
+    func route(_ push: RawPush, from link: ClusterNodeLink) {
+        let routeName = push.pattern ?? push.channel
+        let name: [UInt8]
+        let sinks: [SubscriptionSink]
+        if let cache = link.routeCache, cache.generation == generation, cache.kind == push.kind,
+           ClusterNodeLink.sameBytes(cache.name, routeName)
+        {
+            name = cache.name
+            sinks = cache.sinks
+        } else {
+            name = Array(routeName)
+            sinks = machine.recipients(ChannelKey(kind: push.kind, name: name), from: link.node)
+            link.routeCache = (generation, push.kind, name, sinks)
+        }
+        guard !sinks.isEmpty else { return }
+        let message = Message(push, route: name)
+        for sink in sinks where sink.append(message) {
+            toWake.append(sink)
+        }
+    }
+
+    /// A push from `link`'s node that is not a plain message; `false` for a reply to a command.
+    func handlePush(_ reply: RedisValue, awaited: Acknowledgement?, from link: ClusterNodeLink) -> Bool {
+        switch PubSubPush(reply, awaited: awaited) {
+        case nil:
+            return false
+        case .malformed:
+            let count = discardedPushes.add(1, ordering: .relaxed).newValue
+            logger.debug("dropped a malformed message push", metadata: ["redis.push": "\(reply.shape)", "redis.dropped": "\(count)"])
+            return true
+        case .message(let route, let message):
+            for sink in machine.recipients(route, from: link.node) where sink.append(message) {
+                toWake.append(sink)
+            }
+            return true
+        case .unsubscribed(let key):
+            guard machine.node(of: key) == link.node, links[link.node] === link else { return false }
+            logger.debug("the server ended a subscription", metadata: ["redis.node": "\(link.node)"])
+            run(machine.serverUnsubscribed(key, on: link.node, now: .now))
+            return true
+        }
+    }
+
+    func flush() {
+        for sink in toWake { sink.wake() }
+        toWake.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Closing (loop)
+
+    /// Unsubscribes everything, lets the acknowledgements (and the messages before them) arrive, closes every
+    /// connection, then ends every subscription normally.
+    func close(_ completion: @escaping @Sendable () -> Void) {
+        loop.assertInLoop()
+        guard !closing else {
+            closeWaiters.append(completion)
+            if closed { runCloseWaiters() }
+            return
+        }
+        closeWaiters.append(completion)
+        run(machine.unsubscribeAll())
+        closing = true
+        refreshTimer?.cancel()
+        periodicTimer?.cancel()
+        for (_, entry) in waiting {
+            entry.timer.cancel()
+            entry.sink.ready.fail(Self.closingError)
+        }
+        waiting = [:]
+        for (_, addition) in additions {
+            addition.timer.cancel()
+            addition.pending.fail(Self.closingError)
+        }
+        additions = [:]
+        let closing = links.values
+        links = [:]
+        closesOutstanding = closing.count + 1
+        let done: @Sendable () -> Void = { [self] in
+            execute { core in
+                core.closesOutstanding -= 1
+                if core.closesOutstanding == 0 { core.finishClose() }
+            }
+        }
+        for link in closing { link.close(done) }
+        Task { [source] in
+            await source.close()
+            done()
+        }
+    }
+
+    /// Forced: closes every connection at once.
+    func forceClose() {
+        for link in links.values { link.connection.forceClose() }
+    }
+
+    private var closeWaiters: [@Sendable () -> Void] = []
+    /// Connections (and the map's source) still closing.
+    private var closesOutstanding = 0
+
+    private func finishClose() {
+        flush()
+        closed = true
+        for sink in machine.removeAll() { sink.finish(.finished) }
+        events.finish()
+        runCloseWaiters()
+    }
+
+    private func runCloseWaiters() {
+        let waiters = closeWaiters
+        closeWaiters = []
+        for waiter in waiters { waiter() }
+    }
+}

@@ -1,0 +1,528 @@
+/// Where every channel of a cluster subscriber is subscribed, and what to do as the cluster changes.
+///
+/// Each sharded channel is subscribed on the primary that serves its slot, with one `SSUBSCRIBE` per channel (so no
+/// command can span two slots: `CROSSSLOT` cannot happen); classic channels and patterns, which the cluster broadcasts
+/// to every node, on one node of its choosing. Connections are asked for when a node gets its first channel and
+/// given up when it has none left. When a channel goes deaf (its node's connection was lost, the server dropped it
+/// with a `sunsubscribe` push after a slot migration or failover, or `-MOVED` answered its `SSUBSCRIBE`), every
+/// subscription holding it is told so once, the channel is subscribed again where the map (or the redirection)
+/// says, and a subscription is told it is back once every channel it holds is confirmed again.
+///
+/// A pure value: no clock (times come in with the events), no I/O. Events in, actions out; the driver
+/// (``ClusterSubscriberCore``) carries the actions out and reports the outcomes.
+struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
+    typealias Node = ClusterNodeAddress
+    typealias Instant = ContinuousClock.Instant
+
+    /// A (P|S)(UN)SUBSCRIBE of one name on one node. `sequence` tells a current acknowledgement from a stale one.
+    struct Command: Hashable, Sendable {
+        let node: Node
+        let key: ChannelKey
+        let subscribe: Bool
+        let sequence: UInt64
+    }
+
+    enum Action {
+        /// Open a subscriber connection to `node` (it reconnects by itself once open).
+        case connect(Node)
+        /// Close the connection to `node`: no channel lives there any more.
+        case disconnect(Node)
+        case send(Command)
+        /// Fetch the cluster's map again (the driver coalesces repeated requests).
+        case refreshTopology
+        /// Every channel of a new subscription is confirmed: its `subscribe` call returns.
+        case ready(Sink)
+        /// A confirmed subscription lost at least one channel: from now on it misses messages.
+        case lost(Sink, cause: RedisError)
+        /// Every channel of a subscription that had lost some is confirmed again, after `gap`.
+        case restored(Sink, gap: Duration)
+        /// The server refused a channel the subscription holds (an ACL, say): it ends with `error`.
+        case fail(Sink, RedisError)
+        /// A live subscription's addition is settled.
+        case additionFinished(request: UInt64, Result<Void, RedisError>)
+        /// A channel is subscribed again on another node than before (for the log and ``ClusterEvent``).
+        case moved(ChannelKey, from: Node, to: Node)
+    }
+
+    private enum Phase: Equatable {
+        /// No node known for it yet: waits for a map that has one.
+        case unplaced
+        /// Its node is chosen but that node's connection is not ready.
+        case waitingForNode
+        case subscribing(UInt64)
+        case subscribed(UInt64)
+    }
+
+    private struct Entry {
+        /// Subscriptions the channel's messages go to.
+        var sinks: [Sink] = []
+        /// Subscriptions waiting for the channel's confirmation on its current node: they get no messages until then,
+        /// because what arrives before it was published before the server saw the SUBSCRIBE.
+        var joining: [Sink] = []
+        var node: Node?
+        var phase = Phase.unplaced
+        /// `-MOVED` answers since the channel was last confirmed or the map was last fetched.
+        var redirects = 0
+    }
+
+    private struct Registration {
+        let sink: Sink
+        var keys: Set<ChannelKey>
+        /// Keys whose first confirmation a new subscription still waits for (empty once it is live).
+        var waitingFor: Set<ChannelKey>
+        var isLive = false
+        /// Keys lost since the subscription went deaf, and when it did.
+        var lostKeys: Set<ChannelKey> = []
+        var deafSince: Instant?
+    }
+
+    private(set) var topology: ClusterTopology
+    /// The node that holds classic channels and patterns (the cluster broadcasts them: any node serves).
+    private(set) var classicNode: Node?
+    private var entries: [ChannelKey: Entry] = [:]
+    private var registrations: [ObjectIdentifier: Registration] = [:]
+    /// Additions to live subscriptions not yet confirmed, by request number.
+    private var additions: [UInt64: Addition] = [:]
+    private struct Addition {
+        let sink: Sink
+        /// Keys not confirmed yet.
+        var keys: Set<ChannelKey>
+        /// Keys the subscription did not hold before: taken out again if the addition fails.
+        var introduced: Set<ChannelKey>
+    }
+    enum ConnectionState: Equatable {
+        case connecting, ready, lost
+    }
+
+    /// Connections asked for, and where each stands.
+    private(set) var connections: [Node: ConnectionState] = [:]
+    private var sequence: UInt64 = 0
+    /// More `-MOVED` answers than this for one channel without a confirmation wait for a fresh map instead.
+    static var redirectLimit: Int { 5 }
+
+    init(topology: ClusterTopology) {
+        self.topology = topology
+    }
+
+    // MARK: Queries
+
+    /// The subscriptions a message on `key` from `node` goes to: none when the channel lives elsewhere now.
+    func recipients(_ key: ChannelKey, from node: Node) -> [Sink] {
+        guard let entry = entries[key], entry.node == node else { return [] }
+        return entry.sinks
+    }
+
+    /// The node each channel lives on (or will), for introspection and tests.
+    func node(of key: ChannelKey) -> Node? { entries[key]?.node }
+
+    /// Whether a channel waits for a map that knows where it goes, or for a node that is down: the driver keeps
+    /// fetching the map until this is `false`.
+    var needsTopology: Bool {
+        entries.values.contains { entry in
+            entry.phase == .unplaced || (entry.phase == .waitingForNode && entry.node.map { connections[$0] } == .lost)
+        }
+    }
+
+    /// Subscriptions registered now.
+    var subscriptionCount: Int { registrations.count }
+
+    // MARK: Subscriptions
+
+    /// A new subscription to `keys`: ``Action/ready(_:)`` once every one is confirmed.
+    mutating func subscribe(_ sink: Sink, to keys: [ChannelKey], now: Instant) -> [Action] {
+        let unique = Set(keys)
+        registrations[ObjectIdentifier(sink)] = Registration(sink: sink, keys: unique, waitingFor: unique)
+        var actions: [Action] = []
+        for key in keys where unique.contains(key) {
+            join(sink, key, &actions)
+        }
+        settle(sink, now: now, &actions)
+        return actions
+    }
+
+    /// Adds `keys` to a live subscription; ``Action/additionFinished(request:_:)`` once they are confirmed.
+    mutating func add(_ keys: [ChannelKey], to sink: Sink, request: UInt64, now: Instant) -> [Action] {
+        let id = ObjectIdentifier(sink)
+        guard var registration = registrations[id] else {
+            return [.additionFinished(request: request, .failure(RedisError(.invalidArgument, "the subscription has ended")))]
+        }
+        var actions: [Action] = []
+        var pending = Set<ChannelKey>()
+        var introduced = Set<ChannelKey>()
+        for key in keys {
+            if registration.keys.insert(key).inserted {
+                introduced.insert(key)
+                registrations[id] = registration
+                join(sink, key, &actions)
+                registration = registrations[id]!
+            }
+            if entries[key].map({ !$0.sinks.contains { $0 === sink } || !Self.isConfirmed($0.phase) }) ?? true {
+                pending.insert(key)
+            }
+        }
+        registrations[id] = registration
+        if pending.isEmpty {
+            actions.append(.additionFinished(request: request, .success(())))
+        } else {
+            additions[request] = Addition(sink: sink, keys: pending, introduced: introduced)
+        }
+        return actions
+    }
+
+    /// Takes `keys` out of a subscription (all of them when it ends: then pass every key it holds and `ends`).
+    mutating func remove(_ keys: [ChannelKey], from sink: Sink, ends: Bool = false, now: Instant) -> [Action] {
+        let id = ObjectIdentifier(sink)
+        var actions: [Action] = []
+        let removing = Set(keys)
+        for (request, var addition) in additions where addition.sink === sink {
+            addition.keys.subtract(removing)
+            if ends {
+                additions[request] = nil
+            } else if addition.keys.isEmpty {
+                additions[request] = nil
+                actions.append(.additionFinished(request: request, .success(())))
+            } else {
+                additions[request] = addition
+            }
+        }
+        if var registration = registrations[id] {
+            registration.keys.subtract(removing)
+            registration.waitingFor.subtract(removing)
+            registration.lostKeys.subtract(removing)
+            registrations[id] = registration
+        }
+        for key in removing { leave(sink, key, &actions) }
+        if ends {
+            registrations[id] = nil
+        } else {
+            settle(sink, now: now, &actions)
+        }
+        collectIdleConnections(&actions)
+        return actions.sortedAdditionsLast()
+    }
+
+    /// Closing: UNSUBSCRIBE everything subscribed (registrations stay, so messages before the acknowledgements are
+    /// still delivered).
+    mutating func unsubscribeAll() -> [Action] {
+        var actions: [Action] = []
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) {
+            guard let node = entry.node else { continue }
+            switch entry.phase {
+            case .subscribing, .subscribed:
+                sequence += 1
+                actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence)))
+            case .unplaced, .waitingForNode: break
+            }
+            entries[key]?.phase = .unplaced
+            entries[key]?.node = nil
+        }
+        return actions
+    }
+
+    /// Every subscription, each once; everything forgotten (the subscriber closed).
+    mutating func removeAll() -> [Sink] {
+        let all = registrations.values.map(\.sink)
+        entries = [:]
+        registrations = [:]
+        additions = [:]
+        return all
+    }
+
+    // MARK: Server answers
+
+    /// The server confirmed `command`.
+    mutating func acknowledged(_ command: Command, now: Instant) -> [Action] {
+        guard command.subscribe, var entry = entries[command.key], entry.node == command.node,
+              entry.phase == .subscribing(command.sequence)
+        else { return [] }
+        entry.phase = .subscribed(command.sequence)
+        entry.redirects = 0
+        entry.sinks += entry.joining
+        entry.joining = []
+        entries[command.key] = entry
+        var actions: [Action] = []
+        for sink in entry.sinks {
+            let id = ObjectIdentifier(sink)
+            registrations[id]?.waitingFor.remove(command.key)
+            registrations[id]?.lostKeys.remove(command.key)
+        }
+        for (request, var addition) in additions.sorted(by: { $0.key < $1.key })
+        where addition.keys.remove(command.key) != nil {
+            if addition.keys.isEmpty {
+                additions[request] = nil
+                actions.append(.additionFinished(request: request, .success(())))
+            } else {
+                additions[request] = addition
+            }
+        }
+        for sink in entry.sinks { settle(sink, now: now, &actions) }
+        return actions.sortedAdditionsLast()
+    }
+
+    /// The server answered `command` with an error.
+    mutating func refused(_ command: Command, _ error: RedisError, now: Instant) -> [Action] {
+        guard command.subscribe, var entry = entries[command.key], entry.node == command.node,
+              entry.phase == .subscribing(command.sequence)
+        else { return [] }
+        var actions: [Action] = []
+        let text = error.message
+        if let redirection = ClusterRedirection(text) {
+            // The slot lives elsewhere: correct the map, follow, and fetch the whole map (more slots moved, likely).
+            if !redirection.ask { topology.redirect(slot: redirection.slot, to: redirection.node) }
+            entry.redirects += 1
+            entries[command.key] = entry
+            actions.append(.refreshTopology)
+            if entry.redirects <= Self.redirectLimit && !redirection.ask {
+                place(command.key, &actions)
+            } else {
+                entries[command.key]?.phase = .unplaced
+            }
+            return actions
+        }
+        if ClusterRedirection.isTransient(text) {  // CLUSTERDOWN, TRYAGAIN, LOADING: the cluster is changing; try again later
+            entries[command.key]?.phase = .unplaced
+            return [.refreshTopology]
+        }
+        // Refused for good (NOPERM): additions that asked for it fail and are undone; subscriptions that held it
+        // before end.
+        entry.phase = .unplaced
+        entries[command.key] = entry
+        var undone: [(Sink, Set<ChannelKey>)] = []
+        for (request, addition) in additions.sorted(by: { $0.key < $1.key }) where addition.keys.contains(command.key) {
+            additions[request] = nil
+            actions.append(.additionFinished(request: request, .failure(error)))
+            undone.append((addition.sink, addition.introduced))
+        }
+        for sink in entry.sinks + entry.joining {
+            let id = ObjectIdentifier(sink)
+            guard let registration = registrations[id] else { continue }
+            if let (_, introduced) = undone.first(where: { $0.0 === sink }), introduced.contains(command.key) {
+                continue  // it came with a failed addition: undone below
+            }
+            actions.append(.fail(sink, error))
+            actions += remove(Array(registration.keys), from: sink, ends: true, now: now)
+        }
+        for (sink, introduced) in undone where registrations[ObjectIdentifier(sink)] != nil {
+            actions += remove(Array(introduced), from: sink, now: now)
+        }
+        return actions
+    }
+
+    /// The server dropped `key` on `node` by itself (`sunsubscribe` after its slot moved or its primary failed over).
+    mutating func serverUnsubscribed(_ key: ChannelKey, on node: Node, now: Instant) -> [Action] {
+        guard let entry = entries[key], entry.node == node else { return [] }
+        switch entry.phase {
+        case .subscribed, .subscribing: break
+        case .unplaced, .waitingForNode: return []
+        }
+        var actions: [Action] = [.refreshTopology]
+        deafen(key, RedisError(.connectionClosed, "the server ended the subscription (its slot moved)"), now: now, &actions)
+        place(key, &actions)
+        return actions
+    }
+
+    // MARK: Connections
+
+    /// The connection to `node` is ready (first connect or reconnect): channels waiting for it are subscribed.
+    mutating func connectionReady(_ node: Node) -> [Action] {
+        guard connections[node] != nil else { return [] }
+        connections[node] = .ready
+        var actions: [Action] = []
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) })
+        where entry.node == node && entry.phase == .waitingForNode {
+            if key.kind != .shardChannel && classicNode == nil { classicNode = node }
+            if route(key) != node {
+                place(key, &actions)  // the map (or the choice of classic node) moved it meanwhile
+            } else {
+                send(key, to: node, &actions)
+            }
+        }
+        return actions
+    }
+
+    /// The connection to `node` was lost (it retries by itself): its channels are deaf until confirmed again, there
+    /// or wherever a fresh map puts them.
+    mutating func connectionLost(_ node: Node, _ error: RedisError, now: Instant) -> [Action] {
+        guard connections[node] != nil else { return [] }
+        connections[node] = .lost
+        var actions: [Action] = [.refreshTopology]
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node {
+            switch entry.phase {
+            case .subscribed, .subscribing:
+                deafen(key, error, now: now, &actions)
+                entries[key]?.phase = .waitingForNode
+            case .unplaced, .waitingForNode: break
+            }
+        }
+        if classicNode == node { classicNode = nil }  // classic channels go to another node on the next map
+        return actions
+    }
+
+    /// The connection to `node` closed for good (an error no retry fixes, or its reconnect policy gave up).
+    mutating func connectionClosed(_ node: Node, _ error: RedisError, now: Instant) -> [Action] {
+        guard connections.removeValue(forKey: node) != nil else { return [] }
+        var actions: [Action] = [.refreshTopology]
+        if classicNode == node { classicNode = nil }
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node {
+            if entry.phase != .waitingForNode && entry.phase != .unplaced { deafen(key, error, now: now, &actions) }
+            entries[key]?.phase = .unplaced
+            entries[key]?.node = nil
+        }
+        return actions
+    }
+
+    /// A fresh map: channels that wait for a node go where it says; nodes without channels are given up.
+    mutating func topologyUpdated(_ map: ClusterTopology) -> [Action] {
+        topology = map
+        var actions: [Action] = []
+        if let node = classicNode, !map.nodes.contains(node) { classicNode = nil }
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) {
+            entries[key]?.redirects = 0
+            switch entry.phase {
+            case .unplaced:
+                place(key, &actions)
+            case .waitingForNode:
+                if route(key) != entry.node { place(key, &actions) }
+            case .subscribing, .subscribed:
+                break  // the server tells when a channel it holds moves (sunsubscribe, or the connection's loss)
+            }
+        }
+        collectIdleConnections(&actions)
+        return actions
+    }
+
+    // MARK: Internals
+
+    private mutating func join(_ sink: Sink, _ key: ChannelKey, _ actions: inout [Action]) {
+        var entry = entries[key] ?? Entry()
+        let isNew = entries[key] == nil
+        if case .subscribed = entry.phase {
+            entry.sinks.append(sink)
+            registrations[ObjectIdentifier(sink)]?.waitingFor.remove(key)
+        } else {
+            entry.joining.append(sink)
+        }
+        entries[key] = entry
+        if isNew { place(key, &actions) }
+    }
+
+    private mutating func leave(_ sink: Sink, _ key: ChannelKey, _ actions: inout [Action]) {
+        guard var entry = entries[key] else { return }
+        entry.sinks.removeAll { $0 === sink }
+        entry.joining.removeAll { $0 === sink }
+        guard entry.sinks.isEmpty && entry.joining.isEmpty else {
+            entries[key] = entry
+            return
+        }
+        entries[key] = nil
+        if let node = entry.node, connections[node] == .ready {
+            switch entry.phase {
+            case .subscribing, .subscribed:
+                sequence += 1
+                actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence)))
+            case .unplaced, .waitingForNode: break
+            }
+        }
+    }
+
+    /// Where `key` belongs now: its slot's primary, or the classic node.
+    private mutating func route(_ key: ChannelKey) -> Node? {
+        if key.kind == .shardChannel { return topology.primary(ofSlot: ClusterSlot.of(key.name)) }
+        if classicNode == nil {
+            // Prefer a node already connected, then any primary of the map.
+            let primaries = topology.primaries
+            classicNode = primaries.first { connections[$0] == .ready }
+                ?? primaries.first { connections[$0] != .lost } ?? primaries.first
+        }
+        return classicNode
+    }
+
+    /// Sends `key`'s SUBSCRIBE where it belongs, asking for the connection if needed.
+    private mutating func place(_ key: ChannelKey, _ actions: inout [Action]) {
+        guard let node = route(key) else {
+            entries[key]?.phase = .unplaced
+            entries[key]?.node = nil
+            actions.append(.refreshTopology)
+            return
+        }
+        if let previous = entries[key]?.node, previous != node { actions.append(.moved(key, from: previous, to: node)) }
+        entries[key]?.node = node
+        switch connections[node] {
+        case .ready?:
+            send(key, to: node, &actions)
+        case .connecting?, .lost?:
+            entries[key]?.phase = .waitingForNode
+        case nil:
+            entries[key]?.phase = .waitingForNode
+            connections[node] = .connecting
+            actions.append(.connect(node))
+        }
+    }
+
+    private mutating func send(_ key: ChannelKey, to node: Node, _ actions: inout [Action]) {
+        sequence += 1
+        entries[key]?.node = node
+        entries[key]?.phase = .subscribing(sequence)
+        actions.append(.send(Command(node: node, key: key, subscribe: true, sequence: sequence)))
+    }
+
+    /// `key` no longer receives: its confirmed subscriptions are told (once per gap).
+    private mutating func deafen(_ key: ChannelKey, _ cause: RedisError, now: Instant, _ actions: inout [Action]) {
+        guard let entry = entries[key] else { return }
+        for sink in entry.sinks {
+            let id = ObjectIdentifier(sink)
+            guard var registration = registrations[id], registration.isLive else { continue }
+            registration.lostKeys.insert(key)
+            if registration.deafSince == nil {
+                registration.deafSince = now
+                actions.append(.lost(sink, cause: cause))
+            }
+            registrations[id] = registration
+        }
+    }
+
+    /// A subscription whose channels are all confirmed becomes live, or is back after a gap.
+    private mutating func settle(_ sink: Sink, now: Instant, _ actions: inout [Action]) {
+        let id = ObjectIdentifier(sink)
+        guard var registration = registrations[id] else { return }
+        if !registration.isLive {
+            guard registration.waitingFor.isEmpty else { return }
+            registration.isLive = true
+            registrations[id] = registration
+            actions.append(.ready(sink))
+        } else if let since = registration.deafSince, registration.lostKeys.isEmpty {
+            registration.deafSince = nil
+            registrations[id] = registration
+            actions.append(.restored(sink, gap: now - since))
+        }
+    }
+
+    /// Nodes no channel lives on (or waits for) are given up.
+    private mutating func collectIdleConnections(_ actions: inout [Action]) {
+        let used = Set(entries.values.compactMap(\.node))
+        for node in connections.keys.sorted() where !used.contains(node) {
+            connections[node] = nil
+            actions.append(.disconnect(node))
+        }
+    }
+
+    private static func isConfirmed(_ phase: Phase) -> Bool {
+        if case .subscribed = phase { return true }
+        return false
+    }
+
+    private static func order(_ a: ChannelKey, _ b: ChannelKey) -> Bool {
+        a.kind.order != b.kind.order ? a.kind.order < b.kind.order : a.name.lexicographicallyPrecedes(b.name)
+    }
+}
+
+extension Array {
+    /// Additions settle after the subscriptions' own news (a caller that resumes sees the state it waited for).
+    fileprivate func sortedAdditionsLast<Sink>() -> Self where Element == ClusterSubscriptionStateMachine<Sink>.Action {
+        let isAddition = { (action: Element) -> Bool in
+            if case .additionFinished = action { return true }
+            return false
+        }
+        return filter { !isAddition($0) } + filter(isAddition)
+    }
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# A private Redis Cluster on loopback, for the tests and `make demo-cluster`: every node in its own directory under
+# DIR, on free ports whose cluster-bus ports (port + 10000) are free too. It never touches a server it did not start.
+#
+#   scripts/redis-cluster.sh start DIR [PRIMARIES [REPLICAS_PER_PRIMARY [NODE_TIMEOUT_MS]]]
+#       starts PRIMARIES (3) primaries with REPLICAS_PER_PRIMARY (1) replicas each, creates the cluster, waits until
+#       every node reports cluster_state:ok and every replica is in sync, then prints one line per node,
+#       "host:port", primaries first, and writes the same lines to DIR/nodes.
+#   scripts/redis-cluster.sh start-node DIR PORT
+#       starts the node of DIR/PORT again (after a kill -9) with its old configuration, and waits until it answers.
+#   scripts/redis-cluster.sh stop DIR
+#       kills every node started under DIR and removes DIR.
+#
+# Extra redis-server arguments for every node may be given in REDIS_CLUSTER_ARGS (e.g. "--requirepass pw
+# --masterauth pw"); REDIS_CLUSTER_CLI_ARGS are passed to redis-cli (e.g. "-a pw").
+set -euo pipefail
+
+usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+command=$1
+dir=$2
+read -r -a server_args <<<"${REDIS_CLUSTER_ARGS:-}"
+read -r -a cli_args <<<"${REDIS_CLUSTER_CLI_ARGS:-}"
+
+cli() { redis-cli --no-auth-warning "${cli_args[@]}" "$@"; }
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts the node of $dir/$1 (its nodes.conf, if any, is kept); returns non-zero if it does not answer within 5 s.
+run_node() {
+  local port=$1 node="$dir/$1"
+  mkdir -p "$node"
+  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
+    --cluster-node-timeout "${node_timeout:-2000}" --save "" --appendonly no --repl-diskless-sync-delay 0 --daemonize yes \
+    --dir "$node" --pidfile "$node/redis.pid" --logfile "$node/redis.log" "${server_args[@]}" >/dev/null
+  for _ in $(seq 100); do
+    if cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+
+stop_node() {
+  local pidfile="$dir/$1/redis.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  # Only a redis-server whose working directory is this node's: never another process that got the pid.
+  if [ "$(readlink "/proc/$pid/cwd" 2>/dev/null || true)" = "$(cd "$dir/$1" && pwd -P)" ]; then
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+case "$command" in
+start)
+  primaries=${3:-3}
+  replicas=${4:-1}
+  node_timeout=${5:-2000}
+  total=$(( primaries * (1 + replicas) ))
+  mkdir -p "$dir"
+  echo "$node_timeout" >"$dir/node-timeout"
+  ports=()
+  while [ ${#ports[@]} -lt "$total" ]; do
+    port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 35000 ))
+    port_taken "$port" && continue
+    port_taken $(( port + 10000 )) && continue
+    for p in "${ports[@]}"; do [ "$p" != "$port" ] && [ "$p" != $(( port + 10000 )) ] || continue 2; done
+    if run_node "$port"; then ports+=("$port"); else stop_node "$port"; rm -rf "${dir:?}/$port"; fi
+  done
+  addresses=()
+  for p in "${ports[@]}"; do addresses+=("127.0.0.1:$p"); done
+  cli --cluster create "${addresses[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1 \
+    || { cat "$dir/create.log" >&2; exit 1; }
+  # Every node agrees the cluster is up, and every replica has synchronised with its primary.
+  deadline=$(( SECONDS + 30 ))
+  until [ $SECONDS -ge $deadline ]; do
+    ready=1
+    for p in "${ports[@]}"; do
+      info=$(cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null || true)
+      case "$info" in *cluster_state:ok*) ;; *) ready=0; break ;; esac
+      known=$(echo "$info" | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')
+      [ "$known" = "$total" ] || { ready=0; break; }
+      role=$(cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null | tr -d '\r' || true)
+      case "$role" in *role:slave*) case "$role" in *master_link_status:up*) ;; *) ready=0; break ;; esac ;; esac
+    done
+    [ $ready = 1 ] && break
+    sleep 0.1
+  done
+  [ $ready = 1 ] || { echo "the cluster in $dir did not come up" >&2; exit 1; }
+  : >"$dir/nodes"
+  for role in master slave; do
+    for p in "${ports[@]}"; do
+      if cli -h 127.0.0.1 -p "$p" info replication | tr -d '\r' | grep -qx "role:$role"; then
+        echo "127.0.0.1:$p" | tee -a "$dir/nodes"
+      fi
+    done
+  done
+  ;;
+start-node)
+  [ $# -ge 3 ] || usage
+  node_timeout=$(cat "$dir/node-timeout" 2>/dev/null || echo 2000)
+  run_node "$3"
+  ;;
+stop)
+  [ -d "$dir" ] || exit 0
+  for node in "$dir"/*/; do
+    [ -d "$node" ] && stop_node "$(basename "$node")"
+  done
+  rm -rf "$dir"
+  ;;
+*) usage ;;
+esac
