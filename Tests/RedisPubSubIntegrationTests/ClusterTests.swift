@@ -119,4 +119,176 @@ struct ClusterTests {
         #expect(error?.code == .invalidConfiguration)
         #expect(error?.message.contains("not a Redis Cluster node") == true)
     }
+
+    // MARK: Following the cluster
+
+    @Test func twentySlotMigrationsInARowUnderAStreamLoseOnlyInsideReportedGaps() async throws {
+        let cluster = try RedisCluster()
+        defer { cluster.stop() }
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let channel = "orders:{eu}"
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let bystander = "orders:{us}"  // another slot, on another primary: never affected
+        #expect(try cluster.owner(ofSlot: ClusterSlot.of(Array(bystander.utf8))) != (try cluster.owner(ofSlot: slot)))
+        let other = try await subscriber.subscribe(toShardChannels: bystander)
+        let otherEvents = other.events()
+        let stream = ContinuousStream(
+            channel: channel, publisher: publisher, subscription: try await subscriber.subscribe(toShardChannels: channel))
+        let moves = subscriber.events()
+        for round in 1...20 {
+            try await Task.sleep(for: .milliseconds(100))
+            let owner = try #require(try cluster.owner(ofSlot: slot))
+            let target = try cluster.primaries().first { $0 != owner && $0 != (try? cluster.owner(ofSlot: ClusterSlot.of(Array(bystander.utf8)))) }
+                ?? cluster.primaries().first { $0 != owner }!
+            try await cluster.migrate(slot: slot, to: target)
+            try await stream.waitForGaps(round)
+            #expect(await subscriber.node(ofShardChannel: channel)?.port == target)
+        }
+        let (lost, _) = try await stream.finish()
+        let gaps = stream.gaps.compactMap(\.length)
+        #expect(gaps.count == 20)
+        let p95 = percentile95(gaps)
+        print("20 migrations: resubscribed p95 \(p95), max \(gaps.max()!), \(lost) messages lost in the gaps")
+        #expect(p95 < .seconds(1))
+        // The bystander heard of nothing and still receives.
+        try await publisher.publish("still here", toShard: bystander)
+        #expect(try await collect(other, 1).map(\.string) == ["still here"])
+        var bystanderEvents: [SubscriptionEvent] = []
+        for await event in otherEvents {
+            bystanderEvents.append(event)
+            break
+        }
+        #expect(bystanderEvents.count == 1 && { if case .subscribed = bystanderEvents[0] { true } else { false } }())
+        var moved = 0
+        for await event in moves {
+            if case .channelsMoved(_, _, let channels) = event, channels.map(\.string) == [channel] { moved += 1 }
+            if moved == 20 { break }
+        }
+        #expect(moved == 20)
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func aManualFailoverMovesTheChannelToThePromotedReplica() async throws {
+        let cluster = try RedisCluster(nodeTimeout: 1000)
+        defer { cluster.stop() }
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let channel = "payments:{1}"
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let stream = ContinuousStream(
+            channel: channel, publisher: publisher, subscription: try await subscriber.subscribe(toShardChannels: channel))
+        var settledToResubscribed: [Duration] = []
+        for round in 1...10 {
+            // A shard's nodes vote for one failover per two node timeouts: wait that long, and for every node to
+            // know the last one.
+            try await Task.sleep(for: .milliseconds(2_100))
+            try cluster.waitUntilSettled()
+            let owner = try #require(try cluster.owner(ofSlot: slot))
+            let replica = try cluster.replica(of: owner)
+            try cluster.failover(to: replica)
+            let promoted = ContinuousClock.now
+            try await stream.waitForGaps(round)
+            settledToResubscribed.append(ContinuousClock.now - promoted)
+            #expect(await subscriber.node(ofShardChannel: channel)?.port == replica)
+        }
+        let (lost, late) = try await stream.finish(inOrder: false)
+        let gaps = stream.gaps.compactMap(\.length)
+        print("10 manual failovers: gap p95 \(percentile95(gaps)), promotion to resubscribed p95 "
+            + "\(percentile95(settledToResubscribed)), \(lost) messages lost in the gaps, \(late) late or repeated")
+        #expect(percentile95(settledToResubscribed) < .seconds(1))
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func aKilledPrimaryIsFollowedToItsPromotedReplica() async throws {
+        let cluster = try RedisCluster(nodeTimeout: 1000)
+        defer { cluster.stop() }
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration, retry: .whileReconnecting(upTo: .seconds(10)))
+        let channel = "alerts:{k}"
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let classic = try await subscriber.subscribe(to: "broadcast")
+        let stream = ContinuousStream(
+            channel: channel, publisher: publisher, subscription: try await subscriber.subscribe(toShardChannels: channel))
+        var settledToResubscribed: [Duration] = []
+        for round in 1...3 {
+            try await Task.sleep(for: .milliseconds(200))
+            let owner = try #require(try cluster.owner(ofSlot: slot))
+            let replica = try cluster.replica(of: owner)
+            try cluster.kill(owner)
+            try cluster.waitUntil(timeout: 30) { (try? cluster.cli(replica, "role").hasPrefix("master")) == true }
+            let promoted = ContinuousClock.now
+            try await stream.waitForGaps(round)
+            settledToResubscribed.append(ContinuousClock.now - promoted)
+            #expect(await subscriber.node(ofShardChannel: channel)?.port == replica)
+            try cluster.restart(owner)  // it rejoins as a replica of the promoted one
+            try cluster.waitUntilSettled()
+        }
+        let (lost, late) = try await stream.finish(margin: 0.5, inOrder: false)
+        print("3 kill -9 failovers: promotion to resubscribed \(settledToResubscribed), \(lost) messages lost in the gaps, "
+            + "\(late) late or repeated")
+        #expect(percentile95(settledToResubscribed) < .seconds(1))
+        #expect(lost > 0)  // the kills cost messages: the test saw real gaps
+        // Classic channels went to another node when theirs was lost, and still receive.
+        try await waitUntil(timeout: .seconds(10)) {
+            (try? await publisher.publish("hello", to: "broadcast")) != nil && classic.isSubscribed
+        }
+        try await publisher.publish("after the failovers", to: "broadcast")
+        let received = try await collect(classic, 1, timeout: .seconds(10))
+        #expect(received.count == 1)
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func aSubscribeWithAStaleMapFollowsMOVEDAndNeverSeesCROSSSLOT() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        // Both learned the map; now slots move without them knowing.
+        let names = (0..<50).map { "stale:\($0)" }
+        let slots = Set(names.map { ClusterSlot.of(Array($0.utf8)) })
+        let primaries = try cluster.primaries()
+        for slot in slots {
+            let owner = try #require(try cluster.owner(ofSlot: slot))
+            try await cluster.migrate(slot: slot, to: primaries.first { $0 != owner }!)
+        }
+        try cluster.waitUntilSettled()
+        // 50 channels of 50 different slots in one call, several per node: one SSUBSCRIBE each, MOVED followed.
+        let subscription = try await subscriber.subscribe(
+            channels: [], patterns: [], shardChannels: names, bufferingPolicy: .unbounded)
+        for name in names {
+            #expect(try await publisher.publish(name, toShard: name) == 1)
+        }
+        #expect(Set(try await collect(subscription, 50).map(\.string)) == Set(names))
+        for name in names {
+            let owner = try cluster.owner(ofSlot: ClusterSlot.of(Array(name.utf8)))
+            #expect(await subscriber.node(ofShardChannel: name)?.port == owner)
+        }
+        await publisher.close()
+        await subscriber.close()
+    }
+
+    @Test func theRoutedSendFollowsMOVEDAndASK() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let key = "user:{42}"
+        let slot = ClusterSlot.of(Array(key.utf8))
+        try await publisher.send(["SET", RedisArgument(key), "v1"], routedBy: key)
+        let owner = try #require(try cluster.owner(ofSlot: slot))
+        let target = try cluster.primaries().first { $0 != owner }!
+        // Mid-migration, the key not yet moved: the source answers. Then the key moves: the source answers -ASK.
+        try await cluster.migrate(slot: slot, to: target) {
+            #expect(try await (publisher.send(["GET", RedisArgument(key)], routedBy: key)).string == "v1")
+            try cluster.cli(owner, "migrate", "127.0.0.1", "\(target)", key, "0", "5000")
+            #expect(try await (publisher.send(["GET", RedisArgument(key)], routedBy: key)).string == "v1")
+        }
+        // After the flip the old owner answers -MOVED: followed, and the map corrected.
+        #expect(try await publisher.send(["GET", RedisArgument(key)], routedBy: key).string == "v1")
+        #expect(try await publisher.publish("x", toShard: key) == 0)
+        await publisher.close()
+    }
 }

@@ -43,6 +43,8 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     private var refreshAgain = false
     private var refreshTimer: LoopTimer?
     private var refreshFailures = 0
+    /// Maps fetched in a row that still left channels waiting.
+    private var settlingRefreshes = 0
     private var periodicTimer: LoopTimer?
     private var closing = false
     private var closed = false
@@ -305,7 +307,11 @@ final class ClusterSubscriberCore: @unchecked Sendable {
                 refreshAgain = false
                 scheduleRefresh(after: .milliseconds(20))
             } else if machine.needsTopology {
-                scheduleRefresh(after: .milliseconds(200))  // a failover under way: ask until it is done
+                // A failover under way, or nodes still catching up: ask again soon, less often the longer it lasts.
+                settlingRefreshes += 1
+                scheduleRefresh(after: .milliseconds(min(1_000, 25 << min(settlingRefreshes, 6))))
+            } else {
+                settlingRefreshes = 0
             }
         case .failure(let error):
             refreshFailures += 1

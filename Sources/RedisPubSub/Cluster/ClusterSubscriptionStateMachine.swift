@@ -63,7 +63,14 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         var phase = Phase.unplaced
         /// `-MOVED` answers since the channel was last confirmed or the map was last fetched.
         var redirects = 0
+        /// The node that dropped the channel by itself, and how many maps since still named it: a node that gave a
+        /// channel up does not own its slot any more, even if a stale map says so (after a failover it is a replica,
+        /// and a replica would take the SSUBSCRIBE).
+        var droppedBy: (node: Node, maps: Int)?
     }
+
+    /// Fresh maps that may still name the node that dropped a channel before the channel goes there anyway.
+    static var staleMapLimit: Int { 3 }
 
     private struct Registration {
         let sink: Sink
@@ -317,7 +324,12 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         }
         var actions: [Action] = [.refreshTopology]
         deafen(key, RedisError(.connectionClosed, "the server ended the subscription (its slot moved)"), now: now, &actions)
-        place(key, &actions)
+        if route(key) == node {  // the map has not caught up: wait for a fresh one
+            entries[key]?.phase = .unplaced
+            entries[key]?.droppedBy = (node, 0)
+        } else {
+            place(key, &actions)
+        }
         return actions
     }
 
@@ -380,6 +392,11 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
             entries[key]?.redirects = 0
             switch entry.phase {
             case .unplaced:
+                if let dropped = entry.droppedBy, route(key) == dropped.node, dropped.maps < Self.staleMapLimit {
+                    entries[key]?.droppedBy = (dropped.node, dropped.maps + 1)  // still stale: ask again
+                    continue
+                }
+                entries[key]?.droppedBy = nil
                 place(key, &actions)
             case .waitingForNode:
                 if route(key) != entry.node { place(key, &actions) }

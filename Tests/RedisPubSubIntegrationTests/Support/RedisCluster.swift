@@ -122,13 +122,13 @@ final class RedisCluster: @unchecked Sendable {
     /// Moves `slot` (holding no keys) from its owner to `target`, as `redis-cli --cluster reshard` does: IMPORTING
     /// on the target, MIGRATING on the source, then NODE on both and the others. `between` runs after the first two
     /// steps (the slot is migrating: the tests subscribe or publish there).
-    func migrate(slot: Int, to target: Int, between: () throws -> Void = {}) throws {
+    func migrate(slot: Int, to target: Int, between: () async throws -> Void = {}) async throws {
         guard let source = try owner(ofSlot: slot), source != target else { return }
         let sourceID = try nodeID(source)
         let targetID = try nodeID(target)
         try expectOK(try cli(target, "cluster", "setslot", "\(slot)", "importing", sourceID))
         try expectOK(try cli(source, "cluster", "setslot", "\(slot)", "migrating", targetID))
-        try between()
+        try await between()
         try expectOK(try cli(target, "cluster", "setslot", "\(slot)", "node", targetID))
         try expectOK(try cli(source, "cluster", "setslot", "\(slot)", "node", targetID))
         for port in try primaries() where port != source && port != target {
@@ -141,9 +141,15 @@ final class RedisCluster: @unchecked Sendable {
     }
 
     /// `CLUSTER FAILOVER` on `replica`: it becomes its primary's primary, in agreement with it.
+    /// A primary's nodes vote for one failover of its shard per 2 node timeouts: a failover soon after another one
+    /// is refused ("majority not reached"), so it is asked again until it happens.
     func failover(to replica: Int) throws {
-        try expectOK(try cli(replica, "cluster", "failover"))
-        try waitUntil(timeout: 20) { (try? self.cli(replica, "role").hasPrefix("master")) == true }
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            try expectOK(try cli(replica, "cluster", "failover"))
+            if (try? waitUntil(timeout: 3, { (try? self.cli(replica, "role").hasPrefix("master")) == true })) != nil { return }
+        }
+        throw RedisError(.timeout, "the failover to \(replica) did not happen within 30 s")
     }
 
     /// SIGKILLs the node on `port`.
