@@ -2,7 +2,7 @@
 # says what to install).
 SWIFT ?= swift
 
-.PHONY: deps build demo bench bench-smoke test test-sanitize test-hiredis1 docs-check lint-docker clean
+.PHONY: deps build demo demo-cluster bench bench-smoke test test-sanitize test-hiredis1 docs-check lint-docker clean
 
 deps:
 	@scripts/install-deps.sh
@@ -15,6 +15,12 @@ demo: deps
 	$(SWIFT) build --product subscriber
 	$(SWIFT) build --product publisher
 	scripts/demo.sh
+
+## The same demo on a private Redis Cluster, through a slot migration and a failover of the channel's primary.
+demo-cluster: deps
+	$(SWIFT) build --product subscriber
+	$(SWIFT) build --product publisher
+	scripts/demo-cluster.sh
 
 ## Throughput, CPU and latency side by side with raw hiredis (needs redis-server; a few minutes).
 bench: deps

@@ -137,6 +137,37 @@ public func logConnectionEvents(_ events: AsyncStream<ConnectionEvent>, name: St
     }
 }
 
+/// Writes how a cluster client follows the cluster to standard error: map changes, nodes lost and back, channels
+/// moved by a slot migration or a failover.
+public func logClusterEvents(_ events: AsyncStream<ClusterEvent>, name: String) -> Task<Void, Never> {
+    Task {
+        for await event in events {
+            switch event {
+            case .channelsMoved(let from, let to, let channels):
+                Console.error("\(name): \(channels.count == 1 ? "channel" : "\(channels.count) channels") moved from \(from) to \(to) (slot migration or failover)"
+                    + (channels.count <= 3 ? ": " + channels.map(\.description).joined(separator: ", ") : ""))
+            case .nodeDisconnected(let node, let cause): Console.error("\(name): lost node \(node): \(cause)")
+            case .nodeConnected(let node): Console.error("\(name): connected to node \(node)")
+            case .topologyChanged(let primaries): Console.error("\(name): cluster map changed: primaries \(primaries.joined(separator: ", "))")
+            case .topologyRefreshFailed(let error): Console.error("\(name): fetching the cluster map failed: \(error)")
+            }
+        }
+    }
+}
+
+/// Writes a subscription's gaps to standard error ("deaf since ...", "recovered after ...").
+public func logSubscriptionEvents(_ events: AsyncStream<SubscriptionEvent>, name: String) -> Task<Void, Never> {
+    Task {
+        for await event in events {
+            switch event {
+            case .disconnected(_, let cause): Console.error("\(name): subscription interrupted: \(cause)")
+            case .resubscribed(_, let gap): Console.error("\(name): subscription recovered after a gap of \(gap)")
+            case .subscribed: break
+            }
+        }
+    }
+}
+
 /// A logger for the service group: warnings and worse, on standard error (standard output is the demo's).
 public func serviceLogger(_ label: String) -> Logger {
     var logger = Logger(label: label, factory: { StreamLogHandler.standardError(label: $0) })

@@ -12,7 +12,9 @@ struct PublisherCommand: AsyncParsableCommand {
         discussion: """
             Prints one line per message with its payload and the number of subscribers that received it. A lost \
             connection is re-established (a message that cannot be sent meanwhile is reported and skipped); each \
-            disconnect and recovery is logged on standard error. SIGINT and SIGTERM exit 0.
+            disconnect and recovery is logged on standard error. With --cluster, the URL names a seed node of a Redis \
+            Cluster: each message goes to the primary serving the channel's slot (with --shard) or to any node, and \
+            map changes are logged on standard error. SIGINT and SIGTERM exit 0.
             """
     )
 
@@ -43,6 +45,12 @@ struct PublisherCommand: AsyncParsableCommand {
     @Flag(help: "Publish notification JSON {\"id\", \"text\", \"sentAt\"} instead of plain text.")
     var json = false
 
+    @Flag(help: "Publish to --channel as a sharded channel (SPUBLISH, Redis 7).")
+    var shard = false
+
+    @Flag(help: "The URL names a seed node of a Redis Cluster.")
+    var cluster = false
+
     func validate() throws {
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if interval < 0 { throw ValidationError("--interval must not be negative") }
@@ -52,25 +60,41 @@ struct PublisherCommand: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval, tls: tls)
-        let publisher = await connectWithRetry(configuration, timeout: connectTimeout) {
-            try await Publisher.connect(to: $0, encoder: Notification.encoder)
+        let channel = self.channel
+        let shard = self.shard
+        if cluster {
+            let publisher = await connectWithRetry(configuration, timeout: connectTimeout) {
+                try await ClusterPublisher.connect(to: RedisClusterConfiguration(seeds: [$0]), encoder: Notification.encoder)
+            }
+            let eventLog = logClusterEvents(publisher.events(), name: "publisher")
+            let loop = PublishLoop(channel: channel, interval: interval, count: count, message: message, json: json) { (payload: String) async throws(RedisError) -> Int in
+                shard ? try await publisher.publish(payload, toShard: channel) : try await publisher.publish(payload, to: channel)
+            }
+            guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
+            eventLog.cancel()
+        } else {
+            let publisher = await connectWithRetry(configuration, timeout: connectTimeout) {
+                try await Publisher.connect(to: $0, encoder: Notification.encoder)
+            }
+            let eventLog = logConnectionEvents(publisher.events(), name: "publisher")
+            let loop = PublishLoop(channel: channel, interval: interval, count: count, message: message, json: json) { (payload: String) async throws(RedisError) -> Int in
+                shard ? try await publisher.publish(payload, toShard: channel) : try await publisher.publish(payload, to: channel)
+            }
+            guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
+            eventLog.cancel()
         }
-        let eventLog = logConnectionEvents(publisher.events(), name: "publisher")
-        let loop = PublishLoop(
-            publisher: publisher, channel: channel, interval: interval, count: count, message: message, json: json)
-        guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
-        eventLog.cancel()
     }
 }
 
 /// Publishes every `interval` seconds; returns after `count` messages, or when the group shuts down.
 struct PublishLoop: Service {
-    let publisher: Publisher
     let channel: String
     let interval: Double
     let count: Int?
     let message: String?
     let json: Bool
+    /// Sends one payload; returns the receiver count.
+    let publish: @Sendable (String) async throws(RedisError) -> Int
 
     func run() async throws {
         try await cancelWhenGracefulShutdown {
@@ -81,15 +105,13 @@ struct PublishLoop: Service {
                 let text = message ?? "Hello at \(now.ISO8601Format())"
                 do {
                     let payload: String
-                    let receivers: Int
                     if json {
                         let notification = Notification(id: sent, text: text, sentAt: now)
                         payload = String(decoding: try Notification.encoder.encode(notification), as: UTF8.self)
-                        receivers = try await publisher.publish(json: notification, to: channel)
                     } else {
                         payload = text
-                        receivers = try await publisher.publish(text, to: channel)
                     }
+                    let receivers = try await publish(payload)
                     Console.out("Published to \(channel) (\(receivers) \(receivers == 1 ? "receiver" : "receivers")): \(payload)")
                 } catch let error as RedisError where error.code == .connectionClosed || error.code == .timeout {
                     Console.error("publisher: not sent (\(error)); retrying at the next interval")

@@ -13,7 +13,9 @@ struct SubscriberCommand: AsyncParsableCommand {
             Prints "Subscribed to <names>" once the server acknowledged, then one line per message: \
             "Received message on <channel>: <payload>", with " (pattern <glob>)" after the channel for pattern \
             matches. A lost connection is re-established and resubscribed; each disconnect and recovery is logged \
-            on standard error. SIGINT and SIGTERM unsubscribe and exit 0.
+            on standard error. With --cluster, the URL names a seed node of a Redis Cluster: sharded channels are \
+            subscribed on their slots' primaries and followed through slot migrations and failovers, each logged on \
+            standard error. SIGINT and SIGTERM unsubscribe and exit 0.
             """
     )
 
@@ -35,6 +37,12 @@ struct SubscriberCommand: AsyncParsableCommand {
     @Option(name: .customLong("pattern"), help: "A glob pattern to subscribe to (PSUBSCRIBE); repeat for more.")
     var patterns: [String] = []
 
+    @Option(name: .customLong("shard-channel"), help: "A sharded channel to subscribe to (SSUBSCRIBE, Redis 7); repeat for more.")
+    var shardChannels: [String] = []
+
+    @Flag(help: "The URL names a seed node of a Redis Cluster.")
+    var cluster = false
+
     @Flag(help: "Decode each payload as a notification {\"id\", \"text\", \"sentAt\"} and print its id and text.")
     var json = false
 
@@ -48,24 +56,47 @@ struct SubscriberCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let channels = self.channels.isEmpty && patterns.isEmpty ? ["notifications"] : self.channels
+        let noneGiven = channels.isEmpty && patterns.isEmpty && shardChannels.isEmpty
+        let channels = noneGiven ? ["notifications"] : self.channels
         let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval, tls: tls)
-        let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
-            try await Subscriber.connect(to: $0)
+        let names = channels + patterns + shardChannels
+        if cluster {
+            let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
+                try await ClusterSubscriber.connect(to: RedisClusterConfiguration(seeds: [$0]))
+            }
+            let eventLog = logClusterEvents(subscriber.events(), name: "subscriber")
+            let subscription = await subscribe(names) { () async throws(RedisError) -> Subscription in
+                try await subscriber.subscribe(channels: channels, patterns: patterns, shardChannels: shardChannels)
+            }
+            let gapLog = logSubscriptionEvents(subscription.events(), name: "subscriber")
+            let printer = Printer(subscription: subscription, json: json, count: count)
+            guard await runServices(connection: subscriber, worker: printer, name: "subscriber") else { throw ExitCode(1) }
+            eventLog.cancel()
+            gapLog.cancel()
+        } else {
+            let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
+                try await Subscriber.connect(to: $0)
+            }
+            let eventLog = logConnectionEvents(subscriber.events(), name: "subscriber")
+            let subscription = await subscribe(names) { () async throws(RedisError) -> Subscription in
+                try await subscriber.subscribe(channels: channels, patterns: patterns, shardChannels: shardChannels)
+            }
+            let printer = Printer(subscription: subscription, json: json, count: count)
+            guard await runServices(connection: subscriber, worker: printer, name: "subscriber") else { throw ExitCode(1) }
+            eventLog.cancel()
         }
-        let eventLog = logConnectionEvents(subscriber.events(), name: "subscriber")
-        let subscription: Subscription
+    }
+
+    /// Subscribes and prints "Subscribed to ..."; exits 1 when the server refuses.
+    private func subscribe(_ names: [String], _ body: () async throws(RedisError) -> Subscription) async -> Subscription {
         do {
-            subscription = try await subscriber.subscribe(channels: channels, patterns: patterns)
+            let subscription = try await body()
+            Console.out("Subscribed to " + names.joined(separator: ", "))
+            return subscription
         } catch {
             Console.error("error: cannot subscribe: \(error)")
-            throw ExitCode(1)
+            Foundation.exit(1)
         }
-        Console.out("Subscribed to " + (channels + patterns).joined(separator: ", "))
-
-        let printer = Printer(subscription: subscription, json: json, count: count)
-        guard await runServices(connection: subscriber, worker: printer, name: "subscriber") else { throw ExitCode(1) }
-        eventLog.cancel()
     }
 }
 

@@ -21,6 +21,24 @@ extension Publisher: Service {
     }
 }
 
+extension ClusterSubscriber: Service {
+    /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes gracefully:
+    /// unsubscribes on every node, delivers what already arrived, and ends every subscription's loop normally.
+    public func run() async {
+        try? await gracefulShutdown()
+        await close()
+    }
+}
+
+extension ClusterPublisher: Service {
+    /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes after the
+    /// publishes in flight are answered.
+    public func run() async {
+        try? await gracefulShutdown()
+        await close()
+    }
+}
+
 /// Waits for graceful shutdown, cancellation, or the connection's end, whichever comes first; then `close`.
 private func runUntilShutdown(events: AsyncStream<ConnectionEvent>, close: @escaping @Sendable () async -> Void) async throws(RedisError) {
     let ended: RedisError? = await withTaskGroup(of: RedisError?.self) { group in
