@@ -291,4 +291,36 @@ struct ClusterTests {
         #expect(try await publisher.publish("x", toShard: key) == 0)
         await publisher.close()
     }
+
+    // MARK: Sample binaries
+
+    @Test func theSampleSubscriberFollowsAMigrationAndAFailoverWithoutARestart() async throws {
+        let cluster = try RedisCluster(nodeTimeout: 1000)
+        defer { cluster.stop() }
+        let channel = "notifications"
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let subscriber = try SampleProcess(
+            "subscriber", ["--cluster", "--url", cluster.url(), "--shard-channel", channel, "--count", "12"])
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        #expect(subscriber.stdoutLines.first == "Subscribed to notifications")
+        let publisher = try SampleProcess(
+            "publisher", ["--cluster", "--url", cluster.url(), "--shard", "--channel", channel, "--interval", "0.1"])
+        defer { publisher.signal(SIGKILL) }
+        try await waitUntil { subscriber.stdoutLines.count >= 3 }
+        let owner = try #require(try cluster.owner(ofSlot: slot))
+        let target = try cluster.primaries().first { $0 != owner }!
+        try await cluster.migrate(slot: slot, to: target)
+        try await waitUntil { subscriber.stderr.contains("subscription recovered") }
+        try cluster.failover(to: try cluster.replica(of: target))
+        #expect(await subscriber.exitStatus(within: .seconds(30)) == 0)
+        publisher.signal(SIGINT)
+        #expect(await publisher.exitStatus() == 0)
+        let received = subscriber.stdoutLines.dropFirst()
+        #expect(received.count == 12)
+        #expect(received.allSatisfy { $0.hasPrefix("Received message on notifications: Hello at ") })
+        #expect(publisher.stdoutLines.allSatisfy { $0.hasPrefix("Published to notifications (") })
+        let log = subscriber.stderr
+        #expect(log.contains("channel moved from 127.0.0.1:\(owner) to 127.0.0.1:\(target)"), "\(log)")
+        #expect(log.components(separatedBy: "subscription recovered after a gap of").count - 1 == 2, "\(log)")
+    }
 }

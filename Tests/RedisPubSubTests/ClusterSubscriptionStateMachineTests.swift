@@ -1,0 +1,330 @@
+import Testing
+@testable import RedisPubSub
+
+@Suite("ClusterSubscriptionStateMachine: channels placed by slot and followed through the cluster's changes")
+struct ClusterSubscriptionStateMachineTests {
+    typealias Machine = ClusterSubscriptionStateMachine<FakeSink>
+    typealias Action = Machine.Action
+
+    let nodeA = ClusterNodeAddress(host: "127.0.0.1", port: 7001)
+    let nodeB = ClusterNodeAddress(host: "127.0.0.1", port: 7002)
+    let nodeC = ClusterNodeAddress(host: "127.0.0.1", port: 7003)
+    let now = ContinuousClock.now
+
+    /// A map: slots 0-8191 on A, 8192-16383 on B (C serves nothing).
+    func map(_ low: ClusterNodeAddress, _ high: ClusterNodeAddress) -> ClusterTopology {
+        ClusterTopology(shards: [
+            .init(primary: low, replicas: [], slots: [0...8191]),
+            .init(primary: high, replicas: [], slots: [8192...16383]),
+        ])
+    }
+
+    /// A sharded channel whose slot is below 8192 (`low`) or not.
+    func shard(low: Bool, _ index: Int = 0) -> ChannelKey {
+        var found: [ChannelKey] = []
+        var counter = 0
+        while found.count <= index {
+            let key = ChannelKey(kind: .shardChannel, name: Array("ch\(counter)".utf8))
+            if (ClusterSlot.of(key.name) < 8192) == low { found.append(key) }
+            counter += 1
+        }
+        return found[index]
+    }
+
+    func sends(_ actions: [Action]) -> [Machine.Command] {
+        actions.compactMap { if case .send(let command) = $0 { command } else { nil } }
+    }
+
+    func connects(_ actions: [Action]) -> [ClusterNodeAddress] {
+        actions.compactMap { if case .connect(let node) = $0 { node } else { nil } }
+    }
+
+    func disconnects(_ actions: [Action]) -> [ClusterNodeAddress] {
+        actions.compactMap { if case .disconnect(let node) = $0 { node } else { nil } }
+    }
+
+    func has(_ actions: [Action], _ check: (Action) -> Bool) -> Bool { actions.contains(where: check) }
+
+    func isReady(_ action: Action, _ sink: FakeSink) -> Bool { if case .ready(let s) = action { s === sink } else { false } }
+    func isLost(_ action: Action, _ sink: FakeSink) -> Bool { if case .lost(let s, _) = action { s === sink } else { false } }
+    func isRestored(_ action: Action, _ sink: FakeSink) -> Bool {
+        if case .restored(let s, _) = action { s === sink } else { false }
+    }
+    func isRefresh(_ action: Action) -> Bool { if case .refreshTopology = action { true } else { false } }
+
+    /// A machine with `sink` subscribed and confirmed on `keys`, every node connected.
+    func subscribed(_ sink: FakeSink, _ keys: [ChannelKey]) -> Machine {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        var actions = machine.subscribe(sink, to: keys, now: now)
+        for node in connects(actions) { actions += machine.connectionReady(node) }
+        for command in sends(actions) { _ = machine.acknowledged(command, now: now) }
+        return machine
+    }
+
+    @Test func channelsGoToTheirSlotsPrimaryWithOneCommandEachAndOneConnectionPerNode() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let sink = FakeSink()
+        let keys = [shard(low: true, 0), shard(low: true, 1), shard(low: false, 0)]
+        let actions = machine.subscribe(sink, to: keys, now: now)
+        #expect(connects(actions).sorted() == [nodeA, nodeB])
+        #expect(sends(actions).isEmpty)  // nothing is written before a node's connection is ready
+        let onA = machine.connectionReady(nodeA)
+        #expect(sends(onA).map(\.key) == [keys[0], keys[1]].sorted { $0.name.lexicographicallyPrecedes($1.name) })
+        #expect(sends(onA).allSatisfy { $0.node == nodeA && $0.subscribe })
+        let onB = machine.connectionReady(nodeB)
+        #expect(sends(onB).map(\.key) == [keys[2]])
+        var ready: [Action] = []
+        for command in sends(onA) + sends(onB) { ready += machine.acknowledged(command, now: now) }
+        #expect(ready.filter { isReady($0, sink) }.count == 1)  // once, after the last acknowledgement
+        #expect(machine.recipients(keys[2], from: nodeB).count == 1)
+        #expect(machine.recipients(keys[2], from: nodeA).isEmpty)  // a channel hears only from its node
+    }
+
+    @Test func aMessageBeforeTheAcknowledgementGoesToNobody() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let sink = FakeSink()
+        let key = shard(low: true)
+        _ = machine.subscribe(sink, to: [key], now: now)
+        let sent = sends(machine.connectionReady(nodeA))
+        #expect(machine.recipients(key, from: nodeA).isEmpty)
+        _ = machine.acknowledged(sent[0], now: now)
+        #expect(machine.recipients(key, from: nodeA).count == 1)
+    }
+
+    @Test func aServerDroppedChannelWaitsForAMapThatNoLongerNamesTheNodeThatDroppedIt() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        let dropped = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        #expect(dropped.contains { isLost($0, sink) })
+        #expect(dropped.contains(where: isRefresh))
+        #expect(sends(dropped).isEmpty)  // the map still says A, which gave it up: not there again
+        #expect(machine.needsTopology)
+        // A stale map again: still waiting.
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).isEmpty)
+        // The map that knows: C serves the low slots now.
+        let moved = machine.topologyUpdated(map(nodeC, nodeB))
+        #expect(connects(moved) == [nodeC])
+        #expect(disconnects(moved) == [nodeA])  // A holds no channel any more
+        #expect(moved.contains { if case .moved(let k, let from, let to) = $0 { k == key && from == nodeA && to == nodeC } else { false } })
+        let sent = sends(machine.connectionReady(nodeC))
+        #expect(sent.map(\.node) == [nodeC])
+        let restored = machine.acknowledged(sent[0], now: now + .milliseconds(30))
+        #expect(restored.contains { if case .restored(let s, let gap) = $0 { s === sink && gap == .milliseconds(30) } else { false } })
+        #expect(!machine.needsTopology)
+    }
+
+    @Test func aMapThatKeepsNamingTheDroppingNodeIsBelievedAfterALimit() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        _ = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        for _ in 0..<Machine.staleMapLimit {
+            #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).isEmpty)
+        }
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).map(\.node) == [nodeA])  // migrated back, say
+    }
+
+    @Test func aDropWhoseNewOwnerTheMapKnowsGoesThereAtOnce() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        _ = machine.topologyUpdated(map(nodeB, nodeB))  // learned first (a MOVED elsewhere, say)
+        let actions = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        #expect(connects(actions) == [nodeB])  // no wait for a map: B's connection is asked for at once
+        #expect(sends(machine.connectionReady(nodeB)).map(\.node) == [nodeB])
+    }
+
+    @Test func MOVEDCorrectsTheMapAndSendsToTheNodeNamedThenAsksForTheWholeMap() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let sink = FakeSink()
+        let key = shard(low: true)
+        _ = machine.subscribe(sink, to: [key], now: now)
+        let sent = sends(machine.connectionReady(nodeA))
+        let slot = ClusterSlot.of(key.name)
+        let error = RedisError(.serverError, "MOVED \(slot) 127.0.0.1:7002")
+        let actions = machine.refused(sent[0], error, now: now)
+        #expect(actions.contains(where: isRefresh))
+        #expect(sends(actions).isEmpty && connects(actions) == [nodeB])  // B's connection is opened first
+        #expect(machine.topology.primary(ofSlot: slot) == nodeB)
+        let onB = sends(machine.connectionReady(nodeB))
+        #expect(onB.map(\.key) == [key])
+        #expect(machine.acknowledged(onB[0], now: now).contains { isReady($0, sink) })
+        // A stale acknowledgement of the first command changes nothing.
+        #expect(machine.acknowledged(sent[0], now: now).isEmpty)
+    }
+
+    @Test func redirectionsWithoutEndWaitForAFreshMap() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        _ = machine.subscribe(sink, to: [key], now: now)
+        var sent = sends(machine.connectionReady(nodeA))
+        var hops = 0
+        while let command = sent.first, hops < 20 {
+            let next = command.node == nodeA ? "127.0.0.1:7002" : "127.0.0.1:7001"
+            var actions = machine.refused(command, RedisError(.serverError, "MOVED \(slot) \(next)"), now: now)
+            for node in connects(actions) { actions += machine.connectionReady(node) }
+            sent = sends(actions)
+            hops += 1
+        }
+        #expect(hops == Machine.redirectLimit + 1)  // then it stops and waits
+        #expect(machine.needsTopology)
+    }
+
+    @Test func aRefusedChannelEndsTheSubscriptionsHoldingItOnly() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let holder = FakeSink(), other = FakeSink()
+        let key = shard(low: true, 0), elsewhere = shard(low: false, 0)
+        var actions = machine.subscribe(holder, to: [key], now: now) + machine.subscribe(other, to: [elsewhere], now: now)
+        actions += machine.connectionReady(nodeA) + machine.connectionReady(nodeB)
+        let commands = sends(actions)
+        let refused = commands.first { $0.key == key }!
+        let outcome = machine.refused(refused, RedisError(.permissionDenied, "NOPERM no access"), now: now)
+        #expect(outcome.contains { if case .fail(let s, let error) = $0 { s === holder && error.code == .permissionDenied } else { false } })
+        #expect(!outcome.contains { if case .fail(let s, _) = $0 { s === other } else { false } })
+        #expect(disconnects(outcome) == [nodeA])
+        #expect(machine.subscriptionCount == 1)
+    }
+
+    @Test func aLostNodeDeafensItsChannelsAndItsReconnectResubscribesThem() {
+        let sink = FakeSink()
+        let key = shard(low: true), stays = shard(low: false)
+        var machine = subscribed(sink, [key, stays])
+        let lost = machine.connectionLost(nodeA, RedisError(.connectionClosed, "gone"), now: now)
+        #expect(lost.filter { isLost($0, sink) }.count == 1)
+        #expect(lost.contains(where: isRefresh))
+        #expect(machine.needsTopology)
+        #expect(machine.recipients(stays, from: nodeB).count == 1)  // the other node's channel still hears
+        let back = machine.connectionReady(nodeA)
+        #expect(sends(back).map(\.key) == [key])
+        #expect(machine.acknowledged(sends(back)[0], now: now).contains { isRestored($0, sink) })
+    }
+
+    @Test func aLostNodesChannelsFollowAFailoverInTheMap() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        _ = machine.connectionLost(nodeA, RedisError(.connectionClosed, "killed"), now: now)
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).isEmpty)  // not failed over yet: waits for A
+        let failedOver = machine.topologyUpdated(map(nodeC, nodeB))
+        #expect(connects(failedOver) == [nodeC])
+        #expect(disconnects(failedOver) == [nodeA])
+        let sent = sends(machine.connectionReady(nodeC))
+        #expect(machine.acknowledged(sent[0], now: now).contains { isRestored($0, sink) })
+    }
+
+    @Test func classicChannelsLiveOnOneNodeAndMoveWhenItIsLost() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let sink = FakeSink()
+        let channel = ChannelKey(kind: .channel, name: Array("news".utf8))
+        let pattern = ChannelKey(kind: .pattern, name: Array("n*".utf8))
+        let actions = machine.subscribe(sink, to: [channel, pattern], now: now)
+        #expect(connects(actions) == [nodeA])  // one node for both
+        for command in sends(machine.connectionReady(nodeA)) { _ = machine.acknowledged(command, now: now) }
+        _ = machine.connectionLost(nodeA, RedisError(.connectionClosed, "gone"), now: now)
+        let moved = machine.topologyUpdated(map(nodeA, nodeB))  // any node serves classic channels: B will do
+        #expect(connects(moved) == [nodeB])
+        var restored: [Action] = []
+        for command in sends(machine.connectionReady(nodeB)) { restored += machine.acknowledged(command, now: now) }
+        #expect(restored.contains { isRestored($0, sink) })
+    }
+
+    @Test func theLastSubscriptionToLeaveUnsubscribesAndGivesTheNodeUp() {
+        let first = FakeSink(), second = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(first, [key])
+        #expect(machine.subscribe(second, to: [key], now: now).contains { isReady($0, second) })  // confirmed already
+        #expect(sends(machine.remove([key], from: first, ends: true, now: now)).isEmpty)
+        let last = machine.remove([key], from: second, ends: true, now: now)
+        #expect(sends(last).map { $0.subscribe } == [false])
+        #expect(disconnects(last) == [nodeA])
+        #expect(machine.subscriptionCount == 0)
+    }
+
+    @Test func anAdditionIsSettledOnceItsChannelsAreConfirmed() {
+        let sink = FakeSink()
+        let key = shard(low: true), added = shard(low: false)
+        var machine = subscribed(sink, [key])
+        let actions = machine.add([added], to: sink, request: 7, now: now)
+        #expect(connects(actions) == [nodeB])
+        let sent = sends(machine.connectionReady(nodeB))
+        #expect(sent.map(\.key) == [added])
+        #expect(!actions.contains { if case .additionFinished = $0 { true } else { false } })
+        let done = machine.acknowledged(sent[0], now: now)
+        #expect(done.contains { if case .additionFinished(7, .success) = $0 { true } else { false } })
+    }
+
+    @Test func aTransientErrorWaitsForTheClusterToSettle() {
+        var machine = Machine(topology: map(nodeA, nodeB))
+        let sink = FakeSink()
+        let key = shard(low: true)
+        _ = machine.subscribe(sink, to: [key], now: now)
+        let sent = sends(machine.connectionReady(nodeA))
+        let actions = machine.refused(sent[0], RedisError(.serverError, "CLUSTERDOWN The cluster is down"), now: now)
+        #expect(actions.contains(where: isRefresh))
+        #expect(!actions.contains { if case .fail = $0 { true } else { false } })
+        #expect(machine.needsTopology)
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).map(\.node) == [nodeA])
+    }
+}
+
+@Suite("Cluster slots and maps")
+struct ClusterTopologyTests {
+    @Test func slotsOfKnownNames() {
+        #expect(ClusterSlot.crc16(Array("123456789".utf8)[...]) == 0x31C3)  // the XMODEM check value
+        #expect(ClusterSlot.of(Array("foo".utf8)) == 12182)
+        #expect(ClusterSlot.of(Array("{user1000}.following".utf8)) == ClusterSlot.of(Array("user1000".utf8)))
+        #expect(ClusterSlot.of(Array("foo{}{bar}".utf8)) == ClusterSlot.of(Array("foo{}{bar}".utf8)[...]))
+        #expect(ClusterSlot.hashTag(Array("foo{}{bar}".utf8)) == nil)  // an empty first tag: the whole name
+        #expect(ClusterSlot.hashTag(Array("foo{{bar}}".utf8)) == 4..<8)  // "{bar"
+    }
+
+    @Test func parsesCLUSTERSHARDSWithTLSPortsAndSkipsUnknownEndpoints() throws {
+        func node(_ port: Int, _ role: String, endpoint: String = "10.0.0.1", tlsPort: Int? = nil) -> RedisValue {
+            var fields: [RedisValue] = [
+                .bulkString(Array("id".utf8)), .bulkString(Array("x".utf8)), .bulkString(Array("port".utf8)), .integer(port),
+                .bulkString(Array("ip".utf8)), .bulkString(Array("10.0.0.1".utf8)),
+                .bulkString(Array("endpoint".utf8)), .bulkString(Array(endpoint.utf8)),
+                .bulkString(Array("role".utf8)), .bulkString(Array(role.utf8)),
+            ]
+            if let tlsPort { fields += [.bulkString(Array("tls-port".utf8)), .integer(tlsPort)] }
+            return .array(fields)
+        }
+        let reply = RedisValue.array([
+            .array([
+                .bulkString(Array("slots".utf8)), .array([.integer(0), .integer(100), .integer(200), .integer(16383)]),
+                .bulkString(Array("nodes".utf8)),
+                .array([node(7000, "master", tlsPort: 8000), node(7001, "replica", tlsPort: 8001), node(7002, "replica", endpoint: "?")]),
+            ]),
+            .array([
+                .bulkString(Array("slots".utf8)), .array([.integer(101), .integer(199)]),
+                .bulkString(Array("nodes".utf8)), .array([node(7003, "master")]),
+            ]),
+        ])
+        let plain = try ClusterTopology.parse(shards: reply, tls: false)
+        #expect(plain.coversEverySlot)
+        #expect(plain.primary(ofSlot: 150)?.port == 7003)
+        #expect(plain.primary(ofSlot: 16383)?.port == 7000)
+        // 7002's endpoint is unknown ("?"), and its IP is used instead.
+        #expect(plain.shards[0].replicas.map(\.port) == [7001, 7002])
+        let tls = try ClusterTopology.parse(shards: reply, tls: true)
+        #expect(tls.primary(ofSlot: 0)?.port == 8000)
+        #expect(tls.primary(ofSlot: 150)?.port == 7003)  // no tls-port announced: the port
+        #expect(throws: RedisError.self) { try ClusterTopology.parse(shards: .array([.integer(1)]), tls: false) }
+    }
+
+    @Test func redirectionsParseAndCorrectTheMap() throws {
+        let moved = try #require(ClusterRedirection("MOVED 3999 127.0.0.1:6381"))
+        #expect(!moved.ask && moved.slot == 3999 && moved.node == ClusterNodeAddress(host: "127.0.0.1", port: 6381))
+        #expect(ClusterRedirection("ASK 1 [::1]:7000")?.node == ClusterNodeAddress(host: "::1", port: 7000))
+        #expect(ClusterRedirection("ASK 1 ::1:7000")?.ask == true)
+        #expect(ClusterRedirection("MOVED 99999 127.0.0.1:1") == nil)
+        #expect(ClusterRedirection("ERR MOVED") == nil)
+        var map = ClusterTopology(shards: [.init(primary: ClusterNodeAddress(host: "a", port: 1), replicas: [], slots: [0...16383])])
+        map.redirect(slot: 5, to: ClusterNodeAddress(host: "b", port: 2))
+        #expect(map.primary(ofSlot: 5)?.host == "b" && map.primary(ofSlot: 6)?.host == "a")
+        #expect(map.primaries.map(\.host) == ["a", "b"])
+    }
+}
