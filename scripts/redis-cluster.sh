@@ -34,7 +34,11 @@ run_node() {
     --cluster-node-timeout "${node_timeout:-2000}" --save "" --appendonly no --repl-diskless-sync-delay 0 --daemonize yes \
     --dir "$node" --pidfile "$node/redis.pid" --logfile "$node/redis.log" "${server_args[@]}" >/dev/null
   for _ in $(seq 100); do
-    if cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then return 0; fi
+    # Ours only: the server answering must be the one whose pid our node wrote (another may have taken the port).
+    if [ -f "$node/redis.pid" ] && cli -h 127.0.0.1 -p "$port" info server 2>/dev/null | tr -d '\r' \
+        | grep -qx "process_id:$(cat "$node/redis.pid")"; then
+      return 0
+    fi
     sleep 0.05
   done
   return 1
@@ -51,6 +55,11 @@ stop_node() {
   rm -f "$pidfile"
 }
 
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+  || { echo "redis-server and redis-cli are needed (make installs them)" >&2; exit 1; }
+version=$(redis-server --version | sed -n 's/.* v=\([0-9]*\).*/\1/p')
+[ "${version:-0}" -ge 7 ] || { echo "Redis 7 or later is needed (sharded Pub/Sub, CLUSTER SHARDS)" >&2; exit 1; }
+
 case "$command" in
 start)
   primaries=${3:-3}
@@ -60,7 +69,12 @@ start)
   mkdir -p "$dir"
   echo "$node_timeout" >"$dir/node-timeout"
   ports=()
+  # On any failure from here on, the nodes started so far are stopped: nothing is left running.
+  trap 'status=$?; if [ $status -ne 0 ]; then for p in "${ports[@]}"; do stop_node "$p"; done; fi' EXIT
+  attempts=0
   while [ ${#ports[@]} -lt "$total" ]; do
+    attempts=$(( attempts + 1 ))
+    [ $attempts -le $(( total * 10 )) ] || { echo "could not start $total nodes (see $dir/*/redis.log)" >&2; exit 1; }
     port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 35000 ))
     port_taken "$port" && continue
     port_taken $(( port + 10000 )) && continue

@@ -6,6 +6,11 @@ import Testing
 /// fail primaries over and kill nodes.
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct ClusterTests {
+    /// The bar for a resubscription after the cluster settled: 1 s at p95; 4 s in a sanitizer build, whose
+    /// instrumented loop runs several times slower beside the rest of the suite.
+    static let resubscribeBound: Duration =
+        ProcessInfo.processInfo.environment["TSAN_OPTIONS"] != nil ? .seconds(4) : .seconds(1)
+
     @Test func slotFunctionMatchesCLUSTERKEYSLOTForTenThousandNames() async throws {
         let cluster = try RedisCluster(primaries: 3, replicas: 0)
         defer { cluster.stop() }
@@ -86,6 +91,30 @@ struct ClusterTests {
         await subscriber.close()
     }
 
+    @Test func aLiveClusterSubscriptionIsReshapedAcrossNodesAndCloseEndsItsLoop() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let first = "reshape:{a}", second = "reshape:{b}"
+        #expect(try cluster.owner(ofSlot: ClusterSlot.of(Array(first.utf8))) != (try cluster.owner(ofSlot: ClusterSlot.of(Array(second.utf8)))))
+        let subscription = try await subscriber.subscribe(toShardChannels: first)
+        #expect(await subscriber.connectedNodes().count == 1)
+        try await subscription.add(shardChannels: [second])
+        #expect(subscription.isSubscribed && subscription.shardChannels.count == 2)
+        #expect(await subscriber.connectedNodes().count == 2)
+        #expect(try await publisher.publish("1", toShard: second) == 1)
+        await subscription.remove(shardChannels: [first])
+        #expect(try await publisher.publish("2", toShard: first) == 0)  // acknowledged before remove returned
+        try await waitUntil { await subscriber.connectedNodes().count == 1 }
+        #expect(try await publisher.publish("3", toShard: second) == 1)
+        let reader = Task { try await subscription.reduce(into: [String]()) { $0.append($1.string) } }
+        try await Task.sleep(for: .milliseconds(100))
+        await subscriber.close()
+        #expect(try await reader.value == ["1", "3"])  // the loop ended normally at close()
+        await publisher.close()
+    }
+
     @Test func aSeedThatIsDownAtStartUpIsSkipped() async throws {
         let cluster = try RedisCluster(primaries: 3, replicas: 0)
         defer { cluster.stop() }
@@ -150,7 +179,7 @@ struct ClusterTests {
         #expect(gaps.count == 20)
         let p95 = percentile95(gaps)
         print("20 migrations: resubscribed p95 \(p95), max \(gaps.max()!), \(lost) messages lost in the gaps")
-        #expect(p95 < .seconds(1))
+        #expect(p95 < Self.resubscribeBound)
         // The bystander heard of nothing and still receives.
         try await publisher.publish("still here", toShard: bystander)
         #expect(try await collect(other, 1).map(\.string) == ["still here"])
@@ -197,7 +226,7 @@ struct ClusterTests {
         let gaps = stream.gaps.compactMap(\.length)
         print("10 manual failovers: gap p95 \(percentile95(gaps)), promotion to resubscribed p95 "
             + "\(percentile95(settledToResubscribed)), \(lost) messages lost in the gaps, \(late) late or repeated")
-        #expect(percentile95(settledToResubscribed) < .seconds(1))
+        #expect(percentile95(settledToResubscribed) < Self.resubscribeBound)
         await publisher.close()
         await subscriber.close()
     }
@@ -229,7 +258,7 @@ struct ClusterTests {
         let (lost, late) = try await stream.finish(margin: 0.5, inOrder: false)
         print("3 kill -9 failovers: promotion to resubscribed \(settledToResubscribed), \(lost) messages lost in the gaps, "
             + "\(late) late or repeated")
-        #expect(percentile95(settledToResubscribed) < .seconds(1))
+        #expect(percentile95(settledToResubscribed) < Self.resubscribeBound)
         #expect(lost > 0)  // the kills cost messages: the test saw real gaps
         // Classic channels went to another node when theirs was lost, and still receive.
         try await waitUntil(timeout: .seconds(10)) {

@@ -256,6 +256,44 @@ struct ClusterSubscriptionStateMachineTests {
         #expect(done.contains { if case .additionFinished(7, .success) = $0 { true } else { false } })
     }
 
+    @Test func aSubscriptionThatJoinedAConfirmedChannelWaitsForItAgainIfItIsLostBeforeTheRestIsConfirmed() {
+        let first = FakeSink(), second = FakeSink()
+        let shared = shard(low: true), other = shard(low: false)
+        var machine = subscribed(first, [shared])
+        let actions = machine.subscribe(second, to: [shared, other], now: now)  // `shared` confirmed already
+        _ = machine.connectionLost(nodeA, RedisError(.connectionClosed, "gone"), now: now)
+        var more: [Action] = []
+        for node in connects(actions) { more += machine.connectionReady(node) }
+        var outcome: [Action] = []
+        for command in sends(more) { outcome += machine.acknowledged(command, now: now) }
+        #expect(!outcome.contains { isReady($0, second) })  // not while `shared` is deaf
+        let back = sends(machine.connectionReady(nodeA))
+        #expect(machine.acknowledged(back[0], now: now).contains { isReady($0, second) })
+    }
+
+    @Test func aNodeThatRefusesTheSettingsForGoodEndsItsSubscriptionsInsteadOfRetrying() {
+        let sink = FakeSink(), elsewhere = FakeSink()
+        var machine = subscribed(sink, [shard(low: true)])
+        var actions = machine.subscribe(elsewhere, to: [shard(low: false)], now: now)
+        for node in connects(actions) { actions += machine.connectionReady(node) }
+        for command in sends(actions) { _ = machine.acknowledged(command, now: now) }
+        let refused = RedisError(.authenticationFailed, "WRONGPASS")
+        let outcome = machine.connectionClosed(nodeA, refused, permanent: true, now: now)
+        #expect(outcome.contains { if case .fail(let s, let error) = $0 { s === sink && error == refused } else { false } })
+        #expect(!outcome.contains { if case .fail(let s, _) = $0 { s === elsewhere } else { false } })
+        #expect(!outcome.contains(where: isRefresh) && connects(outcome).isEmpty)
+        #expect(!machine.needsTopology)
+    }
+
+    @Test func closingUnsubscribesButKeepsDeliveringUntilTheAcknowledgements() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        let commands = sends(machine.unsubscribeAll())
+        #expect(commands.map { $0.subscribe } == [false])
+        #expect(machine.recipients(key, from: nodeA).count == 1)
+    }
+
     @Test func aTransientErrorWaitsForTheClusterToSettle() {
         var machine = Machine(topology: map(nodeA, nodeB))
         let sink = FakeSink()

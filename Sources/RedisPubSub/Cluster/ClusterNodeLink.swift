@@ -35,10 +35,9 @@ final class ClusterNodeLink: PushHandler {
         connection.close()
     }
 
-    /// Closes gracefully (the core is closing); `completion` runs once the socket is closed.
+    /// Closes gracefully (the core is closing): messages still arrive until the unsubscribes are acknowledged;
+    /// `completion` runs once the socket is closed.
     func close(_ completion: @escaping @Sendable () -> Void) {
-        isDetached = true
-        routeCache = nil
         connection.close(completion)
     }
 

@@ -72,8 +72,10 @@ final class ClusterRouter: Sendable {
             } else {
                 node = try await route(slot, until: deadline)
             }
+            var used: RedisConnection?
             do throws(RedisError) {
                 let connection = try await self.connection(to: node)
+                used = connection
                 if redirected?.asking == true {
                     var asking = RESP.encode(["ASKING"])
                     asking += bytes
@@ -95,8 +97,11 @@ final class ClusterRouter: Sendable {
                     redirected = (redirection.node, redirection.ask)
                     continue
                 }
+                if state.withLock({ $0.closed }) { throw error }
                 let transient = error.code == .serverError && ClusterRedirection.isTransient(error.message)
-                guard transient || error.code == .connectionClosed else { throw error }
+                let unreachable: Set<RedisError.Code> = [.connectionClosed, .connectionRefused, .hostUnreachable, .nameResolutionFailed]
+                guard transient || unreachable.contains(error.code) else { throw error }
+                if error.code == .connectionClosed, let used { forget(used, at: node) }
                 // The node is unreachable or the cluster is changing: ask for the map, and wait for it if allowed to.
                 guard let deadline, ContinuousClock.now < deadline else {
                     refreshInBackground()
@@ -164,6 +169,17 @@ final class ClusterRouter: Sendable {
             }
             return connection
         }
+    }
+
+    /// Drops the connection to `node` (lost, or closed for good): the next command there opens a new one, and the
+    /// old one stops reconnecting.
+    private func forget(_ connection: RedisConnection, at node: ClusterNodeAddress) {
+        let dropped = state.withLock { state -> Bool in
+            guard case .ready(let current)? = state.connections[node], current === connection else { return false }
+            state.connections[node] = nil
+            return true
+        }
+        if dropped { Task { await connection.close() } }
     }
 
     /// Fetches the map (joining a fetch under way) and gives up connections to nodes that serve no slot any more.

@@ -34,8 +34,10 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     private var nextAddition: UInt64 = 0
     private struct Addition {
         let sink: SubscriptionSink
+        /// Every key the caller asked for.
+        let keys: [ChannelKey]
         /// The keys it put on the subscription: taken out again if it fails or its caller left.
-        let introduced: [ChannelKey]
+        var introduced: [ChannelKey]
         let pending: Pending<Void>
         let timer: LoopTimer
     }
@@ -45,6 +47,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     private var refreshFailures = 0
     /// Maps fetched in a row that still left channels waiting.
     private var settlingRefreshes = 0
+    private var lastRefreshEnded: ContinuousClock.Instant?
     private var periodicTimer: LoopTimer?
     private var closing = false
     private var closed = false
@@ -125,7 +128,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         let timer = loop.scheduleTimer(at: .now + limit) { [self] in
             finishAddition(request, .failure(RedisError(.connectionClosed, "not subscribed within \(limit): \(whyUnconfirmed())")))
         }
-        additions[request] = Addition(sink: sink, introduced: introduced, pending: pending, timer: timer)
+        additions[request] = Addition(sink: sink, keys: keys, introduced: introduced, pending: pending, timer: timer)
         sink.setSubscribed(false)
         run(machine.add(keys, to: sink, request: request, now: .now))
     }
@@ -145,16 +148,32 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     private func finishAddition(_ request: UInt64, _ outcome: Result<Void, RedisError>) {
         guard let addition = additions.removeValue(forKey: request) else { return }
         addition.timer.cancel()
+        let sink = addition.sink
         if case .success = outcome {
-            if !addition.sink.hasEnded { addition.sink.setSubscribed(true) }
+            updateSubscribed(sink)  // first: the caller may look at `isSubscribed` as soon as it resumes
             if addition.pending.succeed(()) { return }
         }
-        // Failed, or its caller left: what it put on the subscription is taken out again.
+        // Failed, or its caller left: what it put on the subscription is taken out again, except names another
+        // addition of the same subscription still asks for (they become that addition's to undo).
         let failure: RedisError
         if case .failure(let error) = outcome { failure = error } else { failure = .cancelled }
-        let held = addition.sink.removeKeys(addition.introduced)
-        if !held.isEmpty && !closing { run(machine.remove(held, from: addition.sink, now: .now)) }
+        var introduced = addition.introduced
+        for key in addition.introduced {
+            guard let other = additions.filter({ $0.value.sink === sink && $0.value.keys.contains(key) }).keys.min()
+            else { continue }
+            additions[other]?.introduced.append(key)
+            introduced.removeAll { $0 == key }
+        }
+        let held = sink.removeKeys(introduced)
+        if !held.isEmpty && !closing { run(machine.remove(held, from: sink, now: .now)) }
+        updateSubscribed(sink)
         addition.pending.fail(failure)
+    }
+
+    /// A subscription is subscribed when it is not deaf and no addition of it waits.
+    private func updateSubscribed(_ sink: SubscriptionSink) {
+        guard !sink.hasEnded else { return }
+        sink.setSubscribed(!machine.isDeaf(sink) && !additions.values.contains { $0.sink === sink })
     }
 
     private func whyUnconfirmed() -> String {
@@ -167,12 +186,13 @@ final class ClusterSubscriberCore: @unchecked Sendable {
 
     private func run(_ actions: [Machine.Action], completion: (@Sendable () -> Void)? = nil) {
         generation &+= 1
-        var unsubscribes = 0
-        var finishUnsubscribe: (() -> Void)?
-        if let completion {
-            finishUnsubscribe = {
-                unsubscribes -= 1
-                if unsubscribes == 0 { completion() }
+        // `completion` runs once every UNSUBSCRIBE below is answered: one count for each, and one for this loop
+        // (so an answer that comes at once, inside the loop, cannot run it early or twice).
+        let outstanding = Counter(1)
+        let finishUnsubscribe: (() -> Void)? = completion.map { completion in
+            {
+                outstanding.value -= 1
+                if outstanding.value == 0 { completion() }
             }
         }
         var moves: [[String]: [RedisName]] = [:]
@@ -182,7 +202,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             case .disconnect(let node): disconnect(node)
             case .send(let command):
                 if completion != nil && !command.subscribe {
-                    unsubscribes += 1
+                    outstanding.value += 1
                     send(command, then: finishUnsubscribe)
                 } else {
                     send(command, then: nil)
@@ -197,7 +217,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
                 sink.setSubscribed(false)
                 sink.events.send(.disconnected(at: Date(), cause: cause))
             case .restored(let sink, let gap):
-                if !additions.values.contains(where: { $0.sink === sink }) { sink.setSubscribed(true) }
+                updateSubscribed(sink)
                 sink.events.send(.resubscribed(at: Date(), gap: gap))
             case .fail(let sink, let error):
                 waiting.removeValue(forKey: ObjectIdentifier(sink))?.timer.cancel()
@@ -220,7 +240,13 @@ final class ClusterSubscriberCore: @unchecked Sendable {
                 metadata: ["redis.from": "\(pair[0])", "redis.to": "\(pair[1])", "redis.channels": "\(channels.count)"])
             events.send(.channelsMoved(from: pair[0], to: pair[1], channels: channels))
         }
-        if let completion, unsubscribes == 0 { completion() }
+        finishUnsubscribe?()
+    }
+
+    /// A count shared by the completions of one `run` (loop-confined).
+    private final class Counter {
+        var value: Int
+        init(_ value: Int) { self.value = value }
     }
 
     private func connect(_ node: ClusterNodeAddress) {
@@ -272,11 +298,18 @@ final class ClusterSubscriberCore: @unchecked Sendable {
 
     // MARK: The map (loop)
 
+    /// Fetches the map now, or as soon as the backoff allows: right after a map that left channels waiting (a
+    /// failover under way: 25 ms, doubling to 200 ms, after some seconds 1 s) or after failed fetches (100 ms,
+    /// doubling to 5 s), requests wait,
+    /// so a cluster that stays down costs a few fetches a second, not one per round trip.
     private func requestRefresh() {
         guard !closing else { return }
         if refreshing {
             refreshAgain = true
             return
+        }
+        if let last = lastRefreshEnded, ContinuousClock.now < last + refreshBackoff {
+            return scheduleRefresh(at: last + refreshBackoff)
         }
         refreshTimer?.cancel()
         refreshTimer = nil
@@ -290,41 +323,47 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         }
     }
 
+    private var refreshBackoff: Duration {
+        // 25 ms doubling to 200 ms for about four seconds (a failover's usual length), then once a second.
+        let settling: Duration =
+            settlingRefreshes == 0 ? .zero
+            : settlingRefreshes < 24 ? .milliseconds(min(200, 25 << min(settlingRefreshes - 1, 3))) : .seconds(1)
+        let failing: Duration = refreshFailures == 0 ? .zero : .milliseconds(min(5_000, 100 << min(refreshFailures, 6)))
+        return max(settling, failing)
+    }
+
     private func refreshed(_ result: Result<ClusterTopology, RedisError>) {
-        refreshing = false
-        guard !closing else { return }
+        guard !closing else {
+            refreshing = false
+            return
+        }
         switch result {
         case .success(let map):
             refreshFailures = 0
             let before = machine.topology.primaries
-            run(machine.topologyUpdated(map))
+            run(machine.topologyUpdated(map))  // still `refreshing`: what this asks for is one more fetch, later
             if map.primaries != before {
                 let primaries = map.primaries.map(\.description)
                 logger.info("cluster map changed", metadata: ["redis.primaries": "\(primaries.joined(separator: " "))"])
                 events.send(.topologyChanged(primaries: primaries))
             }
-            if refreshAgain {
-                refreshAgain = false
-                scheduleRefresh(after: .milliseconds(20))
-            } else if machine.needsTopology {
-                // A failover under way, or nodes still catching up: ask again soon, less often the longer it lasts.
-                settlingRefreshes += 1
-                scheduleRefresh(after: .milliseconds(min(1_000, 25 << min(settlingRefreshes, 6))))
-            } else {
-                settlingRefreshes = 0
-            }
+            settlingRefreshes = machine.needsTopology ? settlingRefreshes + 1 : 0
         case .failure(let error):
             refreshFailures += 1
-            refreshAgain = false
             logger.warning("fetching the cluster map failed", metadata: ["error": "\(error)"])
             events.send(.topologyRefreshFailed(error))
-            scheduleRefresh(after: .milliseconds(min(5_000, 100 << min(refreshFailures, 6))))
+        }
+        refreshing = false
+        lastRefreshEnded = .now
+        if refreshAgain || machine.needsTopology {
+            refreshAgain = false
+            requestRefresh()
         }
     }
 
-    private func scheduleRefresh(after delay: Duration) {
+    private func scheduleRefresh(at deadline: ContinuousClock.Instant) {
         guard refreshTimer == nil else { return }
-        refreshTimer = loop.scheduleTimer(at: .now + delay) { [self] in
+        refreshTimer = loop.scheduleTimer(at: deadline) { [self] in
             refreshTimer = nil
             requestRefresh()
         }
@@ -364,7 +403,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         links[link.node] = nil
         let cause = error ?? RedisError(.connectionClosed, "the connection to \(link.node) was closed")
         events.send(.nodeDisconnected(node: link.node.description, cause: cause))
-        run(machine.connectionClosed(link.node, cause, now: .now))
+        // Every node has the same settings: what one refuses for good (a password, a certificate), all would.
+        let permanent: Set<RedisError.Code> = [.authenticationFailed, .invalidConfiguration, .permissionDenied]
+        run(machine.connectionClosed(link.node, cause, permanent: permanent.contains(cause.code), now: .now))
     }
 
     /// A message from `link`'s node, recognised in the raw reply.
@@ -404,7 +445,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             }
             return true
         case .unsubscribed(let key):
-            guard machine.node(of: key) == link.node, links[link.node] === link else { return false }
+            // Not the reply the oldest command waits for, so no command's reply at all: the server's own decision,
+            // or a late second answer when its sunsubscribe crossed ours. Acted on only for a channel held there.
+            guard machine.node(of: key) == link.node, links[link.node] === link, !closing else { return true }
             logger.debug("the server ended a subscription", metadata: ["redis.node": "\(link.node)"])
             run(machine.serverUnsubscribed(key, on: link.node, now: .now))
             return true
@@ -442,8 +485,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             addition.pending.fail(Self.closingError)
         }
         additions = [:]
-        let closing = links.values
+        let closing = Array(links.values)
         links = [:]
+        closingLinks = closing  // still delivering what arrives before the acknowledgements
         closesOutstanding = closing.count + 1
         let done: @Sendable () -> Void = { [self] in
             execute { core in
@@ -458,10 +502,14 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         }
     }
 
-    /// Forced: closes every connection at once.
+    /// Forced: closes every connection at once (also those a graceful close is waiting for).
     func forceClose() {
         for link in links.values { link.connection.forceClose() }
+        for link in closingLinks { link.connection.forceClose() }
     }
+
+    /// The links a graceful close waits for.
+    private var closingLinks: [ClusterNodeLink] = []
 
     private var closeWaiters: [@Sendable () -> Void] = []
     /// Connections (and the map's source) still closing.
@@ -470,6 +518,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     private func finishClose() {
         flush()
         closed = true
+        closingLinks = []
         for sink in machine.removeAll() { sink.finish(.finished) }
         events.finish()
         runCloseWaiters()

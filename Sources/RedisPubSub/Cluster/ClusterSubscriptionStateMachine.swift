@@ -208,8 +208,8 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         return actions.sortedAdditionsLast()
     }
 
-    /// Closing: UNSUBSCRIBE everything subscribed (registrations stay, so messages before the acknowledgements are
-    /// still delivered).
+    /// Closing: UNSUBSCRIBE everything subscribed. Registrations and placements stay, so the messages that arrive
+    /// before the acknowledgements are still delivered; the owner ignores everything else from now on.
     mutating func unsubscribeAll() -> [Action] {
         var actions: [Action] = []
         for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) {
@@ -220,10 +220,13 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
                 actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence)))
             case .unplaced, .waitingForNode: break
             }
-            entries[key]?.phase = .unplaced
-            entries[key]?.node = nil
         }
         return actions
+    }
+
+    /// Whether `sink` misses messages right now: a channel it held was lost and is not confirmed again yet.
+    func isDeaf(_ sink: Sink) -> Bool {
+        registrations[ObjectIdentifier(sink)]?.deafSince != nil
     }
 
     /// Every subscription, each once; everything forgotten (the subscriber closed).
@@ -370,11 +373,34 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         return actions
     }
 
-    /// The connection to `node` closed for good (an error no retry fixes, or its reconnect policy gave up).
-    mutating func connectionClosed(_ node: Node, _ error: RedisError, now: Instant) -> [Action] {
+    /// The connection to `node` closed for good: its reconnect policy gave up (its channels wait for a map that
+    /// puts them elsewhere), or, when `permanent`, an error no retry fixes (a refused password or certificate: every
+    /// node has the same settings, so the subscriptions on its channels end with `error`).
+    mutating func connectionClosed(_ node: Node, _ error: RedisError, permanent: Bool = false, now: Instant) -> [Action] {
         guard connections.removeValue(forKey: node) != nil else { return [] }
-        var actions: [Action] = [.refreshTopology]
+        var actions: [Action] = []
         if classicNode == node { classicNode = nil }
+        if permanent {
+            var failed: [ObjectIdentifier: Sink] = [:]
+            for entry in entries.values where entry.node == node {
+                for sink in entry.sinks + entry.joining { failed[ObjectIdentifier(sink)] = sink }
+            }
+            for (request, addition) in additions.sorted(by: { $0.key < $1.key }) where failed[ObjectIdentifier(addition.sink)] != nil {
+                additions[request] = nil
+                actions.append(.additionFinished(request: request, .failure(error)))
+            }
+            for sink in failed.values.sorted(by: { ObjectIdentifier($0) < ObjectIdentifier($1) }) {
+                guard let registration = registrations[ObjectIdentifier(sink)] else { continue }
+                actions.append(.fail(sink, error))
+                actions += remove(Array(registration.keys), from: sink, ends: true, now: now)
+            }
+            for key in entries.keys where entries[key]?.node == node {  // nobody is left on them
+                entries[key]?.phase = .unplaced
+                entries[key]?.node = nil
+            }
+            return actions
+        }
+        actions.append(.refreshTopology)
         for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node {
             if entry.phase != .waitingForNode && entry.phase != .unplaced { deafen(key, error, now: now, &actions) }
             entries[key]?.phase = .unplaced
@@ -488,7 +514,13 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         guard let entry = entries[key] else { return }
         for sink in entry.sinks {
             let id = ObjectIdentifier(sink)
-            guard var registration = registrations[id], registration.isLive else { continue }
+            guard var registration = registrations[id] else { continue }
+            guard registration.isLive else {
+                // Not live yet: it joined a channel that was confirmed, which is not any more. Its subscribe waits
+                // for the channel again instead of returning deaf to it.
+                registrations[id]?.waitingFor.insert(key)
+                continue
+            }
             registration.lostKeys.insert(key)
             if registration.deafSince == nil {
                 registration.deafSince = now

@@ -20,8 +20,15 @@ final class RedisCluster: @unchecked Sendable {
     /// Starts a cluster; `primaries` with `replicas` each, nodes failing over after `nodeTimeout` ms of silence.
     init(primaries: Int = 3, replicas: Int = 1, nodeTimeout: Int = 2000) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-test-cluster-\(UUID().uuidString)")
-        let output = try Self.run(
-            Self.script.path, ["start", directory.path, "\(primaries)", "\(replicas)", "\(nodeTimeout)"], timeout: .seconds(60))
+        let output: String
+        do {
+            output = try Self.run(
+                Self.script.path, ["start", directory.path, "\(primaries)", "\(replicas)", "\(nodeTimeout)"],
+                timeout: .seconds(60))
+        } catch {
+            Self.stop(directory)  // `deinit` does not run for an object whose init threw
+            throw error
+        }
         startedPorts = output.split(separator: "\n").compactMap { $0.split(separator: ":").last.flatMap { Int($0) } }
         guard startedPorts.count == primaries * (1 + replicas) else {
             stop()
@@ -29,10 +36,14 @@ final class RedisCluster: @unchecked Sendable {
         }
     }
 
+    private static func stop(_ directory: URL) {
+        _ = try? run(script.path, ["stop", directory.path], timeout: .seconds(30))
+    }
+
     deinit { stop() }
 
     func stop() {
-        _ = try? Self.run(Self.script.path, ["stop", directory.path], timeout: .seconds(30))
+        Self.stop(directory)
     }
 
     /// Every node's port, in the order they started.
@@ -157,6 +168,11 @@ final class RedisCluster: @unchecked Sendable {
         let pidFile = directory.appendingPathComponent("\(port)/redis.pid")
         guard let pid = Int32((try String(contentsOf: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))
         else { throw RedisError(.invalidArgument, "no pid for \(port)") }
+        // Only the node of this cluster: never a process that was given the pid after ours ended.
+        let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd")
+        guard cwd == directory.appendingPathComponent("\(port)").resolvingSymlinksInPath().path else {
+            throw RedisError(.invalidArgument, "pid \(pid) is not the node on \(port)")
+        }
         Glibc.kill(pid, SIGKILL)
         try? FileManager.default.removeItem(at: pidFile)
         try waitUntil(timeout: 10) { (try? self.cli(port, "ping")) != "PONG" }
@@ -204,16 +220,21 @@ final class RedisCluster: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: tool)
         process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
+        // Output into a file, read after the exit: reading a pipe to its end first would wait past the timeout.
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-cli-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: file.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let handle = try FileHandle(forWritingTo: file)
+        defer { try? handle.close() }
+        process.standardOutput = handle
+        process.standardError = handle
         try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
         guard let status = process.waitForExit(timeout: timeout) else {
             Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitForExit()
             throw RedisError(.timeout, "\(tool) \(arguments.joined(separator: " ")) did not finish")
         }
-        let text = String(decoding: data, as: UTF8.self)
+        let text = (try? String(contentsOf: file, encoding: .utf8)) ?? ""
         guard status == 0 else { throw RedisError(.serverError, "\(tool) \(arguments.first ?? "") failed (\(status)): \(text)") }
         return text
     }
