@@ -36,9 +36,12 @@ public final class ClusterPublisher: Sendable {
     /// Learns the cluster's map from the first seed that answers.
     ///
     /// - Parameters:
+    ///   - configuration: the seeds and the settings of every node's connection.
+    ///   - encoder: the default JSON encoder for the `json:` overloads.
     ///   - retry: ``PublishRetry/never`` (the default) fails a publish whose node is unreachable at once;
     ///     ``PublishRetry/whileReconnecting(upTo:)`` fetches the map and tries again (the failed-over primary, or the
     ///     node back) until the limit, which may deliver a message twice.
+    ///   - logger: where map changes and connection changes are logged; nothing by default.
     /// - Throws: as ``ClusterSubscriber/connect(to:logger:)``.
     public static func connect(
         to configuration: RedisClusterConfiguration,
