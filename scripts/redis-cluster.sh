@@ -96,6 +96,9 @@ start)
       case "$info" in *cluster_state:ok*) ;; *) ready=0; break ;; esac
       known=$(echo "$info" | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')
       [ "$known" = "$total" ] || { ready=0; break; }
+      # Every node's view agrees on the roles: as many replicas as were asked for (gossip may still lag).
+      replicas_seen=$(cli -h 127.0.0.1 -p "$p" cluster nodes 2>/dev/null | awk '$3 ~ /slave/' | wc -l | tr -d ' ')
+      [ "$replicas_seen" = $(( total - primaries )) ] || { ready=0; break; }
       role=$(cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null | tr -d '\r' || true)
       case "$role" in *role:slave*) case "$role" in *master_link_status:up*) ;; *) ready=0; break ;; esac ;; esac
     done
