@@ -356,8 +356,9 @@ struct LifecycleTests {
         let names = (0..<40).map { "\($0):" + String(repeating: "n", count: 500_000) }
         let subscribing = names.map { name in Task { try await subscriber.subscribe(to: name) } }
         let core = subscriber.lifetime.core.connection
-        // Waited for, not slept on: under a sanitizer the forty tasks take a while to build and submit their names.
-        try await waitUntil { await onLoop(core) { core.bufferedOutput.backlog } > 0 }
+        // Waited for, not slept on: under a sanitizer the forty tasks take a while to build and submit their names
+        // (over 10 s in a TSan run beside the cluster suite).
+        try await waitUntil(timeout: .seconds(60)) { await onLoop(core) { core.bufferedOutput.backlog } > 0 }
         server.resume()
         var subscriptions: [Subscription] = []
         for task in subscribing { subscriptions.append(try await task.value) }  // each confirmed by its own reply
