@@ -39,12 +39,8 @@ struct HealthCheck: Hashable, Sendable {
     ) -> Decision {
         if let sent = pingSentAt {
             let since = max(sent, lastRead)
-            guard now - since >= timeout else { return .wait(checkAt: since + timeout) }
-            // A command written after the PING may still be answered in time (the PING went out while the
-            // connection was idle; a slow command right behind it holds the PONG back too, as Redis writes replies
-            // after it ran): then it is busy, and the command's own timeout judges the silence.
-            if let busyUntil, busyUntil > now { return .wait(checkAt: min(busyUntil, now + interval)) }
-            return .dead(silence: now - sent)
+            if now - since >= timeout { return .dead(silence: now - sent) }
+            return .wait(checkAt: since + timeout)
         }
         // Busy: look again within an interval (the command may be answered long before its deadline).
         if let busyUntil, busyUntil > now { return .wait(checkAt: max(lastRead + interval, min(busyUntil, now + interval))) }
