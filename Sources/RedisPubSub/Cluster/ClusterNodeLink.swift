@@ -3,13 +3,6 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// One cluster node's subscriber connection, as its ``ClusterSubscriberCore`` sees it: the connection's pushes and
 /// changes, tagged with the node they came from. Loop-confined.
@@ -39,14 +32,6 @@ final class ClusterNodeLink: PushHandler {
     /// `completion` runs once the socket is closed.
     func close(_ completion: @escaping @Sendable () -> Void) {
         connection.close(completion)
-    }
-
-    /// One `memcmp`: this runs once per message.
-    @inline(__always)
-    static func sameBytes(_ name: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard name.count == bytes.count else { return false }
-        guard !bytes.isEmpty else { return true }
-        return name.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }
     }
 
     // MARK: PushHandler

@@ -121,10 +121,6 @@ public final class ClusterPublisher: Sendable {
     }
 
     private func json(_ value: some Encodable, _ encoder: JSONEncoder?) throws(RedisError) -> RedisArgument {
-        do {
-            return RedisArgument(try (encoder ?? self.encoder).encode(value))
-        } catch {
-            throw RedisError(.invalidArgument, "cannot encode a \(type(of: value)) as JSON (nothing was sent): \(error)")
-        }
+        try Publisher.json(value, encoder ?? self.encoder)
     }
 }

@@ -34,14 +34,7 @@ final class ClusterRouter: Sendable {
     }
 
     static func connect(to configuration: RedisClusterConfiguration, logger: Logger) async throws(RedisError) -> ClusterRouter {
-        let source = ClusterTopologySource(configuration: configuration, logger: logger)
-        let map: ClusterTopology
-        do {
-            map = try await source.fetch()
-        } catch {
-            await source.close()
-            throw error
-        }
+        let (source, map) = try await ClusterTopologySource.start(configuration, logger: logger)
         let router = ClusterRouter(configuration: configuration, topology: map, source: source, logger: logger)
         let interval = configuration.topologyRefreshInterval
         let periodic = Task { [weak router] in

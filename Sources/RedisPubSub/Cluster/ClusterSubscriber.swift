@@ -45,14 +45,7 @@ public final class ClusterSubscriber: Sendable {
         logger: Logger = RedisConnection.disabledLogger
     ) async throws(RedisError) -> ClusterSubscriber {
         try configuration.validate()
-        let source = ClusterTopologySource(configuration: configuration, logger: logger)
-        let map: ClusterTopology
-        do {
-            map = try await source.fetch()
-        } catch {
-            await source.close()
-            throw error
-        }
+        let (source, map) = try await ClusterTopologySource.start(configuration, logger: logger)
         let core = ClusterSubscriberCore(
             configuration: configuration, topology: map, source: source, logger: logger, loop: .shared)
         core.execute { $0.start() }

@@ -414,7 +414,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         let name: [UInt8]
         let sinks: [SubscriptionSink]
         if let cache = link.routeCache, cache.generation == generation, cache.kind == push.kind,
-           ClusterNodeLink.sameBytes(cache.name, routeName)
+           cache.name.sameBytes(as: routeName)
         {
             name = cache.name
             sinks = cache.sinks

@@ -17,6 +17,20 @@ actor ClusterTopologySource {
         self.logger = logger
     }
 
+    /// A source and the first map it fetched (closed again when none could be fetched): how both cluster clients
+    /// start.
+    static func start(_ configuration: RedisClusterConfiguration, logger: Logger) async throws(RedisError)
+        -> (ClusterTopologySource, ClusterTopology)
+    {
+        let source = ClusterTopologySource(configuration: configuration, logger: logger)
+        do {
+            return (source, try await source.fetch())
+        } catch {
+            await source.close()
+            throw error
+        }
+    }
+
     /// How long one node gets to connect and answer.
     var attemptTimeout: Duration {
         min(configuration.seeds[0].connectTimeout, configuration.seeds[0].commandTimeout, .seconds(2))

@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// What a reply on a subscriber connection is, as far as Pub/Sub goes: a message, a malformed message, an
 /// unsubscribe that may be the server's own decision, or a reply to a command (`nil` from ``init(_:awaited:)``).
 /// Shared by the single-node and the cluster subscriber; messages with a string payload take the faster
@@ -56,5 +64,16 @@ extension Message {
         case .shardChannel: self.init(channel: route, isSharded: true, payload: Array(push.payload))
         case .pattern: self.init(channel: Array(push.channel), pattern: route, payload: Array(push.payload))
         }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Whether these bytes are `bytes`: one `memcmp`, not the generic `elementsEqual` (route caches check this once
+    /// per message).
+    @inline(__always)
+    func sameBytes(as bytes: UnsafeRawBufferPointer) -> Bool {
+        guard count == bytes.count else { return false }
+        guard !bytes.isEmpty else { return true }
+        return withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }
     }
 }

@@ -81,8 +81,13 @@ public final class Publisher: Sendable {
     /// Encodes `value` as JSON with `encoder` (or the publisher's).
     @usableFromInline
     func json(_ value: some Encodable, _ encoder: JSONEncoder?) throws(RedisError) -> RedisArgument {
+        try Self.json(value, encoder ?? self.encoder)
+    }
+
+    /// `value` as JSON, or the error that says nothing was sent (shared with ``ClusterPublisher``).
+    static func json(_ value: some Encodable, _ encoder: JSONEncoder) throws(RedisError) -> RedisArgument {
         do {
-            return RedisArgument(try (encoder ?? self.encoder).encode(value))
+            return RedisArgument(try encoder.encode(value))
         } catch {
             throw RedisError(.invalidArgument, "cannot encode a \(type(of: value)) as JSON (nothing was sent): \(error)")
         }

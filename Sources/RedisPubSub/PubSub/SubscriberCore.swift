@@ -384,19 +384,11 @@ final class SubscriberCore: PushHandler, @unchecked Sendable {
         }
     }
 
-    /// One `memcmp`, not the generic `elementsEqual`: this runs once per message.
-    @inline(__always)
-    private static func sameBytes(_ name: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard name.count == bytes.count else { return false }
-        guard !bytes.isEmpty else { return true }
-        return name.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }
-    }
-
     func handleMessage(_ push: RawPush) {
         let route = push.pattern ?? push.channel
         let name: [UInt8]
         let sinks: [SubscriptionSink]
-        if let cache = routeCache, cache.kind == push.kind, Self.sameBytes(cache.name, route) {
+        if let cache = routeCache, cache.kind == push.kind, cache.name.sameBytes(as: route) {
             name = cache.name
             sinks = cache.sinks
         } else {
