@@ -120,6 +120,33 @@ struct LifecycleTests {
         await connection.close()
     }
 
+    @Test func aPongHeldBackByASlowCommandWrittenRightAfterThePingIsNotADeath() async throws {
+        // Redis writes replies after running what it read: a slow command read together with a health PING holds the
+        // PONG back. Played out exactly: the PING goes unanswered until a command follows (sent within the health
+        // check's timeout of 2 s), which takes 4 s.
+        let pinged = Locked(false)
+        let server = try FakeServer { client in
+            guard client.acceptHandshake(), client.readCommand() == ["PING"] else { return }
+            pinged.withLock { $0 = true }
+            guard client.readCommand() == ["EVAL", "slow", "0"] else { return }
+            Thread.sleep(forTimeInterval: 4)
+            client.write("+PONG\r\n+done\r\n")
+            while client.readCommand() != nil { client.write("+PONG\r\n") }
+        }
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.healthCheckInterval = .milliseconds(200)
+        configuration.healthCheckTimeout = .seconds(2)
+        configuration.commandTimeout = .seconds(10)
+        configuration.reconnect = .disabled
+        let connection = try await RedisConnection.connect(to: configuration)
+        let events = EventRecorder(connection.events())
+        try await waitUntil { pinged.withLock { $0 } }
+        #expect(try await connection.send("EVAL", "slow", "0") == .simpleString("done"))
+        #expect(!events.all.contains { if case .disconnected = $0 { true } else { false } })
+        await connection.close()
+    }
+
     @Test func aConnectionIsDeclaredDeadWhenItsNewestOverdueCommandHeardNothing() async throws {
         let server = try FakeServer { client in
             guard client.acceptHandshake(), client.readCommand() != nil else { return }
@@ -346,6 +373,9 @@ struct LifecycleTests {
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .seconds(30)
+        // The server stays frozen for as long as the forty tasks take to submit (over 10 s under TSan beside the
+        // cluster suite): the health check would rightly call it dead. This test is about the backlog's order.
+        configuration.healthCheckInterval = nil
         // A loop of its own: 20 MB through the shared one would slow every test running alongside.
         let subscriber = try await Subscriber.connect(
             to: configuration, logger: RedisConnection.disabledLogger, on: EventLoop(name: "subscriber-backlog-test"))

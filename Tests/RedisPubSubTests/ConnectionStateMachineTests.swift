@@ -418,13 +418,24 @@ struct ConnectionStateMachineTests {
         #expect(machine.timerFired(.health, now: t0 + .seconds(5), lastRead: t0, busyUntil: t0 + .seconds(35)) == [.schedule(.health, at: t0 + .seconds(10))])
     }
 
-    @Test func aHealthPingThatOutlivedItsDeadlineIsSentAgain() {
+    @Test func aPingHeldBackByASlowCommandWrittenAfterItIsNotADeath() {
+        var machine = Machine(settings: settings(fixed: a), seed: 3)
+        ready(&machine)
+        #expect(machine.timerFired(.health, now: t0 + .seconds(5), lastRead: t0).first == .sendHealthPing)
+        // A 3 s script written right after the PING, due by 15 s: Redis writes the PONG only after running it.
+        #expect(machine.timerFired(.health, now: t0 + .seconds(7), lastRead: t0, busyUntil: t0 + .seconds(15)) == [.schedule(.health, at: t0 + .seconds(12))])
+        // Without such a command (only the PING's own deadline, which the connection leaves out), the silence kills.
+        let dead = machine.timerFired(.health, now: t0 + .seconds(12), lastRead: t0, busyUntil: nil)
+        #expect(lost(dead)?.message.contains("health check") == true)
+    }
+
+    @Test func aPongHeldBackByIncomingDataIsNotLate() {
         var machine = Machine(settings: settings(fixed: a), seed: 3)
         ready(&machine)
         _ = machine.timerFired(.health, now: t0 + .seconds(5), lastRead: t0)  // PING
-        // Something was read at 5.5 s, no PONG; the PING's own deadline passed at 7 s: ping again, judge from that.
-        #expect(machine.healthPingTimedOut(now: t0 + .seconds(7)) == [.sendHealthPing, .schedule(.health, at: t0 + .seconds(9))])
-        let dead = machine.timerFired(.health, now: t0 + .seconds(9), lastRead: t0 + .milliseconds(5500))
+        // Messages keep arriving ahead of the PONG (a subscriber): alive, the check waits from the last read.
+        #expect(machine.timerFired(.health, now: t0 + .seconds(7), lastRead: t0 + .milliseconds(6500)) == [.schedule(.health, at: t0 + .milliseconds(8500))])
+        let dead = machine.timerFired(.health, now: t0 + .milliseconds(8500), lastRead: t0 + .milliseconds(6500))
         #expect(lost(dead)?.message.contains("health check") == true)
     }
 

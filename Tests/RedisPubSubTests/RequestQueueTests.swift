@@ -108,4 +108,22 @@ struct RequestQueueTests {
         _ = queue.removeAll()
         #expect(queue.newestOverdue(now: t0 + .seconds(100)) == nil)
     }
+
+    @Test func aProbeNeverExpiresNorHoldsBackTheCommandsBehindIt() {
+        var queue = RequestQueue<Int>()
+        // Only the health check's PING outstanding (a frozen server): nothing may rightly take long, nothing expires.
+        queue.appendProbe(1, writtenAt: t0)
+        #expect(queue.latestDeadline == nil && queue.nextDeadline == nil)
+        #expect(queue.newestOverdue(now: t0 + .seconds(100)) == nil)
+        #expect(queue.expire(now: t0 + .seconds(100)).isEmpty && queue.liveCount == 1)
+        // A slow command written right behind it: busy until its deadline, and it expires on time.
+        queue.append(2, deadline: t0 + .seconds(10), writtenAt: t0)
+        #expect(queue.latestDeadline == t0 + .seconds(10) && queue.nextDeadline == t0 + .seconds(10))
+        #expect(queue.newestOverdue(now: t0 + .seconds(10)) == t0)
+        #expect(queue.expire(now: t0 + .seconds(10)).map(\.waiter) == [2])
+        // The PONG comes late, and still reaches the probe; the command's late reply is dropped.
+        #expect(waiter(queue.popOwner()) == 1)
+        #expect(isAbandoned(queue.popOwner()))
+        #expect(queue.isEmpty && queue.liveCount == 0)
+    }
 }

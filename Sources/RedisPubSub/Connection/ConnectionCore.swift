@@ -471,6 +471,7 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         _ arguments: [RedisArgument],
         expects acknowledgement: Acknowledgement? = nil,
         timeout: Duration? = nil,
+        isProbe: Bool = false,
         handler: @escaping (Result<RedisValue, RedisError>) -> Void
     ) {
         loop.assertInLoop()
@@ -485,29 +486,24 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
             return
         }
         let now = ContinuousClock.now
-        queue.append(
-            .ownCommand(handler, expects: acknowledgement), deadline: now + (timeout ?? configuration.commandTimeout),
-            writtenAt: now)
+        if isProbe {
+            queue.appendProbe(.ownCommand(handler, expects: acknowledgement), writtenAt: now)
+        } else {
+            queue.append(
+                .ownCommand(handler, expects: acknowledgement),
+                deadline: now + (timeout ?? configuration.commandTimeout), writtenAt: now)
+        }
         flushOutput(context)
         armTimeoutTimer()
     }
 
     private func sendHealthPing() {
         // hiredis never sees the PING (replies are matched here), so the PONG of a subscribed connection
-        // (`["pong", ""]`) is fine on every hiredis version.
-        // Its own deadline is the health check's, or the command timeout if shorter: commands written behind it
-        // must not wait for their timer on a longer deadline ahead of them (deadlines grow in the order of writing).
-        let timeout = min(configuration.healthCheckTimeout, configuration.commandTimeout)
-        sendInternal(["PING"], timeout: timeout) { [self] result in
-            switch result {
-            case .failure(let error) where error.code == .connectionClosed:
-                return  // gone: nothing left to check
-            case .failure(let error) where error.code == .timeout:
-                // Outlived its deadline, and the connection was not declared dead (something was read meanwhile).
-                run(machine.healthPingTimedOut(now: .now))
-            default:
-                run(machine.healthPingAnswered(now: .now))  // any reply, an error reply too, proves life
-            }
+        // (`["pong", ""]`) is fine on every hiredis version. A probe: no deadline of its own, the health check judges
+        // the silence, and its PONG is awaited however late (a slow command read with it holds it back).
+        sendInternal(["PING"], isProbe: true) { [self] result in
+            if case .failure(let error) = result, error.code == .connectionClosed { return }  // gone: nothing to check
+            run(machine.healthPingAnswered(now: .now))  // any reply, an error reply too, proves life
         }
     }
 

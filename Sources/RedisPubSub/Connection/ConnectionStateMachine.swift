@@ -425,14 +425,6 @@ struct ConnectionStateMachine: Sendable {
         }
     }
 
-    /// The health check's PING outlived its own deadline while the connection still read something: send another,
-    /// and judge the silence from it.
-    mutating func healthPingTimedOut(now: Instant) -> [Action] {
-        updatingHealth { _, health in
-            health.pingTimedOut(now: now).map { [.sendHealthPing, .schedule(.health, at: $0)] } ?? []
-        }
-    }
-
     /// The health check's PING got a reply: any reply, an error reply included, proves the connection alive.
     mutating func healthPingAnswered(now: Instant) -> [Action] {
         updatingHealth { _, health in health.answered(now: now).map { [.schedule(.health, at: $0)] } ?? [] }

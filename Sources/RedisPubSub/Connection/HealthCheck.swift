@@ -1,5 +1,6 @@
 /// Whether a ready connection is alive, judged from when it last read anything: after `interval` of silence it
-/// sends a PING, and if it then stays silent for `timeout` more it is dead. Any bytes read count as life (a PONG
+/// sends a PING, and if it then stays silent for `timeout` more it is dead, unless a command written after the PING
+/// may still be answered in time (then that command's timeout judges). Any bytes read count as life (a PONG
 /// queued behind a large reply is not late while that reply streams in), and any reply to the PING ends the check,
 /// an error reply (`-BUSY`, `-LOADING`, `-NOPERM`) included. A pure value: the state machine holds it.
 struct HealthCheck: Hashable, Sendable {
@@ -29,7 +30,7 @@ struct HealthCheck: Hashable, Sendable {
     func firstCheck(now: ContinuousClock.Instant) -> ContinuousClock.Instant { now + interval }
 
     /// The timer fired at `now`; the connection last read anything at `lastRead`, and until `busyUntil` a command
-    /// written on it may still be answered in time. A busy connection is not pinged: the PING would wait behind a
+    /// written on it (not a health-check PING) may still be answered in time. A busy connection is not pinged: the PING would wait behind a
     /// command that may rightly take longer than the health check's timeout (a slow script), and a silent server is
     /// caught by the command's own timeout instead.
     mutating func due(
@@ -39,8 +40,13 @@ struct HealthCheck: Hashable, Sendable {
     ) -> Decision {
         if let sent = pingSentAt {
             let since = max(sent, lastRead)
-            if now - since >= timeout { return .dead(silence: now - sent) }
-            return .wait(checkAt: since + timeout)
+            guard now - since >= timeout else { return .wait(checkAt: since + timeout) }
+            // A command written after the PING may still be answered in time (the PING went out while the
+            // connection was idle, and Redis writes the PONG only after running a slow command read with it): the
+            // connection is busy, and that command's own timeout judges the silence. `busyUntil` never counts the
+            // health check's own PINGs, or a frozen server's idle connection would look busy.
+            if let busyUntil, busyUntil > now { return .wait(checkAt: min(busyUntil, now + interval)) }
+            return .dead(silence: now - sent)
         }
         // Busy: look again within an interval (the command may be answered long before its deadline).
         if let busyUntil, busyUntil > now { return .wait(checkAt: max(lastRead + interval, min(busyUntil, now + interval))) }
@@ -54,13 +60,5 @@ struct HealthCheck: Hashable, Sendable {
         guard pingSentAt != nil else { return nil }
         pingSentAt = nil
         return now + interval
-    }
-
-    /// The PING outlived its own deadline, yet the connection read something meanwhile (or it would have been declared
-    /// dead): its reply, if it ever comes, will be dropped. A new PING goes out at `now`; returns when to look next.
-    mutating func pingTimedOut(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
-        guard pingSentAt != nil else { return nil }
-        pingSentAt = now
-        return now + timeout
     }
 }

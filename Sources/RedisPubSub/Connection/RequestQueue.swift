@@ -4,13 +4,15 @@ import DequeModule
 ///
 /// Redis answers in order, so the head is always the next reply's owner. A waiter that timed out or was
 /// cancelled keeps its slot (its reply is still coming) but no longer has anyone to deliver to: its late reply is
-/// discarded. Each slot also carries what it costs against the connection's bound on outstanding work; the queue
+/// discarded. The health check's PING is a probe: it has no deadline of its own (the health check judges its
+/// silence), so it is never abandoned and its PONG always reaches it, however late. Each slot also carries what it costs against the connection's bound on outstanding work; the queue
 /// adds up what answered or removed slots give back. A pure value: the connection drives it and carries out what
 /// it returns.
 struct RequestQueue<Waiter> {
     private struct Slot {
         var waiter: Waiter?
-        let deadline: ContinuousClock.Instant
+        /// `nil` for a probe.
+        let deadline: ContinuousClock.Instant?
         let writtenAt: ContinuousClock.Instant
         let cost: CommandCost
     }
@@ -40,9 +42,9 @@ struct RequestQueue<Waiter> {
     var isEmpty: Bool { slots.isEmpty }
 
     /// The first deadline not yet expired. Deadlines grow with the order of writing (one timeout per connection),
-    /// so this is the next moment a waiter can time out.
+    /// so this is the next moment a waiter can time out. (The scans below step over probes: there is at most one.)
     var nextDeadline: ContinuousClock.Instant? {
-        expiredPrefix < slots.count ? slots[expiredPrefix].deadline : nil
+        slots[expiredPrefix...].first(where: { $0.deadline != nil })?.deadline
     }
 
     /// When the newest command whose deadline has passed at `now` was written: if nothing was read since, the server
@@ -50,15 +52,20 @@ struct RequestQueue<Waiter> {
     func newestOverdue(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         var newest = newestExpiredWrittenAt
         var index = expiredPrefix
-        while index < slots.count, slots[index].deadline <= now {
-            newest = slots[index].writtenAt
+        while index < slots.count {
+            if let deadline = slots[index].deadline {
+                guard deadline <= now else { break }
+                newest = slots[index].writtenAt
+            }
             index += 1
         }
         return newest
     }
 
     /// The latest deadline of the commands written: until then, some command may still be answered in time.
-    var latestDeadline: ContinuousClock.Instant? { slots.last?.deadline }
+    var latestDeadline: ContinuousClock.Instant? {
+        slots.last(where: { $0.deadline != nil })?.deadline
+    }
 
     /// Records a written command.
     mutating func append(
@@ -68,6 +75,13 @@ struct RequestQueue<Waiter> {
         cost: CommandCost = .none
     ) {
         slots.append(Slot(waiter: waiter, deadline: deadline, writtenAt: writtenAt, cost: cost))
+        liveCount += 1
+    }
+
+    /// Records a written probe: a command without a deadline, whose waiter stays live until its reply comes or the
+    /// queue is emptied.
+    mutating func appendProbe(_ waiter: Waiter, writtenAt: ContinuousClock.Instant) {
+        slots.append(Slot(waiter: waiter, deadline: nil, writtenAt: writtenAt, cost: .none))
         liveCount += 1
     }
 
@@ -94,9 +108,14 @@ struct RequestQueue<Waiter> {
     /// abandoned.
     mutating func expire(now: ContinuousClock.Instant) -> [(waiter: Waiter, allowed: Duration)] {
         var expired: [(waiter: Waiter, allowed: Duration)] = []
-        while expiredPrefix < slots.count, slots[expiredPrefix].deadline <= now {
+        while expiredPrefix < slots.count {
+            guard let deadline = slots[expiredPrefix].deadline else {
+                expiredPrefix += 1  // a probe never expires: stepped over, its waiter kept
+                continue
+            }
+            guard deadline <= now else { break }
             if let waiter = slots[expiredPrefix].waiter {
-                expired.append((waiter, slots[expiredPrefix].deadline - slots[expiredPrefix].writtenAt))
+                expired.append((waiter, deadline - slots[expiredPrefix].writtenAt))
                 slots[expiredPrefix].waiter = nil
                 liveCount -= 1
             }
