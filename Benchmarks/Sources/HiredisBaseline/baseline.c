@@ -144,6 +144,7 @@ typedef struct {
     int window;
     char *payload;
     size_t size;
+    const char *command;  // PUBLISH or SPUBLISH
     const char *channel;
     long rate;  // 0: as fast as the window allows
     uint64_t start;
@@ -165,8 +166,8 @@ static void publish_one(publisher *p) {
         int n = snprintf(p->payload, p->size, "%llu", (unsigned long long)baseline_now_ns());
         if ((size_t)n < p->size) p->payload[n] = ' ';
     }
-    const char *argv[3] = { "PUBLISH", p->channel, p->payload };
-    size_t lens[3] = { 7, strlen(p->channel), p->size };
+    const char *argv[3] = { p->command, p->channel, p->payload };
+    size_t lens[3] = { strlen(p->command), strlen(p->channel), p->size };
     redisAsyncCommandArgv(p->base.ac, on_published, p, 3, argv, lens);
     p->sent++;
 }
@@ -175,7 +176,8 @@ static void send_more(publisher *p) {
     while (p->sent < p->count && p->sent - p->answered < p->window) publish_one(p);
 }
 
-static baseline_result publish(const char *host, int port, const char *channel, long count, long size, int window, long rate) {
+static baseline_result publish(const char *host, int port, const char *command, const char *channel, long count, long size,
+                               int window, long rate) {
     publisher p;
     memset(&p, 0, sizeof p);
     p.count = count;
@@ -183,6 +185,7 @@ static baseline_result publish(const char *host, int port, const char *channel, 
     p.size = (size_t)(size < 24 && rate ? 24 : size);
     p.payload = malloc(p.size);
     memset(p.payload, 'x', p.size);
+    p.command = command;
     p.channel = channel;
     p.rate = rate;
     if (open_session(&p.base, host, port) != 0) { free(p.payload); return p.base.result; }
@@ -217,11 +220,15 @@ static baseline_result publish(const char *host, int port, const char *channel, 
 }
 
 baseline_result baseline_publish(const char *host, int port, const char *channel, long count, long size, int window) {
-    return publish(host, port, channel, count, size, window, 0);
+    return publish(host, port, "PUBLISH", channel, count, size, window, 0);
+}
+
+baseline_result baseline_spublish(const char *host, int port, const char *channel, long count, long size, int window) {
+    return publish(host, port, "SPUBLISH", channel, count, size, window, 0);
 }
 
 baseline_result baseline_publish_paced(const char *host, int port, const char *channel, long count, long size, long rate) {
-    return publish(host, port, channel, count, size, 1000000, rate);
+    return publish(host, port, "PUBLISH", channel, count, size, 1000000, rate);
 }
 
 // ---- subscriber over TLS: OpenSSL on a blocking socket, hiredis's reader ----

@@ -81,6 +81,12 @@ struct Subscribe: AsyncParsableCommand {
     @Option(help: "Swift: where the consuming tasks run: global (the default executor) or loop (the subscriber's taskExecutor).")
     var executor = ExecutorChoice.global
 
+    @Option(name: .customLong("shard-channel"), help: "Swift: SSUBSCRIBE to this sharded channel instead of --channel (repeatable).")
+    var shardChannels: [String] = []
+
+    @Flag(help: "Swift: --url names a seed node of a Redis Cluster; subscribe with a ClusterSubscriber.")
+    var cluster = false
+
     func run() async throws {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
@@ -105,16 +111,28 @@ struct Subscribe: AsyncParsableCommand {
         case .swift:
             var configuration = try common.configuration
             configuration.healthCheckInterval = nil
-            let subscriber = try await Subscriber.connect(to: configuration)
-            var subscriptions: [Subscription] = []
-            for _ in 0..<fanout {
-                // Unbounded: the benchmark counts every message; a bounded buffer would drop under bursts by design.
-                subscriptions.append(try await subscriber.subscribe(to: common.channel, bufferingPolicy: .unbounded))
+            let channels: [any RedisNameConvertible] = shardChannels.isEmpty ? [common.channel] : []
+            let shardChannels: [any RedisNameConvertible] = self.shardChannels
+            // Unbounded: the benchmark counts every message; a bounded buffer would drop under bursts by design.
+            let subscribe: () async throws -> Subscription
+            let close: () async -> Void
+            var preference: (any TaskExecutor)?
+            if cluster {
+                guard executor == .global else { throw ValidationError("--cluster runs its consumers on the default executor") }
+                let subscriber = try await ClusterSubscriber.connect(to: RedisClusterConfiguration(seeds: [configuration]))
+                subscribe = { try await subscriber.subscribe(channels: channels, shardChannels: shardChannels, bufferingPolicy: .unbounded) }
+                close = { await subscriber.close() }
+            } else {
+                let subscriber = try await Subscriber.connect(to: configuration)
+                subscribe = { try await subscriber.subscribe(channels: channels, shardChannels: shardChannels, bufferingPolicy: .unbounded) }
+                close = { await subscriber.close() }
+                preference = executor == .loop ? subscriber.taskExecutor : nil
             }
+            var subscriptions: [Subscription] = []
+            for _ in 0..<fanout { subscriptions.append(try await subscribe()) }
             printFlushed("ready")
             let start = cpuSeconds()
             let count = self.count, latency = self.latency
-            let preference: (any TaskExecutor)? = executor == .loop ? subscriber.taskExecutor : nil
             let results = try await withThrowingTaskGroup(of: (UInt64, UInt64, [UInt64]).self) { group in
                 for subscription in subscriptions {
                     group.addTask(executorPreference: preference) {
@@ -140,7 +158,7 @@ struct Subscribe: AsyncParsableCommand {
             let last = results.map(\.1).max() ?? 0
             report(received: count, seconds: Double(last - first) / 1e9, cpu: cpuSeconds() - start,
                    latencies: results.first?.2 ?? [])
-            await subscriber.close()
+            await close()
         }
     }
 
@@ -191,31 +209,69 @@ struct Publish: AsyncParsableCommand {
     @Option(help: "Swift: messages per call; above 1, each task publishes with publish(contentsOf:to:).")
     var batch = 1
 
+    @Option(name: .customLong("shard-channel"), help: "SPUBLISH to sharded channels instead of --channel (repeatable; Swift tasks take them in turn, C takes the first).")
+    var shardChannels: [String] = []
+
+    @Flag(help: "Swift: --url names a seed node of a Redis Cluster; publish with a ClusterPublisher.")
+    var cluster = false
+
     func run() async throws {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
         let start = cpuSeconds()
         switch engine {
         case .c:
-            let result = baseline_publish(host, port, common.channel, count, size, Int32(concurrency))
+            let result = shardChannels.first.map { baseline_spublish(host, port, $0, count, size, Int32(concurrency)) }
+                ?? baseline_publish(host, port, common.channel, count, size, Int32(concurrency))
             guard result.error == 0 else { throw failure(result) }
             printFlushed("published \(result.messages) messages in \(String(format: "%.6f", result.seconds)) s")
         case .swift:
             var configuration = try RedisConfiguration(url: common.url)
             configuration.commandTimeout = .seconds(60)
-            let publisher = try await Publisher.connect(to: configuration)
             let payload = [UInt8](repeating: 120, count: size)
-            let channel = common.channel, count = self.count, concurrency = self.concurrency, batch = self.batch
-            let preference: (any TaskExecutor)? = executor == .loop ? publisher.taskExecutor : nil
+            let sharded = !shardChannels.isEmpty
+            let channels = sharded ? shardChannels : [common.channel]
+            let count = self.count, concurrency = self.concurrency, batch = self.batch
+            // One message to a channel, through whichever publisher the flags chose.
+            let publishOne: @Sendable ([UInt8], String) async throws -> Void
+            let close: () async -> Void
+            var publisher: Publisher?
+            var preference: (any TaskExecutor)?
+            if cluster {
+                guard batch <= 1, executor == .global else {
+                    throw ValidationError("--cluster publishes one message per call from tasks on the default executor")
+                }
+                let clusterPublisher = try await ClusterPublisher.connect(to: RedisClusterConfiguration(seeds: [configuration]))
+                publishOne = { payload, channel in
+                    if sharded { _ = try await clusterPublisher.publish(payload, toShard: channel) }
+                    else { _ = try await clusterPublisher.publish(payload, to: channel) }
+                }
+                close = { await clusterPublisher.close() }
+            } else {
+                let single = try await Publisher.connect(to: configuration)
+                publishOne = { payload, channel in
+                    if sharded { _ = try await single.publish(payload, toShard: channel) }
+                    else { _ = try await single.publish(payload, to: channel) }
+                }
+                close = { await single.close() }
+                publisher = single
+                preference = executor == .loop ? single.taskExecutor : nil
+            }
             let clock = ContinuousClock.now
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for task in 0..<concurrency {
                     let share = count / concurrency + (task < count % concurrency ? 1 : 0)
-                    group.addTask(executorPreference: preference) {
-                        if batch <= 1 {
+                    let channel = channels[task % channels.count]
+                    group.addTask(executorPreference: preference) { [publisher] in
+                        if batch <= 1, let publisher, !sharded {  // the plain path, called directly as users do
                             for _ in 0..<share { try await publisher.publish(payload, to: channel) }
                             return
                         }
+                        if batch <= 1 {  // the rows that compare a cluster with one node: both through the closure
+                            for _ in 0..<share { try await publishOne(payload, channel) }
+                            return
+                        }
+                        guard let publisher, !sharded else { throw ValidationError("--batch publishes to --channel") }
                         var left = share
                         while left > 0 {
                             let size = min(batch, left)
@@ -229,7 +285,7 @@ struct Publish: AsyncParsableCommand {
             let elapsed = ContinuousClock.now - clock
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             printFlushed("published \(count) messages in \(String(format: "%.6f", seconds)) s")
-            await publisher.close()
+            await close()
         }
         printFlushed("cpu \(String(format: "%.6f", cpuSeconds() - start)) s")
     }

@@ -13,6 +13,9 @@ struct Compare: AsyncParsableCommand {
     @Option(help: "Multiplies every message count (0.1 for a quick look).")
     var scale = 1.0
 
+    @Flag(help: "Only the rows comparing a Redis Cluster with one node.")
+    var clusterOnly = false
+
     func run() async throws {
         let certificates = try Self.makeCertificates()
         defer { try? FileManager.default.removeItem(atPath: certificates) }
@@ -25,6 +28,10 @@ struct Compare: AsyncParsableCommand {
         let started = Date()
         var rows: [Row] = []
         func count(_ base: Int) -> Int { max(1000, Int(Double(base) * scale)) }
+        if clusterOnly {
+            printClusterTable(try await clusterRows(bench, url, count: count))
+            return
+        }
 
         // Subscriber throughput and CPU: the same C publisher (1,000 in flight) feeds either subscriber.
         for (size, messages) in [(16, 1_000_000), (64, 1_000_000), (1024, 500_000), (65536, 20_000)] {
@@ -144,6 +151,10 @@ struct Compare: AsyncParsableCommand {
             memory.append(output.split(separator: "\n").first { $0.hasPrefix("burst ") }.map(String.init) ?? output)
         }
 
+        // Redis Cluster against one node, this package on both sides: a sharded subscriber fed across 3 primaries,
+        // and SPUBLISH from 100 tasks through one ClusterPublisher, against the same work on the single server.
+        let clusterRows = try await clusterRows(bench, url, count: count)
+
         let elapsed = Date().timeIntervalSince(started)
         print("")
         print("pubsub-bench compare: \(runs) alternating pair(s) per row (latency rows: \(max(runs, 5))), medians; redis-server \(server.version) on loopback; "
@@ -161,6 +172,80 @@ struct Compare: AsyncParsableCommand {
         print("| payload | plaintext msgs/s | TLS msgs/s | TLS / plaintext | plaintext CPU s per 1M | TLS CPU s per 1M |")
         print("|---|---:|---:|---:|---:|---:|")
         for line in tlsCost { print(line) }
+        printClusterTable(clusterRows)
+    }
+
+    private func printClusterTable(_ rows: [String]) {
+        print("")
+        print("Redis Cluster (3 primaries, no replicas, on the same machine) against one node, this package on both "
+            + "(\(runs) alternating pair(s), medians):")
+        print("")
+        print("| workload | unit | one node | cluster | cluster / one node |")
+        print("|---|---|---:|---:|---:|")
+        for line in rows { print(line) }
+    }
+
+    // MARK: Cluster against one node
+
+    private func clusterRows(_ bench: String, _ url: String, count: (Int) -> Int) async throws -> [String] {
+        let cluster = try PrivateCluster.start(script: Self.scriptPath("redis-cluster.sh"))
+        defer { cluster.stop() }
+        let seed = "redis://127.0.0.1:\(cluster.primaries[0])"
+        // One sharded channel per primary, and the port of the primary it lives on.
+        let shards = try cluster.primaries.enumerated().map { index, port in
+            (name: try cluster.channel(ownedBy: port, prefix: "bench-shard-\(index)"), port: port)
+        }
+        let shardArguments = shards.flatMap { ["--shard-channel", $0.name] }
+        var rows: [String] = []
+        func row(_ name: String, _ unit: String, _ single: [Double], _ clustered: [Double]) {
+            let one = median(single), many = median(clustered)
+            rows.append("| \(name) | \(unit) | \(format(one)) | \(format(many)) | \(String(format: "%.2fx", many / one)) |")
+        }
+
+        // Subscriber: three C publishers (SPUBLISH, 300 in flight each), one per channel, all at once; on one node
+        // they all feed the same server, in the cluster each feeds its channel's primary.
+        for (size, messages) in [(64, 1_000_000), (1024, 300_000)] {
+            let total = count(messages) / 3 * 3
+            var single: [Double] = [], clustered: [Double] = []
+            for run in 0..<runs {
+                for clusterMode in run % 2 == 0 ? [false, true] : [true, false] {
+                    let subscriber = try Child(bench, [
+                        "subscribe", "--url", clusterMode ? seed : url, "--count", "\(total)",
+                    ] + shardArguments + (clusterMode ? ["--cluster"] : []))
+                    try await subscriber.waitForLine(containing: "ready")
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for shard in shards {
+                            let target = clusterMode ? "redis://127.0.0.1:\(shard.port)" : url
+                            group.addTask {
+                                _ = try await Child.run(bench, [
+                                    "publish", "--url", target, "--engine", "c", "--shard-channel", shard.name,
+                                    "--count", "\(total / 3)", "--size", "\(size)", "--concurrency", "300",
+                                ])
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                    let rate = try Self.rate(try await subscriber.finish(), "received")
+                    if clusterMode { clustered.append(rate) } else { single.append(rate) }
+                }
+            }
+            row("sharded subscriber, \(size) B, 3 channels (one per primary)", "msgs/s", single, clustered)
+        }
+
+        // Publisher: 100 tasks taking the three channels in turn, one SPUBLISH per call.
+        var single: [Double] = [], clustered: [Double] = []
+        for run in 0..<runs {
+            for clusterMode in run % 2 == 0 ? [false, true] : [true, false] {
+                let output = try await Child.run(bench, [
+                    "publish", "--url", clusterMode ? seed : url, "--count", "\(count(1_000_000))", "--size", "64",
+                    "--concurrency", "100",
+                ] + shardArguments + (clusterMode ? ["--cluster"] : []))
+                let rate = try Self.rate(output, "published")
+                if clusterMode { clustered.append(rate) } else { single.append(rate) }
+            }
+        }
+        row("SPUBLISH, 64 B, 100 tasks over 3 channels (one per primary)", "msgs/s", single, clustered)
+        return rows
     }
 
     // MARK: One subscriber run
@@ -225,11 +310,16 @@ struct Compare: AsyncParsableCommand {
         return value
     }
 
+    /// The path of one of the repository's scripts.
+    static func scriptPath(_ name: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../scripts/\(name)")
+            .standardizedFileURL.path
+    }
+
     /// Throwaway certificates for the TLS rows, made by the repository's scripts/make-test-certs.sh.
     static func makeCertificates() throws -> String {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pubsub-bench-tls-\(UUID().uuidString)").path
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../scripts/make-test-certs.sh")
-            .standardizedFileURL.path
+        let script = scriptPath("make-test-certs.sh")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = [script, directory, "localhost"]
@@ -405,6 +495,54 @@ struct PrivateRedis {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         return text.isEmpty ? nil : text
     }
+}
+
+/// A private Redis Cluster of 3 primaries without replicas, started by the repository's scripts/redis-cluster.sh, with
+/// no output-buffer limit for subscribers (as `PrivateRedis`).
+struct PrivateCluster {
+    let script: String
+    let directory: String
+    let primaries: [Int]
+
+    static func start(script: String) throws -> PrivateCluster {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pubsub-bench-cluster-\(UUID().uuidString)").path
+        let (status, output) = shell("'\(script)' start '\(directory)' 3 0")
+        let ports = output.split(separator: "\n").compactMap { $0.split(separator: ":").last.flatMap { Int($0) } }
+        let cluster = PrivateCluster(script: script, directory: directory, primaries: ports)
+        guard status == 0, ports.count == 3 else {
+            cluster.stop()
+            throw ValidationError("\(script) failed: \(output)")
+        }
+        for port in ports {
+            _ = shell("redis-cli -p \(port) CONFIG SET client-output-buffer-limit 'pubsub 0 0 0'")
+        }
+        return cluster
+    }
+
+    /// The first of `prefix-0`, `prefix-1`, ... whose slot the primary on `port` serves (an SPUBLISH there is not
+    /// redirected).
+    func channel(ownedBy port: Int, prefix: String) throws -> String {
+        for index in 0..<200 {
+            let name = "\(prefix)-\(index)"
+            let (status, output) = shell("redis-cli -p \(port) SPUBLISH '\(name)' probe")
+            if status == 0, Int(output.trimmingCharacters(in: .whitespacesAndNewlines)) != nil { return name }
+        }
+        throw ValidationError("no channel found on the primary at port \(port)")
+    }
+
+    func stop() { _ = shell("'\(script)' stop '\(directory)'") }
+}
+
+/// Runs `command` with /bin/sh; its exit status and standard output (standard error merged).
+func shell(_ command: String) -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", command + " 2>&1"]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    guard (try? process.run()) != nil else { return (-1, "") }
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    return (childExitCode(of: process) ?? -1, String(decoding: data, as: UTF8.self))
 }
 
 /// A child's exit code (a signal's number if one ended it), reaped with `waitpid` rather than Foundation's

@@ -62,7 +62,7 @@ public final class ClusterPublisher: Sendable {
     @discardableResult
     public func publish(_ message: some RedisPayload, toShard channel: some RedisNameConvertible) async throws(RedisError) -> Int {
         let channel = channel.redisArgument
-        return try await publish(["SPUBLISH", channel, message.redisArgument], routedBy: channel.bytes)
+        return try await publish("SPUBLISH", channel, message.redisArgument, slot: ClusterSlot.of(channel))
     }
 
     /// `SPUBLISH` of `value` encoded as JSON.
@@ -83,7 +83,7 @@ public final class ClusterPublisher: Sendable {
     /// - Throws: as ``publish(_:toShard:)``.
     @discardableResult
     public func publish(_ message: some RedisPayload, to channel: some RedisNameConvertible) async throws(RedisError) -> Int {
-        try await publish(["PUBLISH", channel.redisArgument, message.redisArgument], routedBy: nil)
+        try await publish("PUBLISH", channel.redisArgument, message.redisArgument, slot: nil)
     }
 
     /// `PUBLISH` of `value` encoded as JSON; see ``publish(_:to:)``.
@@ -112,12 +112,11 @@ public final class ClusterPublisher: Sendable {
         await router.close()
     }
 
-    private func publish(_ command: [RedisArgument], routedBy key: [UInt8]?) async throws(RedisError) -> Int {
-        let reply = try await router.send(command, routedBy: key, retry: retry)
-        guard case .integer(let count) = reply else {
-            throw RedisError(.protocolError, "unexpected reply to \(command[0]): \(reply.shape)")
-        }
-        return count
+    /// Encoded in one allocation, as on one node, and routed by the slot computed in place.
+    private func publish(
+        _ verb: StaticString, _ channel: RedisArgument, _ message: RedisArgument, slot: Int?
+    ) async throws(RedisError) -> Int {
+        try RedisConnection.integer(verb, try await router.send(encoded: RESP.encode(verb, channel, message), slot: slot, retry: retry))
     }
 
     private func json(_ value: some Encodable, _ encoder: JSONEncoder?) throws(RedisError) -> RedisArgument {

@@ -52,22 +52,30 @@ final class ClusterRouter: Sendable {
     func send(
         _ command: [RedisArgument], routedBy key: [UInt8]?, retry: PublishRetry
     ) async throws(RedisError) -> RedisValue {
-        let bytes = RESP.encode(command)
-        let slot = key.map { ClusterSlot.of($0) }
+        try await send(encoded: RESP.encode(command), slot: key.map { ClusterSlot.of($0) }, retry: retry)
+    }
+
+    /// `send(_:routedBy:retry:)` of a command already encoded, for `slot` (any node when `nil`). The common case, a
+    /// connection to the slot's primary already open, takes one lock and no extra suspension.
+    func send(encoded bytes: [UInt8], slot: Int?, retry: PublishRetry) async throws(RedisError) -> RedisValue {
         let deadline: ContinuousClock.Instant? =
             if case .whileReconnecting(let limit) = retry.base { .now + limit } else { nil }
         var redirected: (node: ClusterNodeAddress, asking: Bool)?
         var redirects = 0
         while true {
             let node: ClusterNodeAddress
+            var ready: RedisConnection?
             if let redirected {
                 node = redirected.node
+            } else if let open = openConnection(forSlot: slot) {
+                (node, ready) = open
             } else {
                 node = try await route(slot, until: deadline)
             }
             var used: RedisConnection?
             do throws(RedisError) {
-                let connection = try await self.connection(to: node)
+                let connection: RedisConnection
+                if let ready { connection = ready } else { connection = try await self.connection(to: node) }
                 used = connection
                 if redirected?.asking == true {
                     var asking = RESP.encode(["ASKING"])
@@ -104,6 +112,20 @@ final class ClusterRouter: Sendable {
                 try? await Task.sleep(for: .milliseconds(50))
                 await refresh()
             }
+        }
+    }
+
+    /// The node for `slot` (`nil`: any node) and its connection, when the map names one and it is open.
+    private func openConnection(forSlot slot: Int?) -> (ClusterNodeAddress, RedisConnection)? {
+        state.withLock { state in
+            let node: ClusterNodeAddress?
+            if let slot {
+                node = state.topology.primary(ofSlot: slot)
+            } else {
+                node = state.topology.primaries.first { if case .ready? = state.connections[$0] { true } else { false } }
+            }
+            guard let node, case .ready(let connection)? = state.connections[node] else { return nil }
+            return (node, connection)
         }
     }
 

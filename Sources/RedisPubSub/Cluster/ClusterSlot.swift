@@ -7,24 +7,34 @@ enum ClusterSlot {
 
     /// The slot of `name`.
     static func of(_ name: some Collection<UInt8>) -> Int {
-        let bytes = Array(name)
+        if let slot = name.withContiguousStorageIfAvailable({ of(UnsafeRawBufferPointer($0)) }) { return slot }
+        return Array(name).withUnsafeBytes { of($0) }
+    }
+
+    /// The slot of a channel or key argument, read in place.
+    static func of(_ argument: RedisArgument) -> Int {
+        argument.withBytes { of($0) }
+    }
+
+    private static func of(_ bytes: UnsafeRawBufferPointer) -> Int {
         let hashed = hashTag(bytes).map { bytes[$0] } ?? bytes[...]
         return Int(crc16(hashed) & 0x3FFF)
     }
 
     /// The range of the hash tag in `bytes`, if it has one.
-    static func hashTag(_ bytes: [UInt8]) -> Range<Int>? {
-        guard let open = bytes.firstIndex(of: UInt8(ascii: "{")),
-              let close = bytes[(open + 1)...].firstIndex(of: UInt8(ascii: "}")),
-              close > open + 1
-        else { return nil }
-        return (open + 1)..<close
+    static func hashTag<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> Range<Bytes.Index>? {
+        guard let open = bytes.firstIndex(of: UInt8(ascii: "{")) else { return nil }
+        let start = bytes.index(after: open)
+        guard let close = bytes[start...].firstIndex(of: UInt8(ascii: "}")), close > start else { return nil }
+        return start..<close
     }
 
-    static func crc16(_ bytes: ArraySlice<UInt8>) -> UInt16 {
+    static func crc16(_ bytes: some Sequence<UInt8>) -> UInt16 {
         var crc: UInt16 = 0
-        for byte in bytes {
-            crc = (crc << 8) ^ table[Int((crc >> 8) ^ UInt16(byte))]
+        table.withUnsafeBufferPointer { table in
+            for byte in bytes {
+                crc = (crc << 8) ^ table[Int((crc >> 8) ^ UInt16(byte))]
+            }
         }
         return crc
     }

@@ -25,6 +25,9 @@ baseline_result baseline_subscribe_tls(const char *host, int port, const char *c
 /// Publishes `count` messages of `size` bytes with at most `window` commands in flight, as fast as possible.
 baseline_result baseline_publish(const char *host, int port, const char *channel, long count, long size, int window);
 
+/// `baseline_publish` with SPUBLISH: to a sharded channel (on a cluster, `host`/`port` must own its slot).
+baseline_result baseline_spublish(const char *host, int port, const char *channel, long count, long size, int window);
+
 /// Publishes `count` messages of `size` bytes at `rate` messages per second, each beginning with its send time
 /// (CLOCK_MONOTONIC, nanoseconds, decimal), for publish-to-receive latency.
 baseline_result baseline_publish_paced(const char *host, int port, const char *channel, long count, long size, long rate);
