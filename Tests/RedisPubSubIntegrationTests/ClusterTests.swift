@@ -271,6 +271,45 @@ struct ClusterTests {
         await subscriber.close()
     }
 
+    @Test func aNodeRemovedFromTheClusterIsLeftAndItsChannelsMove() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        // The node to remove is not the seed, so that a client started afterwards still finds the cluster.
+        let removed = try #require(try cluster.primaries().first { $0 != cluster.ports[0] })
+        let onRemoved = try #require((0..<1000).map { "removed:\($0)" }.first {
+            (try? cluster.owner(ofSlot: ClusterSlot.of(Array($0.utf8)))) == removed
+        })
+        let elsewhere = try #require((0..<1000).map { "kept:\($0)" }.first {
+            (try? cluster.owner(ofSlot: ClusterSlot.of(Array($0.utf8)))) != removed
+        })
+        var configuration = try cluster.configuration
+        configuration.topologyRefreshInterval = .seconds(1)  // nothing but the map tells that a node was removed
+        let subscriber = try await ClusterSubscriber.connect(to: configuration)
+        let sharded = try await subscriber.subscribe(toShardChannels: onRemoved)
+        let classic = try await subscriber.subscribe(to: "everyone")  // on the node already connected: the one removed
+        #expect(await subscriber.connectedNodes().map(\.port) == [removed])
+        let kept = try await subscriber.subscribe(toShardChannels: elsewhere)
+        // Removed as an operator does it: its slots moved away, then forgotten by the others and reset. It keeps
+        // running, and keeps the subscriber's connection, but hears nothing published in the cluster any more.
+        let id = try cluster.nodeID(removed)
+        let cli = try RedisServer.find("redis-cli").path
+        try RedisCluster.run(cli, [
+            "--cluster", "rebalance", "127.0.0.1:\(cluster.ports[0])", "--cluster-weight", "\(id)=0", "--cluster-yes",
+        ], timeout: .seconds(60))
+        try RedisCluster.run(cli, ["--cluster", "del-node", "127.0.0.1:\(cluster.ports[0])", id], timeout: .seconds(20))
+        try await waitUntil(timeout: .seconds(20)) { !(await subscriber.connectedNodes().map(\.port)).contains(removed) }
+        let publisher = try await ClusterPublisher.connect(to: configuration)
+        try await waitUntil(timeout: .seconds(10)) { classic.isSubscribed && sharded.isSubscribed }
+        #expect(try await publisher.publish("sharded", toShard: onRemoved) == 1)
+        #expect(try await publisher.publish("kept", toShard: elsewhere) == 1)
+        try await publisher.publish("classic", to: "everyone")
+        #expect(try await collect(sharded, 1, timeout: .seconds(10)).map(\.string) == ["sharded"])
+        #expect(try await collect(kept, 1, timeout: .seconds(10)).map(\.string) == ["kept"])
+        #expect(try await collect(classic, 1, timeout: .seconds(10)).map(\.string) == ["classic"])
+        await publisher.close()
+        await subscriber.close()
+    }
+
     @Test func aSubscribeWithAStaleMapFollowsMOVEDAndNeverSeesCROSSSLOT() async throws {
         let cluster = try RedisCluster(primaries: 3, replicas: 0)
         defer { cluster.stop() }

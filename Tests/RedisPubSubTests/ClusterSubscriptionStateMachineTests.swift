@@ -101,9 +101,9 @@ struct ClusterSubscriptionStateMachineTests {
         #expect(sends(dropped).isEmpty)  // the map still says A, which gave it up: not there again
         #expect(machine.needsTopology)
         // A stale map again: still waiting.
-        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).isEmpty)
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB), now: now)).isEmpty)
         // The map that knows: C serves the low slots now.
-        let moved = machine.topologyUpdated(map(nodeC, nodeB))
+        let moved = machine.topologyUpdated(map(nodeC, nodeB), now: now)
         #expect(connects(moved) == [nodeC])
         #expect(disconnects(moved) == [nodeA])  // A holds no channel any more
         #expect(moved.contains { if case .moved(let k, let from, let to) = $0 { k == key && from == nodeA && to == nodeC } else { false } })
@@ -120,16 +120,20 @@ struct ClusterSubscriptionStateMachineTests {
         var machine = subscribed(sink, [key])
         _ = machine.serverUnsubscribed(key, on: nodeA, now: now)
         for _ in 0..<Machine.staleMapLimit {
-            #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).isEmpty)
+            #expect(sends(machine.topologyUpdated(map(nodeA, nodeB), now: now)).isEmpty)
         }
-        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).map(\.node) == [nodeA])  // migrated back, say
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB), now: now)).map(\.node) == [nodeA])  // migrated back, say
     }
 
     @Test func aDropWhoseNewOwnerTheMapKnowsGoesThereAtOnce() {
         let sink = FakeSink()
         let key = shard(low: true)
         var machine = subscribed(sink, [key])
-        _ = machine.topologyUpdated(map(nodeB, nodeB))  // learned first (a MOVED elsewhere, say)
+        // Learned first (a MOVED elsewhere, say): B serves every slot, A is still a node of the cluster.
+        let migrated = ClusterTopology(shards: [
+            .init(primary: nodeB, replicas: [], slots: [0...16383]), .init(primary: nodeA, replicas: [], slots: []),
+        ])
+        #expect(sends(machine.topologyUpdated(migrated, now: now)).isEmpty)  // A tells when it drops the channel
         let actions = machine.serverUnsubscribed(key, on: nodeA, now: now)
         #expect(connects(actions) == [nodeB])  // no wait for a map: B's connection is asked for at once
         #expect(sends(machine.connectionReady(nodeB)).map(\.node) == [nodeB])
@@ -207,8 +211,8 @@ struct ClusterSubscriptionStateMachineTests {
         let key = shard(low: true)
         var machine = subscribed(sink, [key])
         _ = machine.connectionLost(nodeA, RedisError(.connectionClosed, "killed"), now: now)
-        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).isEmpty)  // not failed over yet: waits for A
-        let failedOver = machine.topologyUpdated(map(nodeC, nodeB))
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB), now: now)).isEmpty)  // not failed over yet: waits for A
+        let failedOver = machine.topologyUpdated(map(nodeC, nodeB), now: now)
         #expect(connects(failedOver) == [nodeC])
         #expect(disconnects(failedOver) == [nodeA])
         let sent = sends(machine.connectionReady(nodeC))
@@ -224,11 +228,30 @@ struct ClusterSubscriptionStateMachineTests {
         #expect(connects(actions) == [nodeA])  // one node for both
         for command in sends(machine.connectionReady(nodeA)) { _ = machine.acknowledged(command, now: now) }
         _ = machine.connectionLost(nodeA, RedisError(.connectionClosed, "gone"), now: now)
-        let moved = machine.topologyUpdated(map(nodeA, nodeB))  // any node serves classic channels: B will do
+        let moved = machine.topologyUpdated(map(nodeA, nodeB), now: now)  // any node serves classic channels: B will do
         #expect(connects(moved) == [nodeB])
         var restored: [Action] = []
         for command in sends(machine.connectionReady(nodeB)) { restored += machine.acknowledged(command, now: now) }
         #expect(restored.contains { isRestored($0, sink) })
+    }
+
+    @Test func channelsOnANodeThatLeftTheClusterMoveAndTheNodeIsGivenUp() {
+        let sink = FakeSink()
+        let channel = ChannelKey(kind: .channel, name: Array("news".utf8))
+        let high = shard(low: false)
+        var machine = subscribed(sink, [channel, high])
+        #expect(machine.node(of: channel) == nodeA && machine.node(of: high) == nodeB)
+        // A gave its slots to C and was forgotten (`del-node`): it still runs, its connection is fine, and nothing
+        // published in the cluster reaches it. No server push says so: only the map does.
+        let actions = machine.topologyUpdated(map(nodeC, nodeB), now: now)
+        #expect(actions.contains { isLost($0, sink) })
+        #expect(sends(actions).map(\.node) == [nodeB])  // to the node already connected
+        #expect(disconnects(actions) == [nodeA])
+        #expect(machine.node(of: high) == nodeB)  // untouched
+        var restored: [Action] = []
+        for command in sends(actions) { restored += machine.acknowledged(command, now: now) }
+        #expect(restored.contains { isRestored($0, sink) })
+        #expect(sends(machine.topologyUpdated(map(nodeC, nodeB), now: now)).isEmpty)  // settled
     }
 
     @Test func theLastSubscriptionToLeaveUnsubscribesAndGivesTheNodeUp() {
@@ -304,7 +327,7 @@ struct ClusterSubscriptionStateMachineTests {
         #expect(actions.contains(where: isRefresh))
         #expect(!actions.contains { if case .fail = $0 { true } else { false } })
         #expect(machine.needsTopology)
-        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB))).map(\.node) == [nodeA])
+        #expect(sends(machine.topologyUpdated(map(nodeA, nodeB), now: now)).map(\.node) == [nodeA])
     }
 }
 

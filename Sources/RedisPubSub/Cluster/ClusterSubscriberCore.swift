@@ -341,7 +341,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         case .success(let map):
             refreshFailures = 0
             let before = machine.topology.primaries
-            run(machine.topologyUpdated(map))  // still `refreshing`: what this asks for is one more fetch, later
+            run(machine.topologyUpdated(map, now: .now))  // still `refreshing`: what this asks for is one more fetch, later
             if map.primaries != before {
                 let primaries = map.primaries.map(\.description)
                 logger.info("cluster map changed", metadata: ["redis.primaries": "\(primaries.joined(separator: " "))"])

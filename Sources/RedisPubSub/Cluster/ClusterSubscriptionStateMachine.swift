@@ -409,8 +409,9 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         return actions
     }
 
-    /// A fresh map: channels that wait for a node go where it says; nodes without channels are given up.
-    mutating func topologyUpdated(_ map: ClusterTopology) -> [Action] {
+    /// A fresh map: channels that wait for a node go where it says, channels on a node that left the cluster move;
+    /// nodes without channels are given up.
+    mutating func topologyUpdated(_ map: ClusterTopology, now: Instant) -> [Action] {
         topology = map
         var actions: [Action] = []
         if let node = classicNode, !map.nodes.contains(node) { classicNode = nil }
@@ -427,7 +428,12 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
             case .waitingForNode:
                 if route(key) != entry.node { place(key, &actions) }
             case .subscribing, .subscribed:
-                break  // the server tells when a channel it holds moves (sunsubscribe, or the connection's loss)
+                // The server tells when a channel it holds moves (sunsubscribe, or the connection's loss), but not
+                // when its node left the cluster (forgotten by the others, `redis-cli --cluster del-node`): it still
+                // runs, and nothing published in the cluster reaches it any more.
+                guard let node = entry.node, !map.nodes.contains(node) else { break }
+                deafen(key, RedisError(.connectionClosed, "its node \(node) left the cluster"), now: now, &actions)
+                place(key, &actions)
             }
         }
         collectIdleConnections(&actions)

@@ -116,6 +116,11 @@ actor ClusterTopologySource {
         guard !map.shards.isEmpty else {
             throw RedisError(.serverError, "the cluster map is empty (the cluster is not set up yet)")
         }
+        // A node removed from the cluster (`del-node` resets it) knows only itself, without slots: its map would
+        // send every channel nowhere. Another node is asked instead.
+        guard !map.primaries.isEmpty else {
+            throw RedisError(.serverError, "the node knows no slot's owner (removed from the cluster, or not set up yet)")
+        }
         known = map.nodes
         return map
     }
