@@ -368,6 +368,43 @@ struct ClusterTests {
         await publisher.close()
     }
 
+    @Test func commandsAreRoutedByTheirOwnKeysAsTheServersCommandTableSays() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        // 60 keys over every primary, written and read without a key named by the caller.
+        let keys = (0..<60).map { "routed:\($0)" }
+        for key in keys { try await publisher.send("SET", key, "v-\(key)") }
+        for key in keys { #expect(try await publisher.send("GET", key).string == "v-\(key)") }
+        // Every key went straight to its owner: no node ever answered -MOVED.
+        for port in try cluster.primaries() {
+            #expect(!(try cluster.cli(port, "info", "errorstats")).contains("MOVED"), "node \(port) redirected a command")
+            let owned = keys.filter { (try? cluster.owner(ofSlot: ClusterSlot.of(Array($0.utf8)))) == port }
+            for key in owned { #expect(try cluster.cli(port, "get", key) == "v-\(key)") }
+        }
+        // Several keys in one slot; keys that move with the arguments (EVAL, XREAD: COMMAND GETKEYS); a subcommand's
+        // key (XINFO STREAM); no key at all.
+        try await publisher.send("MSET", "cart:{7}:a", "1", "cart:{7}:b", "2")
+        #expect(try await publisher.send("MGET", "cart:{7}:a", "cart:{7}:b").array?.compactMap(\.string) == ["1", "2"])
+        #expect(try await publisher.send("EVAL", "return redis.call('GET', KEYS[1])", 1, "routed:3").string == "v-routed:3")
+        try await publisher.send("XADD", "events:{9}", "*", "payload", "x")
+        #expect(try await publisher.send("XINFO", "STREAM", "events:{9}").array != nil)
+        let read = try await publisher.send("XREAD", "COUNT", 1, "STREAMS", "events:{9}", "0")
+        #expect(read.array?.count == 1)
+        #expect(try await publisher.send("PING").string == "PONG")
+        for port in try cluster.primaries() {
+            #expect(!(try cluster.cli(port, "info", "errorstats")).contains("MOVED"), "node \(port) redirected a command")
+        }
+        // Keys in different slots: refused before anything is sent, not CROSSSLOT from the server.
+        let error = await #expect(throws: RedisError.self) { try await publisher.send("MSET", "a", "1", "b", "2") }
+        #expect(error?.code == .invalidArgument && error?.message.contains("hash tag") == true)
+        #expect(try cluster.cli(try #require(try cluster.owner(ofSlot: ClusterSlot.of(Array("a".utf8)))), "exists", "a") == "0")
+        // A command the server does not know goes to some node, which says so.
+        let unknown = await #expect(throws: RedisError.self) { try await publisher.send("NOSUCHCOMMAND", "k") }
+        #expect(unknown?.code == .serverError && unknown?.message.contains("unknown command") == true)
+        await publisher.close()
+    }
+
     // MARK: Sample binaries
 
     @Test func theSampleSubscriberFollowsAMigrationAndAFailoverWithoutARestart() async throws {

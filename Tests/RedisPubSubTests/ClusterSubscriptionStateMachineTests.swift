@@ -389,3 +389,38 @@ struct ClusterTopologyTests {
         #expect(map.primaries.map(\.host) == ["a", "b"])
     }
 }
+
+@Suite("Cluster command keys from the server's command table")
+struct ClusterCommandKeysTests {
+    /// A `COMMAND INFO` entry as Redis 7 writes it (categories, tips and key specs left empty).
+    func entry(_ name: String, first: Int, last: Int, step: Int, flags: [String] = [], subcommands: [RedisValue] = []) -> RedisValue {
+        .array([
+            .bulkString(Array(name.utf8)), .integer(-2), .array(flags.map { .simpleString($0) }),
+            .integer(first), .integer(last), .integer(step), .array([]), .array([]), .array([]), .array(subcommands),
+        ])
+    }
+
+    func keys(_ entry: RedisValue, _ command: [RedisArgument]) -> [String]? {
+        ClusterCommandKeys(info: entry)?.keys(in: command)?.map { String(decoding: $0.bytes, as: UTF8.self) }
+    }
+
+    @Test func positionsStepsAndCountingFromTheEnd() {
+        #expect(keys(entry("get", first: 1, last: 1, step: 1), ["GET", "a"]) == ["a"])
+        #expect(keys(entry("mset", first: 1, last: -1, step: 2), ["MSET", "a", "1", "b", "2"]) == ["a", "b"])
+        #expect(keys(entry("del", first: 1, last: -1, step: 1), ["DEL", "a", "b", "c"]) == ["a", "b", "c"])
+        // LMOVE src dst LEFT RIGHT: keys at 1 and 2 only.
+        #expect(keys(entry("lmove", first: 1, last: 2, step: 1), ["LMOVE", "s", "d", "LEFT", "RIGHT"]) == ["s", "d"])
+        // Too few arguments: whatever is there (the server refuses the arity).
+        #expect(keys(entry("get", first: 1, last: 1, step: 1), ["GET"]) == [])
+    }
+
+    @Test func keylessMovableAndContainerCommands() {
+        #expect(ClusterCommandKeys(info: entry("ping", first: 0, last: 0, step: 0)) == ClusterCommandKeys.none)
+        #expect(keys(entry("ping", first: 0, last: 0, step: 0), ["PING"]) == [])
+        #expect(ClusterCommandKeys(info: entry("eval", first: 0, last: 0, step: 0, flags: ["noscript", "movablekeys"])) == .movable)
+        let sub = entry("xinfo|stream", first: 2, last: 2, step: 1)
+        #expect(ClusterCommandKeys(info: entry("xinfo", first: 0, last: 0, step: 0, subcommands: [sub])) == .container)
+        #expect(keys(sub, ["XINFO", "STREAM", "s"]) == ["s"])
+        #expect(ClusterCommandKeys(info: .null) == nil)  // a command the server does not know
+    }
+}

@@ -94,10 +94,41 @@ public final class ClusterPublisher: Sendable {
         try await publish(try json(value, encoder), to: channel)
     }
 
-    /// Sends a command to the primary serving `key`'s slot (following redirections), for anything besides
-    /// publishing: `GET`, `XADD`, ... The rules of ``RedisConnection/send(_:)`` apply.
+    /// Sends a command to the primary serving its keys' slot, following redirections: `GET`, `XADD`, `EVAL`, ...
+    /// The keys are found as the server finds them: from its command table (`COMMAND INFO`, asked once per command
+    /// name), or with `COMMAND GETKEYS` for commands whose keys move with their arguments (`EVAL`, `XREAD`). A command
+    /// without keys goes to any node. The rules of ``RedisConnection/send(_:_:)`` apply.
     ///
-    /// - Throws: as ``RedisConnection/send(_:)``.
+    /// ```swift
+    /// try await publisher.send("SET", "user:{42}:name", "Ada")
+    /// try await publisher.send("MGET", "user:{42}:name", "user:{42}:mail")  // one slot: one hash tag
+    /// ```
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` when the keys are in different hash slots (nothing is sent;
+    ///   the server would refuse it with `CROSSSLOT`), or as ``RedisConnection/send(_:_:)``.
+    @discardableResult
+    public func send<each Argument: RedisArgumentConvertible>(
+        _ command: String,
+        _ arguments: repeat each Argument
+    ) async throws(RedisError) -> RedisValue {
+        try await send(RedisConnection.command(command, repeat each arguments))
+    }
+
+    /// Sends one command, given as an array whose first element is the command name, routed by its keys.
+    ///
+    /// - Throws: as ``send(_:_:)``.
+    @discardableResult
+    public func send(_ command: [RedisArgument]) async throws(RedisError) -> RedisValue {
+        try CommandRules.checkShared(command)
+        let slot = try await router.slot(of: command, retry: retry)
+        return try await router.send(encoded: RESP.encode(command), slot: slot, retry: retry)
+    }
+
+    /// Sends a command to the primary serving `key`'s slot (following redirections), whatever the command's own
+    /// keys: for commands the server's table cannot route (a module's, say). The rules of
+    /// ``RedisConnection/send(_:_:)`` apply.
+    ///
+    /// - Throws: as ``RedisConnection/send(_:_:)``.
     @discardableResult
     public func send(_ command: [RedisArgument], routedBy key: some RedisNameConvertible) async throws(RedisError) -> RedisValue {
         try CommandRules.checkShared(command)

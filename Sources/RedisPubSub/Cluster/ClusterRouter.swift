@@ -9,6 +9,9 @@ final class ClusterRouter: Sendable {
     private let logger: Logger
     private let source: ClusterTopologySource
     private let state: Locked<State>
+    /// Where each command's keys are (``ClusterCommandKeys``), by lowercased name (`xinfo|stream` for a subcommand),
+    /// as the cluster's nodes said when first asked.
+    private let commandKeys = Locked<[String: ClusterCommandKeys]>([:])
 
     private struct State {
         var topology: ClusterTopology
@@ -113,6 +116,59 @@ final class ClusterRouter: Sendable {
                 await refresh()
             }
         }
+    }
+
+    /// The slot `command`'s keys are in, from the server's command table; nil for a command without keys.
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` when its keys are in different slots (nothing is sent: a cluster
+    ///   runs a command on one node), or what asking the table threw.
+    func slot(of command: [RedisArgument], retry: PublishRetry) async throws(RedisError) -> Int? {
+        guard let first = command.first else { throw RedisError(.invalidArgument, "empty command") }
+        var name = Self.lowercased(first)
+        var keys = try await self.keys(ofCommand: name, retry: retry)
+        if keys == .container {
+            guard command.count > 1 else { return nil }
+            name += "|" + Self.lowercased(command[1])
+            keys = try await self.keys(ofCommand: name, retry: retry)
+        }
+        let found: [RedisArgument]
+        if let listed = keys.keys(in: command) {
+            found = listed
+        } else if keys == .movable {
+            do throws(RedisError) {
+                found = (try await send(["COMMAND", "GETKEYS"] + command, routedBy: nil, retry: retry).array ?? [])
+                    .compactMap { $0.bytes.map(RedisArgument.init) }
+            } catch where error.code == .serverError {
+                found = []  // no key in these arguments, or arguments the command itself will refuse
+            }
+        } else {
+            return nil
+        }
+        var slot: Int?
+        for key in found {
+            let keySlot = ClusterSlot.of(key)
+            if let slot, slot != keySlot {
+                throw RedisError(
+                    .invalidArgument,
+                    "the keys of \(name.uppercased()) are in different hash slots (\(slot) and \(keySlot)), and a cluster "
+                        + "runs a command on one node: give them a common {hash tag}")
+            }
+            slot = keySlot
+        }
+        return slot
+    }
+
+    private func keys(ofCommand name: String, retry: PublishRetry) async throws(RedisError) -> ClusterCommandKeys {
+        if let known = commandKeys.withLock({ $0[name] }) { return known }
+        let reply = try await send(["COMMAND", "INFO", RedisArgument(name)], routedBy: nil, retry: retry)
+        // A command the server does not know has no entry: any node answers it (with the error).
+        let keys = reply.array?.first.flatMap(ClusterCommandKeys.init(info:)) ?? .none
+        commandKeys.withLock { $0[name] = keys }
+        return keys
+    }
+
+    private static func lowercased(_ argument: RedisArgument) -> String {
+        String(decoding: argument.bytes, as: UTF8.self).lowercased()
     }
 
     /// The node for `slot` (`nil`: any node) and its connection, when the map names one and it is open.
