@@ -206,6 +206,43 @@ struct ClusterTests {
         await subscriber.close()
     }
 
+    @Test func watchedMigrationsAreSubscribedOnTheImportingNodeFirstAndLoseNoMessage() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        var configuration = try cluster.configuration
+        configuration.migrationWatchInterval = .milliseconds(100)
+        let subscriber = try await ClusterSubscriber.connect(to: configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let channel = "ledger:{x}"
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let stream = ContinuousStream(
+            channel: channel, publisher: publisher, subscription: try await subscriber.subscribe(toShardChannels: channel))
+        var handedOverWithin: [Duration] = []
+        for _ in 1...20 {
+            try await Task.sleep(for: .milliseconds(100))
+            let owner = try #require(try cluster.owner(ofSlot: slot))
+            let target = try cluster.primaries().first { $0 != owner }!
+            try await cluster.migrate(slot: slot, to: target) {
+                // The slot is migrating (as during a reshard moving its keys): the watch sees it and subscribes the
+                // channel on the importing node, with ASKING, before the slot flips.
+                let started = ContinuousClock.now
+                try await waitUntil(timeout: .seconds(10)) { await subscriber.handoverConfirmed(shardChannel: channel) }
+                handedOverWithin.append(ContinuousClock.now - started)
+            }
+            try await waitUntil(timeout: .seconds(10)) { await subscriber.node(ofShardChannel: channel)?.port == target }
+            // One handover connection: the one the channel lives on now (the one before closed once it moved on).
+            let handovers = await subscriber.handoverCount()
+            #expect(handovers == 1, "\(handovers) handover connections open")
+        }
+        let (lost, outOfOrder) = try await stream.finish(inOrder: false)
+        print("20 watched migrations: \(lost) messages lost, \(stream.gaps.count) gaps, \(outOfOrder) out of order; "
+            + "subscribed on the importing node within p95 \(percentile95(handedOverWithin)) of the migration's start")
+        #expect(lost == 0)
+        #expect(stream.gaps.isEmpty)
+        await publisher.close()
+        await subscriber.close()
+    }
+
     @Test func aManualFailoverMovesTheChannelToThePromotedReplica() async throws {
         let cluster = try RedisCluster(nodeTimeout: 1000)
         defer { cluster.stop() }

@@ -254,6 +254,117 @@ struct ClusterSubscriptionStateMachineTests {
         #expect(sends(machine.topologyUpdated(map(nodeC, nodeB), now: now)).isEmpty)  // settled
     }
 
+    func handoverOpened(_ actions: [Action]) -> [UInt64] {
+        actions.compactMap { if case .openHandover(let id, _) = $0 { id } else { nil } }
+    }
+    func handoverSent(_ actions: [Action]) -> [(id: UInt64, keys: [ChannelKey], sequence: UInt64)] {
+        actions.compactMap { if case .sendHandover(let id, let keys, let sequence) = $0 { (id, keys, sequence) } else { nil } }
+    }
+    func handoverClosed(_ actions: [Action]) -> [UInt64] {
+        actions.compactMap { if case .closeHandover(let id) = $0 { id } else { nil } }
+    }
+
+    /// `machine` with `key` (on A) confirmed on C by a handover, before the flip; the handover's number.
+    func handedOver(_ machine: inout Machine, _ key: ChannelKey) -> UInt64 {
+        let slot = ClusterSlot.of(key.name)
+        let id = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        let sent = handoverSent(machine.handoverReady(id))
+        _ = machine.handoverAcknowledged(id, key: key, sequence: sent[0].sequence, now: now)
+        return id
+    }
+
+    @Test func aWatchedMigrationIsSubscribedOnTheImportingNodeFirstAndCostsNoGap() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        var machine = subscribed(sink, [key])
+        #expect(machine.nodesToWatch == [nodeA])
+        // A's watch: the slot is migrating to C. A handover connection to C is opened, and the channel asked for there.
+        let opened = machine.migrationsObserved([slot: nodeC], on: nodeA)
+        #expect(handoverOpened(opened).count == 1 && connects(opened).isEmpty)
+        let id = handoverOpened(opened)[0]
+        #expect(machine.migrationsObserved([slot: nodeC], on: nodeA).isEmpty)  // seen again: nothing new
+        let sent = handoverSent(machine.handoverReady(id))
+        #expect(sent.count == 1 && sent[0].keys == [key])
+        #expect(machine.handoverAcknowledged(id, key: key, sequence: sent[0].sequence, now: now).isEmpty)
+        // Before the flip, a message may come from either node: both deliver.
+        #expect(machine.recipients(key, from: nodeA).count == 1)
+        #expect(machine.recipients(key, fromHandover: id).count == 1)
+        // The flip: A drops the channel. It lives on the handover now: no lost, no resubscribe, no new connection.
+        let flipped = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        #expect(!flipped.contains { isLost($0, sink) })
+        #expect(sends(flipped).isEmpty && connects(flipped).isEmpty)
+        #expect(flipped.contains { if case .moved(let moved, nodeA, nodeC) = $0 { moved == key } else { false } })
+        #expect(disconnects(flipped) == [nodeA])  // nothing left on A's own connection
+        #expect(machine.node(of: key) == nodeC && machine.handover(of: key) == id)
+        #expect(machine.recipients(key, from: nodeA).isEmpty && machine.recipients(key, fromHandover: id).count == 1)
+        #expect(machine.nodesToWatch == [nodeC])  // watched where it lives now
+        // It ends: unsubscribed on the handover's connection, which then closes.
+        let left = machine.remove([key], from: sink, ends: true, now: now)
+        #expect(sends(left).map(\.handover) == [id] && handoverClosed(left) == [id])
+    }
+
+    @Test func aChannelLivingOnAHandoverIsHandedOverAgainAtTheNextMigration() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        var machine = subscribed(sink, [key])
+        let first = handedOver(&machine, key)
+        _ = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        // Now C migrates the slot back to A: a second handover, from C.
+        let second = handoverOpened(machine.migrationsObserved([slot: nodeA], on: nodeC))
+        #expect(second.count == 1 && second[0] != first)
+        let sent = handoverSent(machine.handoverReady(second[0]))
+        _ = machine.handoverAcknowledged(second[0], key: key, sequence: sent[0].sequence, now: now)
+        let flipped = machine.serverUnsubscribed(key, on: nodeC, handover: first, now: now)
+        #expect(!flipped.contains { isLost($0, sink) })
+        #expect(handoverClosed(flipped) == [first])  // the first handover holds nothing any more
+        #expect(machine.node(of: key) == nodeA && machine.handover(of: key) == second[0])
+    }
+
+    @Test func aFlipBeforeTheImportingNodeConfirmedIsAGapUntilItDoes() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        var machine = subscribed(sink, [key])
+        let id = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        let sent = handoverSent(machine.handoverReady(id))
+        let flipped = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        #expect(flipped.contains { isLost($0, sink) } && sends(flipped).isEmpty)  // the SSUBSCRIBE is on its way
+        let confirmed = machine.handoverAcknowledged(id, key: key, sequence: sent[0].sequence, now: now)
+        #expect(confirmed.contains { isRestored($0, sink) })
+    }
+
+    @Test func anAbandonedMigrationClosesTheHandoverAndTheChannelStays() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        let id = handedOver(&machine, key)
+        #expect(handoverClosed(machine.migrationsObserved([:], on: nodeA)).isEmpty)  // once: may cross the flip
+        #expect(handoverClosed(machine.migrationsObserved([:], on: nodeA)) == [id])
+        #expect(machine.node(of: key) == nodeA && machine.recipients(key, from: nodeA).count == 1)
+        #expect(machine.recipients(key, fromHandover: id).isEmpty)
+        // A later sunsubscribe from A takes the ordinary path (resubscribed where the map says).
+        let dropped = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        #expect(dropped.contains { isLost($0, sink) })
+    }
+
+    @Test func aFailedHandoverSendsItsChannelsWhereTheMapSays() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        let id = handedOver(&machine, key)
+        _ = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        // The handover's connection is lost after the flip: the channel goes deaf and is placed by the map (C now).
+        _ = machine.topologyUpdated(map(nodeC, nodeB), now: now)
+        let failed = machine.handoverFailed(id, RedisError(.connectionClosed, "gone"), now: now)
+        #expect(failed.contains { isLost($0, sink) })
+        #expect(connects(failed) == [nodeC] && handoverClosed(failed) == [id])
+        #expect(machine.handover(of: key) == nil)
+        let resent = sends(machine.connectionReady(nodeC))
+        #expect(resent.map(\.node) == [nodeC] && resent.allSatisfy { $0.handover == nil })
+    }
+
     @Test func theLastSubscriptionToLeaveUnsubscribesAndGivesTheNodeUp() {
         let first = FakeSink(), second = FakeSink()
         let key = shard(low: true)
@@ -422,5 +533,27 @@ struct ClusterCommandKeysTests {
         #expect(ClusterCommandKeys(info: entry("xinfo", first: 0, last: 0, step: 0, subcommands: [sub])) == .container)
         #expect(keys(sub, ["XINFO", "STREAM", "s"]) == ["s"])
         #expect(ClusterCommandKeys(info: .null) == nil)  // a command the server does not know
+    }
+}
+
+@Suite("Migrations read from CLUSTER NODES")
+struct ClusterMigrationsTests {
+    @Test func theNodesOwnLineGivesItsMigratingSlotsAndTheTargetsAddress() {
+        let text = """
+            07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@40004 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+            67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@40002,node2.example master - 0 1426238316232 2 connected 5461-10922 [5-<-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]
+            e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 [5->-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1] [77->-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f]
+            292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@40003 master - 0 1426238318243 3 connected 10923-16383
+            """
+        let migrating = ClusterMigrations.parse(clusterNodes: text)
+        #expect(migrating == [
+            5: ClusterNodeAddress(host: "127.0.0.1", port: 30002), 77: ClusterNodeAddress(host: "127.0.0.1", port: 30003),
+        ])
+        // Importing slots (`[slot-<-id]`) and other nodes' lines are not the node's migrations.
+        #expect(ClusterMigrations.parse(clusterNodes: text.split(separator: "\n").filter { !$0.contains("myself") }.joined(separator: "\n")).isEmpty)
+        #expect(ClusterMigrations.parse(clusterNodes: "").isEmpty)
+        // A node announcing a host name that the map uses: the target is named as the map names it.
+        let named = ClusterMigrations.parse(clusterNodes: text, known: [ClusterNodeAddress(host: "node2.example", port: 30002)])
+        #expect(named[5] == ClusterNodeAddress(host: "node2.example", port: 30002))
     }
 }

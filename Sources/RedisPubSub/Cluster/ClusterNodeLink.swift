@@ -4,10 +4,12 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// One cluster node's subscriber connection, as its ``ClusterSubscriberCore`` sees it: the connection's pushes and
+/// One subscriber connection to a cluster node (its own, or a handover's), as its ``ClusterSubscriberCore`` sees it: the connection's pushes and
 /// changes, tagged with the node they came from. Loop-confined.
 final class ClusterNodeLink: PushHandler {
     let node: ClusterNodeAddress
+    /// The handover this connection was opened for; `nil` for the node's own connection.
+    let handover: UInt64?
     let connection: ConnectionCore
     private let core: ClusterSubscriberCore
     /// The core gave this connection up (or replaced it): nothing it reports counts any more.
@@ -15,8 +17,9 @@ final class ClusterNodeLink: PushHandler {
     /// The last routed name and its recipients, valid while the core's generation is unchanged.
     var routeCache: (generation: UInt64, kind: SubscriptionKind, name: [UInt8], sinks: [SubscriptionSink])?
 
-    init(node: ClusterNodeAddress, core: ClusterSubscriberCore, connection: ConnectionCore) {
+    init(node: ClusterNodeAddress, handover: UInt64? = nil, core: ClusterSubscriberCore, connection: ConnectionCore) {
         self.node = node
+        self.handover = handover
         self.core = core
         self.connection = connection
     }

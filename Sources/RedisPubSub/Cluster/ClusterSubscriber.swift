@@ -161,6 +161,22 @@ public final class ClusterSubscriber: Sendable {
         }
     }
 
+    /// Whether a handover holds `channel` (sharded) confirmed on the node importing its slot, before the flip (tests).
+    func handoverConfirmed(shardChannel channel: String) async -> Bool {
+        await withCheckedContinuation { continuation in
+            lifetime.core.execute {
+                continuation.resume(returning: $0.handoverConfirmed(ChannelKey(kind: .shardChannel, name: Array(channel.utf8))))
+            }
+        }
+    }
+
+    /// Handover connections open (tests).
+    func handoverCount() async -> Int {
+        await withCheckedContinuation { continuation in
+            lifetime.core.execute { continuation.resume(returning: $0.handoverCount) }
+        }
+    }
+
     /// The node `channel` (sharded) is subscribed on (tests).
     func node(ofShardChannel channel: String) async -> ClusterNodeAddress? {
         await withCheckedContinuation { continuation in

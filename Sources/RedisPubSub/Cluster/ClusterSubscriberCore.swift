@@ -25,6 +25,11 @@ final class ClusterSubscriberCore: @unchecked Sendable {
 
     private var machine: Machine
     private var links: [ClusterNodeAddress: ClusterNodeLink] = [:]
+    /// The handovers' connections, by handover number.
+    private var handoverLinks: [UInt64: ClusterNodeLink] = [:]
+    /// Command connections that ask primaries for their migrations (``RedisClusterConfiguration/migrationWatchInterval``).
+    private var watchConnections: [ClusterNodeAddress: ConnectionCore] = [:]
+    private var watchTimer: LoopTimer?
     /// Bumped by every change of the machine: the links' route caches are valid for one generation.
     private(set) var generation: UInt64 = 0
     private var toWake: [SubscriptionSink] = []
@@ -69,6 +74,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     func start() {
         loop.assertInLoop()
         schedulePeriodicRefresh()
+        scheduleMigrationWatch()
     }
 
     static let closingError = RedisError(.connectionClosed, "the cluster subscriber is closing: close() was called")
@@ -143,6 +149,10 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     /// Subscriptions registered now, and nodes with a connection (tests, introspection).
     var subscriptionCount: Int { machine.subscriptionCount }
     var connectedNodes: [ClusterNodeAddress] { links.keys.sorted() }
+    /// Handovers with a connection open (tests).
+    var handoverCount: Int { handoverLinks.count }
+    /// Whether a handover holds `key` confirmed on the node importing its slot, before the flip (tests).
+    func handoverConfirmed(_ key: ChannelKey) -> Bool { machine.handoverConfirmed(key) }
     func node(of key: ChannelKey) -> ClusterNodeAddress? { machine.node(of: key) }
 
     private func finishAddition(_ request: UInt64, _ outcome: Result<Void, RedisError>) {
@@ -232,6 +242,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
                 finishAddition(request, outcome)
             case .moved(let key, let from, let to):
                 moves[[from.description, to.description], default: []].append(RedisName(bytes: key.name))
+            case .openHandover(let id, let target): openHandover(id, to: target)
+            case .sendHandover(let id, let keys, let sequence): sendHandover(id, keys, sequence)
+            case .closeHandover(let id): handoverLinks.removeValue(forKey: id)?.detach()
             }
         }
         for (pair, channels) in moves.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
@@ -264,7 +277,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     }
 
     private func send(_ command: Machine.Command, then done: (() -> Void)?) {
-        guard let link = links[command.node], !link.isDetached else {
+        guard let link = command.handover.map({ handoverLinks[$0] }) ?? links[command.node], !link.isDetached else {
             done?()
             return
         }
@@ -274,7 +287,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             ? nil : Acknowledgement(type: kind.acknowledgement(subscribe: false), name: command.key.name)
         link.connection.sendInternal([verb, RedisArgument(command.key.name)], expects: expects) { [self] result in
             defer { done?() }
-            guard !closed, links[command.node] === link else { return }
+            guard !closed, current(link) else { return }
             switch result {
             case .success(let reply):
                 guard case .array(let elements) = reply, elements.count == 3,
@@ -377,10 +390,101 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         }
     }
 
+    // MARK: Handovers: lossless slot migrations (loop)
+
+    private func openHandover(_ id: UInt64, to target: ClusterNodeAddress) {
+        guard !closing else { return }
+        var settings = configuration.configuration(for: target)
+        settings.reconnect = .disabled  // a new connection could not take the channels back without a gap
+        let connection = ConnectionCore(configuration: settings, logger: logger, loop: loop)
+        let link = ClusterNodeLink(node: target, handover: id, core: self, connection: connection)
+        handoverLinks[id]?.detach()
+        handoverLinks[id] = link
+        connection.pushHandler = link
+        connection.connect { [self] in linkReady(link) }
+    }
+
+    /// `ASKING` and one `SSUBSCRIBE` of every key, written together: the first command on the connection, before it
+    /// is in subscribed mode (which takes no `ASKING`).
+    private func sendHandover(_ id: UInt64, _ keys: [ChannelKey], _ sequence: UInt64) {
+        guard let link = handoverLinks[id], !link.isDetached else { return }
+        let bytes = RESP.encode(["ASKING"]) + RESP.encode(["SSUBSCRIBE"] + keys.map { RedisArgument($0.name) })
+        link.connection.sendInternal(encoded: bytes, replies: keys.count + 1) { [self] index, result in
+            guard !closed, current(link) else { return }
+            switch result {
+            case .success(let reply) where index == 0:
+                _ = reply  // ASKING's OK
+            case .success(let reply):
+                let key = keys[index - 1]
+                guard case .array(let elements) = reply, elements.count == 3,
+                      elements[0].bytes == SubscriptionKind.shardChannel.acknowledgement(subscribe: true),
+                      elements[1].bytes == key.name
+                else {
+                    return link.connection.closeNow(RedisError(.protocolError, "unexpected acknowledgement: \(reply.shape)"))
+                }
+                run(machine.handoverAcknowledged(id, key: key, sequence: sequence, now: .now))
+            case .failure(let error) where error.code == .timeout:
+                link.connection.closeNow(error)
+            case .failure(let error) where error.code == .connectionClosed:
+                break  // reported by the link
+            case .failure(let error):
+                logger.debug("a handover was refused", metadata: ["redis.node": "\(link.node)", "error": "\(error)"])
+                run(machine.handoverFailed(id, error, now: .now))
+            }
+        }
+    }
+
+    private func handoverEnded(_ id: UInt64, _ link: ClusterNodeLink, _ error: RedisError) {
+        handoverLinks[id] = nil
+        link.detach()
+        run(machine.handoverFailed(id, error, now: .now))
+    }
+
+    private func scheduleMigrationWatch() {
+        guard let interval = configuration.migrationWatchInterval else { return }
+        watchTimer = loop.scheduleTimer(at: .now + interval) { [self] in
+            guard !closing else { return }
+            watchMigrations()
+            scheduleMigrationWatch()
+        }
+    }
+
+    /// Asks each primary holding sharded channels which slots it is migrating; opens a command connection to each
+    /// one first, and gives up those no longer needed.
+    private func watchMigrations() {
+        let nodes = machine.nodesToWatch
+        for (node, connection) in watchConnections where !nodes.contains(node) {
+            connection.close()
+            watchConnections[node] = nil
+        }
+        for node in nodes {
+            guard let connection = watchConnections[node] else {
+                let connection = ConnectionCore(configuration: configuration.configuration(for: node), logger: logger, loop: loop)
+                watchConnections[node] = connection
+                connection.connect {}
+                continue  // asked at the next tick, once connected
+            }
+            connection.sendInternal(["CLUSTER", "NODES"]) { [self] result in
+                guard !closing, watchConnections[node] === connection, case .success(let reply) = result,
+                      let text = reply.string
+                else { return }
+                let migrating = ClusterMigrations.parse(clusterNodes: text, known: machine.topology.nodes)
+                run(machine.migrationsObserved(migrating, on: node))
+            }
+        }
+    }
+
     // MARK: What the node connections report (loop)
 
+    /// Whether `link` is still the connection the core uses for its node or handover.
+    private func current(_ link: ClusterNodeLink) -> Bool {
+        if let id = link.handover { return handoverLinks[id] === link }
+        return links[link.node] === link
+    }
+
     private func linkReady(_ link: ClusterNodeLink) {
-        guard links[link.node] === link, !closing else { return }
+        guard current(link), !closing else { return }
+        if let id = link.handover { return run(machine.handoverReady(id)) }
         logger.debug("connected to a cluster node", metadata: ["redis.node": "\(link.node)"])
         events.send(.nodeConnected(node: link.node.description))
         run(machine.connectionReady(link.node))
@@ -391,17 +495,19 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     }
 
     func linkLost(_ link: ClusterNodeLink, _ error: RedisError) {
-        guard links[link.node] === link, !closing else { return }
+        guard current(link), !closing else { return }
         flush()
+        if let id = link.handover { return handoverEnded(id, link, error) }
         events.send(.nodeDisconnected(node: link.node.description, cause: error))
         run(machine.connectionLost(link.node, error, now: .now))
     }
 
     func linkClosed(_ link: ClusterNodeLink, _ error: RedisError?) {
-        guard links[link.node] === link, !closing else { return }
+        guard current(link), !closing else { return }
         flush()
-        links[link.node] = nil
         let cause = error ?? RedisError(.connectionClosed, "the connection to \(link.node) was closed")
+        if let id = link.handover { return handoverEnded(id, link, cause) }
+        links[link.node] = nil
         events.send(.nodeDisconnected(node: link.node.description, cause: cause))
         // Every node has the same settings: what one refuses for good (a password, a certificate), all would.
         let permanent: Set<RedisError.Code> = [.authenticationFailed, .invalidConfiguration, .permissionDenied]
@@ -420,7 +526,8 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             sinks = cache.sinks
         } else {
             name = Array(routeName)
-            sinks = machine.recipients(ChannelKey(kind: push.kind, name: name), from: link.node)
+            let key = ChannelKey(kind: push.kind, name: name)
+            sinks = link.handover.map { machine.recipients(key, fromHandover: $0) } ?? machine.recipients(key, from: link.node)
             link.routeCache = (generation, push.kind, name, sinks)
         }
         guard !sinks.isEmpty else { return }
@@ -440,16 +547,18 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             logger.debug("dropped a malformed message push", metadata: ["redis.push": "\(reply.shape)", "redis.dropped": "\(count)"])
             return true
         case .message(let route, let message):
-            for sink in machine.recipients(route, from: link.node) where sink.append(message) {
+            let sinks = link.handover.map { machine.recipients(route, fromHandover: $0) } ?? machine.recipients(route, from: link.node)
+            for sink in sinks where sink.append(message) {
                 toWake.append(sink)
             }
             return true
         case .unsubscribed(let key):
             // Not the reply the oldest command waits for, so no command's reply at all: the server's own decision,
             // or a late second answer when its sunsubscribe crossed ours. Acted on only for a channel held there.
-            guard machine.node(of: key) == link.node, links[link.node] === link, !closing else { return true }
+            guard machine.node(of: key) == link.node, machine.handover(of: key) == link.handover, current(link), !closing
+            else { return true }
             logger.debug("the server ended a subscription", metadata: ["redis.node": "\(link.node)"])
-            run(machine.serverUnsubscribed(key, on: link.node, now: .now))
+            run(machine.serverUnsubscribed(key, on: link.node, handover: link.handover, now: .now))
             return true
         }
     }
@@ -475,6 +584,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         closing = true
         refreshTimer?.cancel()
         periodicTimer?.cancel()
+        watchTimer?.cancel()
+        for connection in watchConnections.values { connection.forceClose() }
+        watchConnections = [:]
         for (_, entry) in waiting {
             entry.timer.cancel()
             entry.sink.ready.fail(Self.closingError)
@@ -485,8 +597,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             addition.pending.fail(Self.closingError)
         }
         additions = [:]
-        let closing = Array(links.values)
+        let closing = Array(links.values) + Array(handoverLinks.values)
         links = [:]
+        handoverLinks = [:]
         closingLinks = closing  // still delivering what arrives before the acknowledgements
         closesOutstanding = closing.count + 1
         let done: @Sendable () -> Void = { [self] in
@@ -505,6 +618,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
     /// Forced: closes every connection at once (also those a graceful close is waiting for).
     func forceClose() {
         for link in links.values { link.connection.forceClose() }
+        for link in handoverLinks.values { link.connection.forceClose() }
         for link in closingLinks { link.connection.forceClose() }
     }
 

@@ -8,6 +8,12 @@
 /// subscription holding it is told so once, the channel is subscribed again where the map (or the redirection)
 /// says, and a subscription is told it is back once every channel it holds is confirmed again.
 ///
+/// A planned migration can cost nothing: told that a slot is migrating (by the driver's watch of its node's `CLUSTER
+/// NODES`), the machine opens a *handover* connection to the importing node and subscribes the slot's channels
+/// there with `ASKING` before the slot flips (a connection in subscribed mode takes no `ASKING`, hence a connection
+/// of its own, and one `SSUBSCRIBE` for all of them). When the old owner then drops them, they already receive on
+/// the new one: no gap. They stay on that connection until they next move or end.
+///
 /// A pure value: no clock (times come in with the events), no I/O. Events in, actions out; the driver
 /// (``ClusterSubscriberCore``) carries the actions out and reports the outcomes.
 struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
@@ -20,6 +26,8 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         let key: ChannelKey
         let subscribe: Bool
         let sequence: UInt64
+        /// On the connection of this handover, not on the node's own.
+        var handover: UInt64? = nil
     }
 
     enum Action {
@@ -42,6 +50,14 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         case additionFinished(request: UInt64, Result<Void, RedisError>)
         /// A channel is subscribed again on another node than before (for the log and ``ClusterEvent``).
         case moved(ChannelKey, from: Node, to: Node)
+        /// Open a connection to `target` for handover `id`. It does not reconnect: a new connection could not take
+        /// the channels back without a gap anyway.
+        case openHandover(id: UInt64, target: Node)
+        /// On the handover's connection: `ASKING`, then one `SSUBSCRIBE` of `keys`; each key's answer goes to
+        /// ``handoverAcknowledged(_:key:sequence:now:)`` or ``handoverFailed(_:_:now:)``.
+        case sendHandover(id: UInt64, keys: [ChannelKey], sequence: UInt64)
+        /// Close the handover's connection: no channel lives on it, or the migration was given up.
+        case closeHandover(id: UInt64)
     }
 
     private enum Phase: Equatable {
@@ -67,7 +83,32 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         /// channel up does not own its slot any more, even if a stale map says so (after a failover it is a replica,
         /// and a replica would take the SSUBSCRIBE).
         var droppedBy: (node: Node, maps: Int)?
+        /// The handover whose connection the channel lives on since its slot flipped (`node` is then the node that
+        /// imported it); `nil`: the node's own connection.
+        var handover: UInt64?
     }
+
+    /// A slot's channels subscribed ahead on the node importing it.
+    struct Handover: Equatable {
+        let slot: Int
+        let source: Node
+        let target: Node
+        /// The channels asked for, all in one `SSUBSCRIBE` (after it, the connection takes no `ASKING`: a channel
+        /// subscribed later takes the ordinary path).
+        var keys: [ChannelKey]
+        /// The `SSUBSCRIBE`'s number, once sent.
+        var sequence: UInt64?
+        var confirmed: Set<ChannelKey> = []
+        /// A channel moved onto it: the slot flipped.
+        var flipped = false
+        /// Watches in a row that no longer saw the slot migrating before it flipped: two give it up (one may cross
+        /// the old owner's `sunsubscribe` pushes).
+        var missed = 0
+    }
+
+    /// Handovers under way or holding channels, by number.
+    private(set) var handovers: [UInt64: Handover] = [:]
+    private var lastHandover: UInt64 = 0
 
     /// Fresh maps that may still name the node that dropped a channel before the channel goes there anyway.
     static var staleMapLimit: Int { 3 }
@@ -115,8 +156,36 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// The subscriptions a message on `key` from `node` goes to: none when the channel lives elsewhere now.
     func recipients(_ key: ChannelKey, from node: Node) -> [Sink] {
-        guard let entry = entries[key], entry.node == node else { return [] }
+        guard let entry = entries[key], entry.node == node, entry.handover == nil else { return [] }
         return entry.sinks
+    }
+
+    /// The subscriptions a message on `key` from the connection of handover `id` goes to: those of a channel living
+    /// there, or of one it confirmed while the old owner still serves the slot (a message may reach either node
+    /// around the flip; each reaches one).
+    func recipients(_ key: ChannelKey, fromHandover id: UInt64) -> [Sink] {
+        guard let entry = entries[key], Self.isConfirmed(entry.phase) else { return [] }
+        if entry.handover == id { return entry.sinks }
+        guard let handover = handovers[id], handover.confirmed.contains(key), entry.node == handover.source,
+              !handover.flipped
+        else { return [] }
+        return entry.sinks
+    }
+
+    /// The handover whose connection `key` lives on, if any.
+    func handover(of key: ChannelKey) -> UInt64? { entries[key]?.handover }
+
+    /// Nodes holding confirmed sharded channels (on their own connection or a handover's): the ones whose
+    /// migrations are worth watching.
+    var nodesToWatch: [Node] {
+        Set(entries.compactMap { key, entry in
+            key.kind == .shardChannel && Self.isConfirmed(entry.phase) ? entry.node : nil
+        }).sorted()
+    }
+
+    /// Whether handover `id` holds `key` confirmed (tests).
+    func handoverConfirmed(_ key: ChannelKey) -> Bool {
+        handovers.values.contains { !$0.flipped && $0.confirmed.contains(key) }
     }
 
     /// The node each channel lives on (or will), for introspection and tests.
@@ -217,7 +286,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
             switch entry.phase {
             case .subscribing, .subscribed:
                 sequence += 1
-                actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence)))
+                actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence, handover: entry.handover)))
             case .unplaced, .waitingForNode: break
             }
         }
@@ -233,6 +302,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     mutating func removeAll() -> [Sink] {
         let all = registrations.values.map(\.sink)
         entries = [:]
+        handovers = [:]
         registrations = [:]
         additions = [:]
         return all
@@ -242,22 +312,28 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// The server confirmed `command`.
     mutating func acknowledged(_ command: Command, now: Instant) -> [Action] {
-        guard command.subscribe, var entry = entries[command.key], entry.node == command.node,
-              entry.phase == .subscribing(command.sequence)
+        guard command.subscribe, let entry = entries[command.key], entry.node == command.node,
+              entry.handover == command.handover, entry.phase == .subscribing(command.sequence)
         else { return [] }
-        entry.phase = .subscribed(command.sequence)
+        return confirm(command.key, sequence: command.sequence, now: now)
+    }
+
+    /// `key` is confirmed where it is placed, by the answer to its `SSUBSCRIBE` number `sequence`.
+    private mutating func confirm(_ key: ChannelKey, sequence: UInt64, now: Instant) -> [Action] {
+        guard var entry = entries[key] else { return [] }
+        entry.phase = .subscribed(sequence)
         entry.redirects = 0
         entry.sinks += entry.joining
         entry.joining = []
-        entries[command.key] = entry
+        entries[key] = entry
         var actions: [Action] = []
         for sink in entry.sinks {
             let id = ObjectIdentifier(sink)
-            registrations[id]?.waitingFor.remove(command.key)
-            registrations[id]?.lostKeys.remove(command.key)
+            registrations[id]?.waitingFor.remove(key)
+            registrations[id]?.lostKeys.remove(key)
         }
         for (request, var addition) in additions.sorted(by: { $0.key < $1.key })
-        where addition.keys.remove(command.key) != nil {
+        where addition.keys.remove(key) != nil {
             if addition.keys.isEmpty {
                 additions[request] = nil
                 actions.append(.additionFinished(request: request, .success(())))
@@ -272,7 +348,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     /// The server answered `command` with an error.
     mutating func refused(_ command: Command, _ error: RedisError, now: Instant) -> [Action] {
         guard command.subscribe, var entry = entries[command.key], entry.node == command.node,
-              entry.phase == .subscribing(command.sequence)
+              entry.handover == command.handover, entry.phase == .subscribing(command.sequence)
         else { return [] }
         var actions: [Action] = []
         let text = error.message
@@ -318,15 +394,18 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         return actions
     }
 
-    /// The server dropped `key` on `node` by itself (`sunsubscribe` after its slot moved or its primary failed over).
-    mutating func serverUnsubscribed(_ key: ChannelKey, on node: Node, now: Instant) -> [Action] {
-        guard let entry = entries[key], entry.node == node else { return [] }
+    /// The server dropped `key` on `node` by itself (`sunsubscribe` after its slot moved or its primary failed over),
+    /// on the node's own connection or on the connection of handover `handover`.
+    mutating func serverUnsubscribed(_ key: ChannelKey, on node: Node, handover: UInt64? = nil, now: Instant) -> [Action] {
+        guard let entry = entries[key], entry.node == node, entry.handover == handover else { return [] }
         switch entry.phase {
         case .subscribed, .subscribing: break
         case .unplaced, .waitingForNode: return []
         }
+        if let moved = handOver(key, from: node, now: now) { return moved }
         var actions: [Action] = [.refreshTopology]
         deafen(key, RedisError(.connectionClosed, "the server ended the subscription (its slot moved)"), now: now, &actions)
+        leaveHandover(key, &actions)
         if route(key) == node {  // the map has not caught up: wait for a fresh one
             entries[key]?.phase = .unplaced
             entries[key]?.droppedBy = (node, 0)
@@ -344,7 +423,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         connections[node] = .ready
         var actions: [Action] = []
         for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) })
-        where entry.node == node && entry.phase == .waitingForNode {
+        where entry.node == node && entry.handover == nil && entry.phase == .waitingForNode {
             if key.kind != .shardChannel && classicNode == nil { classicNode = node }
             if route(key) != node {
                 place(key, &actions)  // the map (or the choice of classic node) moved it meanwhile
@@ -361,7 +440,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         guard connections[node] != nil else { return [] }
         connections[node] = .lost
         var actions: [Action] = [.refreshTopology]
-        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node {
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node && entry.handover == nil {
             switch entry.phase {
             case .subscribed, .subscribing:
                 deafen(key, error, now: now, &actions)
@@ -382,7 +461,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         if classicNode == node { classicNode = nil }
         if permanent {
             var failed: [ObjectIdentifier: Sink] = [:]
-            for entry in entries.values where entry.node == node {
+            for entry in entries.values where entry.node == node && entry.handover == nil {
                 for sink in entry.sinks + entry.joining { failed[ObjectIdentifier(sink)] = sink }
             }
             for (request, addition) in additions.sorted(by: { $0.key < $1.key }) where failed[ObjectIdentifier(addition.sink)] != nil {
@@ -394,14 +473,14 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
                 actions.append(.fail(sink, error))
                 actions += remove(Array(registration.keys), from: sink, ends: true, now: now)
             }
-            for key in entries.keys where entries[key]?.node == node {  // nobody is left on them
+            for key in entries.keys where entries[key]?.node == node && entries[key]?.handover == nil {  // nobody is left on them
                 entries[key]?.phase = .unplaced
                 entries[key]?.node = nil
             }
             return actions
         }
         actions.append(.refreshTopology)
-        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node {
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.node == node && entry.handover == nil {
             if entry.phase != .waitingForNode && entry.phase != .unplaced { deafen(key, error, now: now, &actions) }
             entries[key]?.phase = .unplaced
             entries[key]?.node = nil
@@ -440,6 +519,129 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         return actions
     }
 
+    // MARK: Handovers
+
+    /// What the watch of `source` saw (its `CLUSTER NODES`): the slots it is migrating now, each with the node
+    /// importing it. A slot whose channels are confirmed on `source` gets a handover; a handover whose slot is no
+    /// longer migrating before it flipped (the migration was given up) is closed.
+    mutating func migrationsObserved(_ migrating: [Int: Node], on source: Node) -> [Action] {
+        var actions: [Action] = []
+        var bySlot: [Int: [ChannelKey]] = [:]
+        if !migrating.isEmpty {
+            for (key, entry) in entries where key.kind == .shardChannel && entry.node == source && Self.isConfirmed(entry.phase) {
+                let slot = ClusterSlot.of(key.name)
+                if migrating[slot] != nil { bySlot[slot, default: []].append(key) }
+            }
+        }
+        for (slot, keys) in bySlot.sorted(by: { $0.key < $1.key }) {
+            guard let target = migrating[slot], target != source else { continue }
+            if let (id, _) = pendingHandover(slot: slot, from: source) {
+                handovers[id]?.missed = 0
+                continue
+            }
+            lastHandover += 1
+            handovers[lastHandover] = Handover(slot: slot, source: source, target: target, keys: keys.sorted(by: Self.order))
+            actions.append(.openHandover(id: lastHandover, target: target))
+        }
+        for (id, handover) in handovers.sorted(by: { $0.key < $1.key })
+        where handover.source == source && !handover.flipped && migrating[handover.slot] == nil {
+            if handover.missed >= 1 {
+                handovers[id] = nil
+                actions.append(.closeHandover(id: id))
+            } else {
+                handovers[id]?.missed += 1
+            }
+        }
+        return actions
+    }
+
+    /// The handover's connection is ready: its channels are asked for, `ASKING` first.
+    mutating func handoverReady(_ id: UInt64) -> [Action] {
+        guard var handover = handovers[id], handover.sequence == nil else { return [] }
+        handover.keys = handover.keys.filter { entries[$0] != nil }
+        guard !handover.keys.isEmpty else {
+            handovers[id] = nil
+            return [.closeHandover(id: id)]
+        }
+        sequence += 1
+        handover.sequence = sequence
+        handovers[id] = handover
+        return [.sendHandover(id: id, keys: handover.keys, sequence: sequence)]
+    }
+
+    /// The importing node confirmed `key` of the handover's `SSUBSCRIBE` number `sequence`.
+    mutating func handoverAcknowledged(_ id: UInt64, key: ChannelKey, sequence: UInt64, now: Instant) -> [Action] {
+        guard var handover = handovers[id], handover.sequence == sequence, handover.keys.contains(key) else { return [] }
+        handover.confirmed.insert(key)
+        handovers[id] = handover
+        // Its slot flipped before this answer came: it moved onto the handover deaf, and is confirmed now.
+        guard let entry = entries[key], entry.handover == id, entry.phase == .subscribing(sequence) else { return [] }
+        return confirm(key, sequence: sequence, now: now)
+    }
+
+    /// The handover failed: its `ASKING` or `SSUBSCRIBE` was refused, or its connection ended. Channels living on it
+    /// go where the map says, with a gap; those still on the old owner stay there.
+    mutating func handoverFailed(_ id: UInt64, _ error: RedisError, now: Instant) -> [Action] {
+        guard handovers[id] != nil else { return [] }
+        var actions: [Action] = []
+        for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.handover == id {
+            deafen(key, error, now: now, &actions)
+            entries[key]?.handover = nil
+            place(key, &actions)
+        }
+        handovers[id] = nil
+        actions.append(.closeHandover(id: id))
+        actions.append(.refreshTopology)
+        collectIdleConnections(&actions)
+        return actions
+    }
+
+    private func pendingHandover(slot: Int, from source: Node) -> (UInt64, Handover)? {
+        handovers.first { $0.value.slot == slot && $0.value.source == source && !$0.value.flipped }.map { ($0.key, $0.value) }
+    }
+
+    /// `key`'s old owner dropped it: when a handover holds it on the importing node, it lives there now, with no gap
+    /// if confirmed (else deaf until its confirmation). `nil` when no handover takes it.
+    private mutating func handOver(_ key: ChannelKey, from node: Node, now: Instant) -> [Action]? {
+        guard key.kind == .shardChannel,
+              let (id, handover) = pendingHandover(slot: ClusterSlot.of(key.name), from: node),
+              handover.keys.contains(key), let number = handover.sequence
+        else { return nil }
+        var actions: [Action] = [.refreshTopology, .moved(key, from: node, to: handover.target)]
+        leaveHandover(key, &actions)  // the one it lived on, if any
+        handovers[id]?.flipped = true
+        entries[key]?.node = handover.target
+        entries[key]?.handover = id
+        entries[key]?.redirects = 0
+        entries[key]?.droppedBy = nil
+        if handover.confirmed.contains(key) {
+            entries[key]?.phase = .subscribed(number)
+        } else {
+            deafen(key, RedisError(.connectionClosed, "the server ended the subscription (its slot moved)"), now: now, &actions)
+            entries[key]?.phase = .subscribing(number)
+        }
+        collectIdleConnections(&actions)
+        return actions
+    }
+
+    /// `key` leaves the handover connection it lived on (it moves again): the handover closes once nothing uses it.
+    private mutating func leaveHandover(_ key: ChannelKey, _ actions: inout [Action]) {
+        guard let id = entries[key]?.handover else { return }
+        entries[key]?.handover = nil
+        handovers[id]?.keys.removeAll { $0 == key }
+        handovers[id]?.confirmed.remove(key)
+        releaseHandoverIfIdle(id, &actions)
+    }
+
+    /// Closes handover `id` when no channel lives on it or waits for it.
+    private mutating func releaseHandoverIfIdle(_ id: UInt64, _ actions: inout [Action]) {
+        guard let handover = handovers[id] else { return }
+        let used = entries.values.contains { $0.handover == id }
+        guard !used && (handover.flipped || handover.keys.isEmpty) else { return }
+        handovers[id] = nil
+        actions.append(.closeHandover(id: id))
+    }
+
     // MARK: Internals
 
     private mutating func join(_ sink: Sink, _ key: ChannelKey, _ actions: inout [Action]) {
@@ -464,13 +666,20 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
             return
         }
         entries[key] = nil
-        if let node = entry.node, connections[node] == .ready {
+        if let node = entry.node, connections[node] == .ready || entry.handover != nil {
             switch entry.phase {
             case .subscribing, .subscribed:
                 sequence += 1
-                actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence)))
+                actions.append(.send(Command(node: node, key: key, subscribe: false, sequence: sequence, handover: entry.handover)))
             case .unplaced, .waitingForNode: break
             }
+        }
+        // A handover that was to take it over, or that it lived on, may have nothing left to do.
+        for (id, var handover) in handovers.sorted(by: { $0.key < $1.key }) where handover.keys.contains(key) {
+            handover.keys.removeAll { $0 == key }
+            handover.confirmed.remove(key)
+            handovers[id] = handover
+            releaseHandoverIfIdle(id, &actions)
         }
     }
 
@@ -488,6 +697,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// Sends `key`'s SUBSCRIBE where it belongs, asking for the connection if needed.
     private mutating func place(_ key: ChannelKey, _ actions: inout [Action]) {
+        leaveHandover(key, &actions)
         guard let node = route(key) else {
             entries[key]?.phase = .unplaced
             entries[key]?.node = nil
@@ -554,7 +764,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// Nodes no channel lives on (or waits for) are given up.
     private mutating func collectIdleConnections(_ actions: inout [Action]) {
-        let used = Set(entries.values.compactMap(\.node))
+        let used = Set(entries.values.filter { $0.handover == nil }.compactMap(\.node))
         for node in connections.keys.sorted() where !used.contains(node) {
             connections[node] = nil
             actions.append(.disconnect(node))

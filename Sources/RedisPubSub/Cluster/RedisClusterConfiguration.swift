@@ -15,6 +15,11 @@ public struct RedisClusterConfiguration: Sendable, CustomStringConvertible {
     /// How often the map is fetched again when nothing suggested a change. Redirections, a pushed `sunsubscribe` and
     /// a lost node fetch it at once. Default: 30 s.
     public var topologyRefreshInterval: Duration
+    /// How often a ``ClusterSubscriber`` asks each primary holding its sharded channels whether one of their slots is
+    /// being migrated (`CLUSTER NODES`, on a command connection of its own per such primary), to subscribe them on
+    /// the importing node before the slot flips: then the migration costs no message. A migration shorter than the
+    /// interval is not seen, and costs the usual gap. `nil` (the default) turns the watch off.
+    public var migrationWatchInterval: Duration?
 
     /// Creates a configuration from seed configurations.
     public init(seeds: [RedisConfiguration], topologyRefreshInterval: Duration = .seconds(30)) {
@@ -59,6 +64,9 @@ public struct RedisClusterConfiguration: Sendable, CustomStringConvertible {
         }
         guard topologyRefreshInterval > .zero else {
             throw RedisError(.invalidConfiguration, "topologyRefreshInterval must be positive")
+        }
+        if let migrationWatchInterval, migrationWatchInterval <= .zero {
+            throw RedisError(.invalidConfiguration, "migrationWatchInterval must be positive, or nil to turn the watch off")
         }
     }
 }

@@ -497,6 +497,32 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         armTimeoutTimer()
     }
 
+    /// Writes commands the package sends for itself, encoded back to back in `bytes`, that get `replies` replies in
+    /// all (`SSUBSCRIBE a b` gets one per channel): `handler` gets each, with its index, or the error that ended the
+    /// connection. Loop only.
+    func sendInternal(
+        encoded bytes: [UInt8], replies: Int, handler: @escaping (Int, Result<RedisValue, RedisError>) -> Void
+    ) {
+        loop.assertInLoop()
+        guard machine.acceptsCommands, let context else {
+            let error = inbox.closedError ?? RedisError(.connectionClosed, "not connected")
+            for index in 0..<replies { handler(index, .failure(error)) }
+            return
+        }
+        var room = Self.outputHighWater - context.outputLength
+        guard output(bytes, to: context, room: &room) else {
+            let error = RedisError(.connectionClosed, "the connection closed while a command was being written")
+            for index in 0..<replies { handler(index, .failure(error)) }
+            return
+        }
+        let now = ContinuousClock.now
+        for index in 0..<replies {
+            queue.append(.ownCommand({ handler(index, $0) }, expects: nil), deadline: now + configuration.commandTimeout, writtenAt: now)
+        }
+        flushOutput(context)
+        armTimeoutTimer()
+    }
+
     private func sendHealthPing() {
         // hiredis never sees the PING (replies are matched here), so the PONG of a subscribed connection
         // (`["pong", ""]`) is fine on every hiredis version. A probe: no deadline of its own, the health check judges
