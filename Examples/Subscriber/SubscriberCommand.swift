@@ -15,7 +15,7 @@ struct SubscriberCommand: AsyncParsableCommand {
             matches. A lost connection is re-established and resubscribed; each disconnect and recovery is logged \
             on standard error. With --cluster, the URL names a seed node of a Redis Cluster: sharded channels are \
             subscribed on their slots' primaries and followed through slot migrations and failovers, each logged on \
-            standard error. SIGINT and SIGTERM unsubscribe and exit 0.
+            standard error; --migration-watch-interval makes watched migrations lossless. SIGINT and SIGTERM unsubscribe and exit 0.
             """
     )
 
@@ -43,6 +43,9 @@ struct SubscriberCommand: AsyncParsableCommand {
     @Flag(help: "The URL names a seed node of a Redis Cluster.")
     var cluster = false
 
+    @Option(name: .customLong("migration-watch-interval"), help: "With --cluster: seconds between asking the primaries for slot migrations, to subscribe on the importing node before a slot flips so that a migration loses nothing (0: never).")
+    var migrationWatchInterval: Double = 0
+
     @Flag(help: "Decode each payload as a notification {\"id\", \"text\", \"sentAt\"} and print its id and text.")
     var json = false
 
@@ -53,6 +56,8 @@ struct SubscriberCommand: AsyncParsableCommand {
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
         if healthCheckInterval < 0 { throw ValidationError("--health-check-interval must not be negative") }
+        if migrationWatchInterval < 0 { throw ValidationError("--migration-watch-interval must not be negative") }
+        if migrationWatchInterval > 0 && !cluster { throw ValidationError("--migration-watch-interval needs --cluster") }
     }
 
     func run() async throws {
@@ -62,7 +67,9 @@ struct SubscriberCommand: AsyncParsableCommand {
         let names = channels + patterns + shardChannels
         if cluster {
             let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
-                try await ClusterSubscriber.connect(to: RedisClusterConfiguration(seeds: [$0]))
+                var cluster = RedisClusterConfiguration(seeds: [$0])
+                if migrationWatchInterval > 0 { cluster.migrationWatchInterval = .seconds(migrationWatchInterval) }
+                return try await ClusterSubscriber.connect(to: cluster)
             }
             let eventLog = logClusterEvents(subscriber.events(), name: "subscriber")
             let subscription = await subscribe(names) { () async throws(RedisError) -> Subscription in
