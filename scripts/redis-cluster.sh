@@ -12,7 +12,9 @@
 #       kills every node started under DIR and removes DIR.
 #
 # Extra redis-server arguments for every node may be given in REDIS_CLUSTER_ARGS (e.g. "--requirepass pw
-# --masterauth pw"); REDIS_CLUSTER_CLI_ARGS are passed to redis-cli (e.g. "-a pw").
+# --masterauth pw"); REDIS_CLUSTER_CLI_ARGS are passed to redis-cli (e.g. "-a pw"). With REDIS_CLUSTER_TLS_DIR (a
+# directory holding server.crt, server.key and ca.crt, as scripts/make-test-certs.sh makes them), every node speaks
+# TLS only: clients, the cluster bus and replication (client certificates optional).
 set -euo pipefail
 
 usage() { sed -n '2,16p' "$0" >&2; exit 2; }
@@ -22,6 +24,13 @@ dir=$2
 read -r -a server_args <<<"${REDIS_CLUSTER_ARGS:-}"
 read -r -a cli_args <<<"${REDIS_CLUSTER_CLI_ARGS:-}"
 
+tls_dir=${REDIS_CLUSTER_TLS_DIR:-}
+if [ -n "$tls_dir" ]; then
+  tls_args=(--tls-cluster yes --tls-replication yes --tls-auth-clients optional --tls-cert-file "$tls_dir/server.crt"
+    --tls-key-file "$tls_dir/server.key" --tls-ca-cert-file "$tls_dir/ca.crt")
+  cli_args+=(--tls --cacert "$tls_dir/ca.crt")
+fi
+
 cli() { redis-cli --no-auth-warning "${cli_args[@]}" "$@"; }
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -30,7 +39,9 @@ port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 run_node() {
   local port=$1 node="$dir/$1"
   mkdir -p "$node"
-  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
+  local port_args=(--port "$port")
+  [ -z "$tls_dir" ] || port_args=(--port 0 --tls-port "$port" "${tls_args[@]}")
+  redis-server "${port_args[@]}" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout "${node_timeout:-2000}" --save "" --appendonly no --repl-diskless-sync-delay 0 --daemonize yes \
     --dir "$node" --pidfile "$node/redis.pid" --logfile "$node/redis.log" "${server_args[@]}" >/dev/null
   for _ in $(seq 100); do

@@ -141,6 +141,60 @@ struct ClusterTests {
         #expect(error?.message.contains("\(first.port)") == true && error?.message.contains("\(second.port)") == true)
     }
 
+    @Test func aClusterWithAPasswordIsReachedWithTheSeedsCredentialsAndAWrongOneFailsAtOnce() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0, password: "cluster-secret-9f2")
+        defer { cluster.stop() }
+        // Every node is reached with the first seed's password: a channel on each primary receives.
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let names = (0..<30).map { "secured:\($0)" }
+        let subscription = try await subscriber.subscribe(channels: [], patterns: [], shardChannels: names, bufferingPolicy: .unbounded)
+        #expect(await subscriber.connectedNodes().count == 3)
+        for name in names { #expect(try await publisher.publish(name, toShard: name) == 1) }
+        #expect(Set(try await collect(subscription, names.count).map(\.string)) == Set(names))
+        await publisher.close()
+        await subscriber.close()
+        // A wrong password is refused at start-up, without retrying, and never shown.
+        var wrong = try RedisConfiguration(url: cluster.url().replacingOccurrences(of: "cluster-secret-9f2", with: "not-the-password"))
+        wrong.connectTimeout = .seconds(5)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedisError.self) {
+            _ = try await ClusterSubscriber.connect(to: RedisClusterConfiguration(seeds: [wrong]))
+        }
+        #expect(error?.code == .authenticationFailed)
+        #expect(ContinuousClock.now - started < .seconds(4))
+        #expect(error.map { !"\($0)".contains("not-the-password") } == true)
+    }
+
+    @Test func aClusterSpeakingTLSOnlyIsFollowedThroughAMigrationAndAFailover() async throws {
+        let cluster = try RedisCluster(nodeTimeout: 1000, tls: TestCertificates.shared)
+        defer { cluster.stop() }
+        // The map's addresses are the nodes' TLS ports (CLUSTER SHARDS' tls-port), reached with the seed's CA.
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let names = (0..<30).map { "tls:\($0)" }
+        let subscription = try await subscriber.subscribe(channels: [], patterns: [], shardChannels: names, bufferingPolicy: .unbounded)
+        #expect(await subscriber.connectedNodes().count == 3)
+        for name in names { #expect(try await publisher.publish(name, toShard: name) == 1) }
+        #expect(Set(try await collect(subscription, names.count).map(\.string)) == Set(names))
+        // A migration and a failover over TLS: followed, as over plaintext.
+        let channel = names[0]
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let owner = try #require(try cluster.owner(ofSlot: slot))
+        let target = try cluster.primaries().first { $0 != owner }!
+        try await cluster.migrate(slot: slot, to: target)
+        try await waitUntil(timeout: .seconds(10)) { await subscriber.node(ofShardChannel: channel)?.port == target }
+        try cluster.waitUntilSettled()
+        let replica = try cluster.replica(of: target)
+        try cluster.failover(to: replica)
+        try await waitUntil(timeout: .seconds(20)) { await subscriber.node(ofShardChannel: channel)?.port == replica }
+        try await waitUntil(timeout: .seconds(10)) { subscription.isSubscribed }
+        #expect(try await publisher.publish("after", toShard: channel) == 1)
+        #expect(try await collect(subscription, 1).map(\.string) == ["after"])
+        await publisher.close()
+        await subscriber.close()
+    }
+
     @Test func aSingleServerIsNotTakenForACluster() async throws {
         let error = await #expect(throws: RedisError.self) {
             _ = try await ClusterSubscriber.connect(to: RedisClusterConfiguration(seeds: [try SharedServer.configuration]))

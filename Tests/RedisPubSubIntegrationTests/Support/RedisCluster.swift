@@ -10,6 +10,10 @@ import Glibc
 final class RedisCluster: @unchecked Sendable {
     // @unchecked Sendable because: `directory` is immutable; `nodes` is read under `lock`.
     let directory: URL
+    /// Every node's `requirepass` (and `masterauth`), if any.
+    let password: String?
+    /// The certificates of a cluster that speaks TLS only (clients, bus and replication), if it does.
+    let tls: TestCertificates?
     private let lock = NSLock()
     private var startedPorts: [Int]
 
@@ -17,14 +21,19 @@ final class RedisCluster: @unchecked Sendable {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("scripts/redis-cluster.sh")
 
-    /// Starts a cluster; `primaries` with `replicas` each, nodes failing over after `nodeTimeout` ms of silence.
-    init(primaries: Int = 3, replicas: Int = 1, nodeTimeout: Int = 2000) throws {
+    /// Starts a cluster; `primaries` with `replicas` each, nodes failing over after `nodeTimeout` ms of silence,
+    /// every node requiring `password` when one is given, and speaking TLS only with `tls`'s certificates.
+    init(primaries: Int = 3, replicas: Int = 1, nodeTimeout: Int = 2000, password: String? = nil, tls: TestCertificates? = nil) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-test-cluster-\(UUID().uuidString)")
+        self.password = password
+        self.tls = tls
+        var environment = password.map { Self.environment(password: $0) } ?? [:]
+        if let tls { environment["REDIS_CLUSTER_TLS_DIR"] = tls.directory.path }
         let output: String
         do {
             output = try Self.run(
                 Self.script.path, ["start", directory.path, "\(primaries)", "\(replicas)", "\(nodeTimeout)"],
-                timeout: .seconds(60))
+                timeout: .seconds(60), environment: environment)
         } catch {
             Self.stop(directory)  // `deinit` does not run for an object whose init threw
             throw error
@@ -34,6 +43,11 @@ final class RedisCluster: @unchecked Sendable {
             stop()
             throw RedisError(.connectionRefused, "the cluster did not start: \(output)")
         }
+    }
+
+    /// What `scripts/redis-cluster.sh` needs for a cluster with a password.
+    private static func environment(password: String) -> [String: String] {
+        ["REDIS_CLUSTER_ARGS": "--requirepass \(password) --masterauth \(password)", "REDIS_CLUSTER_CLI_ARGS": "-a \(password)"]
     }
 
     private static func stop(_ directory: URL) {
@@ -50,10 +64,16 @@ final class RedisCluster: @unchecked Sendable {
     var ports: [Int] { lock.withLock { startedPorts } }
 
     /// A seed URL.
-    func url(_ port: Int? = nil) -> String { "redis://127.0.0.1:\(port ?? ports[0])" }
+    func url(_ port: Int? = nil) -> String {
+        (tls == nil ? "redis://" : "rediss://") + (password.map { ":\($0)@" } ?? "") + "127.0.0.1:\(port ?? ports[0])"
+    }
 
     var configuration: RedisClusterConfiguration {
-        get throws { try RedisClusterConfiguration(urls: [url()]) }
+        get throws {
+            var seed = try RedisConfiguration(url: url())
+            if let tls { seed.tls?.trust = .certificateAuthorityFile(tls.ca) }
+            return RedisClusterConfiguration(seeds: [seed])
+        }
     }
 
     // MARK: Administration
@@ -66,7 +86,8 @@ final class RedisCluster: @unchecked Sendable {
 
     @discardableResult
     func cli(_ port: Int, _ arguments: [String]) throws -> String {
-        try Self.run(try RedisServer.find("redis-cli").path, ["-h", "127.0.0.1", "-p", "\(port)"] + arguments, timeout: .seconds(20))
+        let auth = (password.map { ["-a", $0, "--no-auth-warning"] } ?? []) + (tls.map { ["--tls", "--cacert", $0.ca] } ?? [])
+        return try Self.run(try RedisServer.find("redis-cli").path, ["-h", "127.0.0.1", "-p", "\(port)"] + auth + arguments, timeout: .seconds(20))
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
@@ -216,10 +237,13 @@ final class RedisCluster: @unchecked Sendable {
     // MARK: Processes
 
     @discardableResult
-    static func run(_ tool: String, _ arguments: [String], timeout: Duration) throws -> String {
+    static func run(_ tool: String, _ arguments: [String], timeout: Duration, environment: [String: String] = [:]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: tool)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         // Output into a file, read after the exit: reading a pipe to its end first would wait past the timeout.
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("redis-pubsub-cli-\(UUID().uuidString)")
         FileManager.default.createFile(atPath: file.path, contents: nil)
