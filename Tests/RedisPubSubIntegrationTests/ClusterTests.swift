@@ -459,6 +459,35 @@ struct ClusterTests {
         await publisher.close()
     }
 
+    @Test func aBatchGoesToTheSlotsPrimaryInOneWriteAndFollowsAMigration() async throws {
+        let cluster = try RedisCluster(primaries: 3, replicas: 0)
+        defer { cluster.stop() }
+        let subscriber = try await ClusterSubscriber.connect(to: try cluster.configuration)
+        let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
+        let channel = "batch:{b}"
+        let slot = ClusterSlot.of(Array(channel.utf8))
+        let subscription = try await subscriber.subscribe(toShardChannels: channel, bufferingPolicy: .unbounded)
+        #expect(try await publisher.publish(contentsOf: (0..<100).map { "a\($0)" }, toShard: channel) == Array(repeating: 1, count: 100))
+        // The slot moves without the publisher knowing: its next batch is answered -MOVED, and sent again in full
+        // where the answer says, once.
+        let owner = try #require(try cluster.owner(ofSlot: slot))
+        try await cluster.migrate(slot: slot, to: try cluster.primaries().first { $0 != owner }!)
+        try await waitUntil(timeout: .seconds(10)) {
+            let node = await subscriber.node(ofShardChannel: channel)
+            return subscription.isSubscribed && node != nil && node?.port != owner
+        }
+        #expect(try await publisher.publish(contentsOf: (0..<100).map { "b\($0)" }, toShard: channel) == Array(repeating: 1, count: 100))
+        let received = try await collect(subscription, 200).map(\.string)
+        #expect(received == (0..<100).map { "a\($0)" } + (0..<100).map { "b\($0)" })
+        #expect(try await publisher.publish(contentsOf: [String](), toShard: channel) == [])
+        // Classic channels: one write to one node.
+        let classic = try await subscriber.subscribe(to: "batch-classic")
+        try await publisher.publish(contentsOf: ["x", "y"], to: "batch-classic")
+        #expect(try await collect(classic, 2).map(\.string) == ["x", "y"])
+        await publisher.close()
+        await subscriber.close()
+    }
+
     @Test func commandsAreRoutedByTheirOwnKeysAsTheServersCommandTableSays() async throws {
         let cluster = try RedisCluster(primaries: 3, replicas: 0)
         defer { cluster.stop() }

@@ -76,6 +76,32 @@ public final class ClusterPublisher: Sendable {
         try await publish(try json(value, encoder), toShard: channel)
     }
 
+    /// Many `SPUBLISH`es to one sharded channel, written together to its slot's primary and answered in order: the
+    /// per-message cost of a round trip is gone. Commands that meet a slot migration (`-MOVED`, `-ASK`) are sent
+    /// again where the answer says; the others are not sent twice.
+    ///
+    /// - Returns: each message's receiver count on that node, in order.
+    /// - Throws: as ``publish(_:toShard:)``, once every message is answered (some may have been delivered).
+    @discardableResult
+    public func publish<Messages: Sequence>(
+        contentsOf messages: Messages, toShard channel: some RedisNameConvertible
+    ) async throws(RedisError) -> [Int] where Messages.Element: RedisPayload {
+        let channel = channel.redisArgument
+        return try await router.publish(
+            "SPUBLISH", channel, contentsOf: messages.map(\.redisArgument), slot: ClusterSlot.of(channel), retry: retry)
+    }
+
+    /// Many `PUBLISH`es to one classic channel, written together to one node; see ``publish(_:to:)`` for what the
+    /// counts mean.
+    ///
+    /// - Throws: as ``publish(contentsOf:toShard:)``.
+    @discardableResult
+    public func publish<Messages: Sequence>(
+        contentsOf messages: Messages, to channel: some RedisNameConvertible
+    ) async throws(RedisError) -> [Int] where Messages.Element: RedisPayload {
+        try await router.publish("PUBLISH", channel.redisArgument, contentsOf: messages.map(\.redisArgument), slot: nil, retry: retry)
+    }
+
     /// `PUBLISH` of `message` to a classic channel, through one node: the cluster broadcasts it to every node.
     ///
     /// - Returns: the number of clients that received it **on the node it went to** only: subscribers on other nodes

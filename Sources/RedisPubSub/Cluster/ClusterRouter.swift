@@ -61,61 +61,147 @@ final class ClusterRouter: Sendable {
     /// `send(_:routedBy:retry:)` of a command already encoded, for `slot` (any node when `nil`). The common case, a
     /// connection to the slot's primary already open, takes one lock and no extra suspension.
     func send(encoded bytes: [UInt8], slot: Int?, retry: PublishRetry) async throws(RedisError) -> RedisValue {
-        let deadline: ContinuousClock.Instant? =
-            if case .whileReconnecting(let limit) = retry.base { .now + limit } else { nil }
+        let deadline = Self.deadline(of: retry)
         var redirected: (node: ClusterNodeAddress, asking: Bool)?
         var redirects = 0
         while true {
-            let node: ClusterNodeAddress
-            var ready: RedisConnection?
-            if let redirected {
-                node = redirected.node
-            } else if let open = openConnection(forSlot: slot) {
-                (node, ready) = open
-            } else {
-                node = try await route(slot, until: deadline)
-            }
+            let (node, ready) = try await target(slot, redirected: redirected?.node, until: deadline)
             var used: RedisConnection?
             do throws(RedisError) {
                 let connection: RedisConnection
                 if let ready { connection = ready } else { connection = try await self.connection(to: node) }
                 used = connection
                 if redirected?.asking == true {
-                    var asking = RESP.encode(["ASKING"])
-                    asking += bytes
-                    let replies = try await connection.sendBatch(encoded: asking, commands: 2, keepsErrorReplies: true)
+                    let replies = try await connection.sendBatch(
+                        encoded: Self.asking + bytes, commands: 2, keepsErrorReplies: true)
                     if case .error(let message) = replies[1] { throw RedisError.server(message) }
                     return replies[1]
                 }
                 return try await connection.sendUninterruptible(encoded: bytes)
             } catch {
                 if error.code == .serverError, let redirection = ClusterRedirection(error.message) {
-                    redirects += 1
-                    guard redirects <= Self.redirectLimit else {
-                        throw RedisError(.serverError, "still redirected after \(Self.redirectLimit) tries: \(error.message)")
-                    }
-                    if !redirection.ask {
-                        state.withLock { $0.topology.redirect(slot: redirection.slot, to: redirection.node) }
-                        refreshInBackground()
-                    }
-                    redirected = (redirection.node, redirection.ask)
+                    redirected = try follow(redirection, redirects: &redirects, error.message)
                     continue
                 }
-                if state.withLock({ $0.closed }) { throw error }
-                let transient = error.code == .serverError && ClusterRedirection.isTransient(error.message)
-                let unreachable: Set<RedisError.Code> = [.connectionClosed, .connectionRefused, .hostUnreachable, .nameResolutionFailed]
-                guard transient || unreachable.contains(error.code) else { throw error }
-                if error.code == .connectionClosed, let used { forget(used, at: node) }
-                // The node is unreachable or the cluster is changing: ask for the map, and wait for it if allowed to.
-                guard let deadline, ContinuousClock.now < deadline else {
-                    refreshInBackground()
-                    throw error
-                }
+                try await recover(from: error, at: node, used: used, until: deadline)
                 redirected = nil
-                try? await Task.sleep(for: .milliseconds(50))
-                await refresh()
             }
         }
+    }
+
+    /// `verb channel message` for each of `messages`, to `slot`'s primary (any node when `nil`), written together and
+    /// answered in order. Commands answered `-MOVED` or `-ASK` (the slot moved, or is moving, while they were on
+    /// their way) are sent again, together, where the answer says; the others keep their counts.
+    ///
+    /// - Throws: the first error that neither a redirection nor ``PublishRetry`` resolves, once every command is
+    ///   answered (some messages may have been delivered).
+    func publish(
+        _ verb: StaticString, _ channel: RedisArgument, contentsOf messages: [RedisArgument], slot: Int?, retry: PublishRetry
+    ) async throws(RedisError) -> [Int] {
+        let deadline = Self.deadline(of: retry)
+        var counts = [Int](repeating: 0, count: messages.count)
+        var pending = Array(messages.indices)
+        var redirected: (node: ClusterNodeAddress, asking: Bool)?
+        var redirects = 0
+        while !pending.isEmpty {
+            let (node, ready) = try await target(slot, redirected: redirected?.node, until: deadline)
+            var used: RedisConnection?
+            do throws(RedisError) {
+                let connection: RedisConnection
+                if let ready { connection = ready } else { connection = try await self.connection(to: node) }
+                used = connection
+                let asking = redirected?.asking == true
+                var bytes: [UInt8] = []
+                for index in pending {
+                    if asking { bytes += Self.asking }
+                    RESP.append(verb, channel, messages[index], to: &bytes)
+                }
+                let replies = try await connection.sendBatch(
+                    encoded: bytes, commands: pending.count * (asking ? 2 : 1), keepsErrorReplies: true)
+                var again: [Int] = []
+                var redirection: ClusterRedirection?
+                var failure: RedisError?
+                for (position, index) in pending.enumerated() {
+                    switch replies[asking ? position * 2 + 1 : position] {
+                    case .integer(let count):
+                        counts[index] = count
+                    case .error(let message):
+                        again.append(index)
+                        if let moved = ClusterRedirection(message) {
+                            redirection = redirection ?? moved
+                        } else if failure == nil {
+                            failure = RedisError.server(message)
+                        }
+                    case let reply:
+                        throw RedisError(.protocolError, "unexpected reply to \(verb): \(reply.shape)")
+                    }
+                }
+                pending = again  // only what failed is sent again
+                if let failure { throw failure }
+                if let redirection {
+                    redirected = try follow(redirection, redirects: &redirects, "\(verb) to \(redirection.node)")
+                }
+            } catch {
+                if error.code == .serverError, let redirection = ClusterRedirection(error.message) {
+                    redirected = try follow(redirection, redirects: &redirects, error.message)
+                    continue
+                }
+                try await recover(from: error, at: node, used: used, until: deadline)
+                redirected = nil
+            }
+        }
+        return counts
+    }
+
+    private static let asking = RESP.encode(["ASKING"])
+
+    private static func deadline(of retry: PublishRetry) -> ContinuousClock.Instant? {
+        if case .whileReconnecting(let limit) = retry.base { .now + limit } else { nil }
+    }
+
+    /// Where the next attempt goes: the node a redirection named, or `slot`'s primary (with its connection when one
+    /// is open: one lock, no suspension).
+    private func target(
+        _ slot: Int?, redirected: ClusterNodeAddress?, until deadline: ContinuousClock.Instant?
+    ) async throws(RedisError) -> (ClusterNodeAddress, RedisConnection?) {
+        if let redirected { return (redirected, nil) }
+        if let open = openConnection(forSlot: slot) { return open }
+        return (try await route(slot, until: deadline), nil)
+    }
+
+    /// Follows a `-MOVED` (the map corrected at once, and fetched again in the background) or `-ASK`; throws past
+    /// ``redirectLimit``.
+    private func follow(
+        _ redirection: ClusterRedirection, redirects: inout Int, _ message: String
+    ) throws(RedisError) -> (node: ClusterNodeAddress, asking: Bool) {
+        redirects += 1
+        guard redirects <= Self.redirectLimit else {
+            throw RedisError(.serverError, "still redirected after \(Self.redirectLimit) tries: \(message)")
+        }
+        if !redirection.ask {
+            state.withLock { $0.topology.redirect(slot: redirection.slot, to: redirection.node) }
+            refreshInBackground()
+        }
+        return (redirection.node, redirection.ask)
+    }
+
+    /// After `error` from `node`: returns when the command may be sent again (the node unreachable or the cluster
+    /// changing, and ``PublishRetry`` allows waiting: the map was fetched again), throws `error` otherwise.
+    private func recover(
+        from error: RedisError, at node: ClusterNodeAddress, used: RedisConnection?, until deadline: ContinuousClock.Instant?
+    ) async throws(RedisError) {
+        if state.withLock({ $0.closed }) { throw error }
+        let transient = error.code == .serverError && ClusterRedirection.isTransient(error.message)
+        let unreachable: Set<RedisError.Code> = [.connectionClosed, .connectionRefused, .hostUnreachable, .nameResolutionFailed]
+        guard transient || unreachable.contains(error.code) else { throw error }
+        if error.code == .connectionClosed, let used { forget(used, at: node) }
+        // The node is unreachable or the cluster is changing: ask for the map, and wait for it if allowed to.
+        guard let deadline, ContinuousClock.now < deadline else {
+            refreshInBackground()
+            throw error
+        }
+        try? await Task.sleep(for: .milliseconds(50))
+        await refresh()
     }
 
     /// The slot `command`'s keys are in, from the server's command table; nil for a command without keys.
