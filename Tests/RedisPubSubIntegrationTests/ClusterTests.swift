@@ -267,10 +267,13 @@ struct ClusterTests {
         configuration.migrationWatchInterval = .milliseconds(100)
         let subscriber = try await ClusterSubscriber.connect(to: configuration)
         let publisher = try await ClusterPublisher.connect(to: try cluster.configuration)
-        let channel = "ledger:{x}"
+        // Two channels in one slot (a common hash tag): the old owner drops them one push at a time.
+        let channel = "ledger:{x}:a", sibling = "ledger:{x}:b"
         let slot = ClusterSlot.of(Array(channel.utf8))
         let stream = ContinuousStream(
             channel: channel, publisher: publisher, subscription: try await subscriber.subscribe(toShardChannels: channel))
+        let siblingStream = ContinuousStream(
+            channel: sibling, publisher: publisher, subscription: try await subscriber.subscribe(toShardChannels: sibling))
         var handedOverWithin: [Duration] = []
         for _ in 1...20 {
             try await Task.sleep(for: .milliseconds(100))
@@ -280,16 +283,26 @@ struct ClusterTests {
                 // The slot is migrating (as during a reshard moving its keys): the watch sees it and subscribes the
                 // channel on the importing node, with ASKING, before the slot flips.
                 let started = ContinuousClock.now
-                try await waitUntil(timeout: .seconds(10)) { await subscriber.handoverConfirmed(shardChannel: channel) }
+                try await waitUntil(timeout: .seconds(10)) {
+                    let both = await subscriber.handoverConfirmed(shardChannel: channel)
+                    return both ? await subscriber.handoverConfirmed(shardChannel: sibling) : false
+                }
                 handedOverWithin.append(ContinuousClock.now - started)
             }
-            try await waitUntil(timeout: .seconds(10)) { await subscriber.node(ofShardChannel: channel)?.port == target }
+            try await waitUntil(timeout: .seconds(10)) {
+                let moved = await subscriber.node(ofShardChannel: channel)?.port == target
+                return moved ? await subscriber.node(ofShardChannel: sibling)?.port == target : false
+            }
             // One handover connection: the one the channel lives on now (the one before closed once it moved on).
             let handovers = await subscriber.handoverCount()
             #expect(handovers == 1, "\(handovers) handover connections open")
         }
+        let (siblingLost, _) = try await siblingStream.finish(inOrder: false)
+        #expect(siblingLost == 0)
+        #expect(siblingStream.gaps.isEmpty)
         let (lost, outOfOrder) = try await stream.finish(inOrder: false)
-        print("20 watched migrations: \(lost) messages lost, \(stream.gaps.count) gaps, \(outOfOrder) out of order; "
+        print("20 watched migrations of a slot with 2 channels: \(lost + siblingLost) messages lost, "
+            + "\(stream.gaps.count + siblingStream.gaps.count) gaps, \(outOfOrder) out of order; "
             + "subscribed on the importing node within p95 \(percentile95(handedOverWithin)) of the migration's start")
         #expect(lost == 0)
         #expect(stream.gaps.isEmpty)

@@ -304,6 +304,94 @@ struct ClusterSubscriptionStateMachineTests {
         #expect(sends(left).map(\.handover) == [id] && handoverClosed(left) == [id])
     }
 
+    /// Two sharded channels in one slot (a common hash tag), the slot below 8192 (on A).
+    func sameSlot() -> (ChannelKey, ChannelKey) {
+        var tag = 0
+        while true {
+            let first = ChannelKey(kind: .shardChannel, name: Array("orders:{t\(tag)}:a".utf8))
+            if ClusterSlot.of(first.name) < 8192 {
+                return (first, ChannelKey(kind: .shardChannel, name: Array("orders:{t\(tag)}:b".utf8)))
+            }
+            tag += 1
+        }
+    }
+
+    @Test func everyChannelOfAHandedOverSlotMovesWithoutAGap() {
+        let sink = FakeSink()
+        let (a, b) = sameSlot()
+        let slot = ClusterSlot.of(a.name)
+        var machine = subscribed(sink, [a, b])
+        let id = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        let sent = handoverSent(machine.handoverReady(id))
+        #expect(sent.count == 1 && Set(sent[0].keys) == [a, b])  // one SSUBSCRIBE for both
+        for key in [a, b] { _ = machine.handoverAcknowledged(id, key: key, sequence: sent[0].sequence, now: now) }
+        // The old owner drops them one push at a time: neither goes deaf, and the handover stays until both moved.
+        let first = machine.serverUnsubscribed(a, on: nodeA, now: now)
+        #expect(!first.contains { isLost($0, sink) } && handoverClosed(first).isEmpty)
+        #expect(machine.recipients(b, fromHandover: id).count == 1)  // still delivered from either side
+        let second = machine.serverUnsubscribed(b, on: nodeA, now: now)
+        #expect(!second.contains { isLost($0, sink) } && sends(second).isEmpty)
+        #expect(machine.handover(of: a) == id && machine.handover(of: b) == id)
+        // One leaves: the handover stays for the other.
+        #expect(handoverClosed(machine.remove([a], from: sink, now: now)).isEmpty)
+        #expect(machine.recipients(b, fromHandover: id).count == 1)
+    }
+
+    @Test func aHandoverThatTheMapsContradictIsUndoneAfterSomeMaps() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        var machine = subscribed(sink, [key])
+        _ = handedOver(&machine, key)
+        // A failed over instead of finishing the migration: its sunsubscribe looked like the flip, and the maps keep
+        // saying B (A's promoted replica, say) serves the slot, not C.
+        _ = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        // C is still a node of the cluster, serving nothing.
+        let elsewhere = ClusterTopology(shards: [
+            .init(primary: nodeB, replicas: [], slots: [0...16383]), .init(primary: nodeC, replicas: [], slots: []),
+        ])
+        var actions: [Action] = []
+        for _ in 1..<Machine.handoverMapLimit {
+            actions = machine.topologyUpdated(elsewhere, now: now)
+            #expect(!actions.contains { isLost($0, sink) })
+            let fetchesAgain = machine.needsTopology  // until it is clear
+            #expect(fetchesAgain)
+        }
+        actions = machine.topologyUpdated(elsewhere, now: now)
+        #expect(actions.contains { isLost($0, sink) })
+        #expect(connects(actions) == [nodeB] && machine.handover(of: key) == nil)
+    }
+
+    @Test func aMigrationRedirectedToAnotherNodeGetsANewHandover() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        var machine = subscribed(sink, [key])
+        let first = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        let moved = machine.migrationsObserved([slot: nodeB], on: nodeA)
+        #expect(handoverClosed(moved) == [first])
+        #expect(moved.contains { if case .openHandover(_, nodeB) = $0 { true } else { false } })
+    }
+
+    @Test func aChannelThatLeavesItsOwnerTheOrdinaryWayReleasesItsPendingHandover() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        var machine = subscribed(sink, [key])
+        let id = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        // The slot flips before the handover's connection is even ready: the ordinary path takes the channel.
+        _ = machine.topologyUpdated(ClusterTopology(shards: [
+            .init(primary: nodeC, replicas: [], slots: [0...8191]), .init(primary: nodeB, replicas: [], slots: [8192...16383]),
+            .init(primary: nodeA, replicas: [], slots: []),
+        ]), now: now)
+        let dropped = machine.serverUnsubscribed(key, on: nodeA, now: now)
+        #expect(handoverClosed(dropped) == [id])
+        #expect(machine.handoverReady(id).isEmpty)  // nothing sent on a handover that is gone
+        // And a confirmed key dropped by the importing node before the flip is no longer counted on.
+        var other = subscribed(sink, [key])
+        let second = handedOver(&other, key)
+        #expect(handoverClosed(other.handoverUnsubscribed(second, key: key)) == [second])
+    }
+
     @Test func aChannelLivingOnAHandoverIsHandedOverAgainAtTheNextMigration() {
         let sink = FakeSink()
         let key = shard(low: true)
@@ -533,6 +621,10 @@ struct ClusterCommandKeysTests {
         #expect(ClusterCommandKeys(info: entry("xinfo", first: 0, last: 0, step: 0, subcommands: [sub])) == .container)
         #expect(keys(sub, ["XINFO", "STREAM", "s"]) == ["s"])
         #expect(ClusterCommandKeys(info: .null) == nil)  // a command the server does not know
+        let eval = ClusterCommandKeys.scripted["eval"]!
+        #expect(eval.keys(in: ["EVAL", "return 1", "2", "k1", "k2", "arg"])?.map { String(decoding: $0.bytes, as: UTF8.self) } == ["k1", "k2"])
+        #expect(eval.keys(in: ["EVAL", "return 1", "0", "arg"]) == [])
+        #expect(eval.keys(in: ["EVAL", "return 1", "5", "k1"]) == [])  // the server refuses the count itself
     }
 }
 

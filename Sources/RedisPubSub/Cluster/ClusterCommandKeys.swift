@@ -15,22 +15,34 @@ enum ClusterCommandKeys: Sendable, Equatable {
     case positions(first: Int, last: Int, step: Int)
     /// Only the server can tell (`COMMAND GETKEYS`).
     case movable
+    /// `EVAL script numkeys key...` and its kin: the count at `countAt`, the keys right after it.
+    case counted(countAt: Int)
     /// A container: the subcommand (the next argument) has its own entry, `name|subcommand`.
     case container
 
-    /// The keys of `command` at these positions; nil for ``movable`` and ``container``.
+    /// The keys of `command`; nil for ``movable`` and ``container`` (the server, or the subcommand's entry, tells).
     func keys(in command: [RedisArgument]) -> [RedisArgument]? {
         switch self {
         case .none:
             return []
         case .movable, .container:
             return nil
+        case .counted(let countAt):
+            guard countAt < command.count, let count = Int(String(decoding: command[countAt].bytes, as: UTF8.self)),
+                  count >= 0, countAt + count < command.count
+            else { return [] }  // arguments the server will refuse: any node says so
+            return Array(command[(countAt + 1)..<(countAt + 1 + count)])
         case .positions(let first, let last, let step):
             let end = last < 0 ? command.count + last : last
             guard first > 0, step > 0, first < command.count else { return [] }
             return stride(from: first, through: min(end, command.count - 1), by: step).map { command[$0] }
         }
     }
+
+    /// The scripting commands, whose keys follow their count: read here, with no `COMMAND GETKEYS` round trip (and
+    /// no script sent twice) per call.
+    static let scripted: [String: ClusterCommandKeys] = Dictionary(
+        uniqueKeysWithValues: ["eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"].map { ($0, .counted(countAt: 2)) })
 
     /// Reads one entry of a `COMMAND INFO` reply: `[name, arity, flags, first, last, step, ...]`, or nil for a
     /// command the server does not know.

@@ -12,7 +12,7 @@ enum ClusterMigrations {
             guard fields.count >= 8 else { continue }
             // `ip:port@cport[,hostname]`: the client address is before the `@`.
             let parts = fields[1].split(separator: ",", maxSplits: 1)
-            if let address = parts[0].split(separator: "@").first.flatMap({ ClusterNodeAddress(redirection: $0) }) {
+            if let address = parts.first?.split(separator: "@").first.flatMap({ ClusterNodeAddress(redirection: $0) }) {
                 let named = parts.count > 1 && !parts[1].isEmpty
                     ? ClusterNodeAddress(host: String(parts[1]), port: address.port) : nil
                 addresses[fields[0]] = named.map { known.contains($0) && !known.contains(address) } == true ? named : address

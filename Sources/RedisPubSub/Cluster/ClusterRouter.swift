@@ -245,13 +245,26 @@ final class ClusterRouter: Sendable {
     }
 
     private func keys(ofCommand name: String, retry: PublishRetry) async throws(RedisError) -> ClusterCommandKeys {
-        if let known = commandKeys.withLock({ $0[name] }) { return known }
-        let reply = try await send(["COMMAND", "INFO", RedisArgument(name)], routedBy: nil, retry: retry)
-        // A command the server does not know has no entry: any node answers it (with the error).
-        let keys = reply.array?.first.flatMap(ClusterCommandKeys.init(info:)) ?? .none
-        commandKeys.withLock { $0[name] = keys }
+        if let known = ClusterCommandKeys.scripted[name] ?? commandKeys.withLock({ $0[name] }) { return known }
+        let reply: RedisValue
+        do throws(RedisError) {
+            reply = try await send(["COMMAND", "INFO", RedisArgument(name)], routedBy: nil, retry: retry)
+        } catch where error.code == .serverError {
+            // Not allowed to ask (an ACL without +command), say: sent to any node, whose -MOVED is followed. Not
+            // remembered, so a later call asks again.
+            return .none
+        }
+        // A command the server does not know has no entry: any node answers it (with the error). Not remembered
+        // either (a module may be loaded later); the table is bounded against callers inventing names.
+        guard let keys = reply.array?.first.flatMap(ClusterCommandKeys.init(info:)) else { return .none }
+        commandKeys.withLock { table in
+            if table.count < Self.commandTableLimit { table[name] = keys }
+        }
         return keys
     }
+
+    /// Command names remembered at most: far more than Redis has, with its modules.
+    private static let commandTableLimit = 4096
 
     private static func lowercased(_ argument: RedisArgument) -> String {
         String(decoding: argument.bytes, as: UTF8.self).lowercased()

@@ -430,6 +430,9 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             case .failure(let error):
                 logger.debug("a handover was refused", metadata: ["redis.node": "\(link.node)", "error": "\(error)"])
                 run(machine.handoverFailed(id, error, now: .now))
+                // A refused SSUBSCRIBE of several channels gets one error, not one per channel: the other answers
+                // never come, and a graceful close would wait for them.
+                link.connection.forceClose()
             }
         }
     }
@@ -465,9 +468,16 @@ final class ClusterSubscriberCore: @unchecked Sendable {
                 continue  // asked at the next tick, once connected
             }
             connection.sendInternal(["CLUSTER", "NODES"]) { [self] result in
-                guard !closing, watchConnections[node] === connection, case .success(let reply) = result,
-                      let text = reply.string
-                else { return }
+                guard !closing, watchConnections[node] === connection else { return }
+                if case .failure(let error) = result, error.code == .connectionClosed {
+                    // Closed for good (its reconnect policy gave up) or not connected yet: replaced at the next tick
+                    // if closed, so that the node is not left unwatched.
+                    if connection.isClosed {
+                        watchConnections[node] = nil
+                    }
+                    return
+                }
+                guard case .success(let reply) = result, let text = reply.string else { return }
                 let migrating = ClusterMigrations.parse(clusterNodes: text, known: machine.topology.nodes)
                 run(machine.migrationsObserved(migrating, on: node))
             }
@@ -555,8 +565,12 @@ final class ClusterSubscriberCore: @unchecked Sendable {
         case .unsubscribed(let key):
             // Not the reply the oldest command waits for, so no command's reply at all: the server's own decision,
             // or a late second answer when its sunsubscribe crossed ours. Acted on only for a channel held there.
-            guard machine.node(of: key) == link.node, machine.handover(of: key) == link.handover, current(link), !closing
-            else { return true }
+            guard current(link), !closing else { return true }
+            if let id = link.handover, machine.handover(of: key) != id {
+                run(machine.handoverUnsubscribed(id, key: key))  // dropped before the channel moved there
+                return true
+            }
+            guard machine.node(of: key) == link.node, machine.handover(of: key) == link.handover else { return true }
             logger.debug("the server ended a subscription", metadata: ["redis.node": "\(link.node)"])
             run(machine.serverUnsubscribed(key, on: link.node, handover: link.handover, now: .now))
             return true

@@ -86,6 +86,8 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         /// The handover whose connection the channel lives on since its slot flipped (`node` is then the node that
         /// imported it); `nil`: the node's own connection.
         var handover: UInt64?
+        /// Fresh maps in a row that name another primary than the node a handover moved the channel to.
+        var offMap = 0
     }
 
     /// A slot's channels subscribed ahead on the node importing it.
@@ -112,6 +114,9 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// Fresh maps that may still name the node that dropped a channel before the channel goes there anyway.
     static var staleMapLimit: Int { 3 }
+    /// Fresh maps that may name another primary than the one a handover moved a channel to before it is moved there
+    /// (the old owner's `sunsubscribe` was a failover, say, not the migration's flip).
+    static var handoverMapLimit: Int { 5 }
 
     private struct Registration {
         let sink: Sink
@@ -166,9 +171,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     func recipients(_ key: ChannelKey, fromHandover id: UInt64) -> [Sink] {
         guard let entry = entries[key], Self.isConfirmed(entry.phase) else { return [] }
         if entry.handover == id { return entry.sinks }
-        guard let handover = handovers[id], handover.confirmed.contains(key), entry.node == handover.source,
-              !handover.flipped
-        else { return [] }
+        guard let handover = handovers[id], handover.confirmed.contains(key), entry.node == handover.source else { return [] }
         return entry.sinks
     }
 
@@ -196,6 +199,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     var needsTopology: Bool {
         entries.values.contains { entry in
             entry.phase == .unplaced || (entry.phase == .waitingForNode && entry.node.map { connections[$0] } == .lost)
+                || entry.offMap > 0
         }
     }
 
@@ -510,9 +514,23 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
                 // The server tells when a channel it holds moves (sunsubscribe, or the connection's loss), but not
                 // when its node left the cluster (forgotten by the others, `redis-cli --cluster del-node`): it still
                 // runs, and nothing published in the cluster reaches it any more.
-                guard let node = entry.node, !map.nodes.contains(node) else { break }
-                deafen(key, RedisError(.connectionClosed, "its node \(node) left the cluster"), now: now, &actions)
-                place(key, &actions)
+                guard let node = entry.node else { break }
+                if !map.nodes.contains(node) {
+                    deafen(key, RedisError(.connectionClosed, "its node \(node) left the cluster"), now: now, &actions)
+                    place(key, &actions)
+                } else if entry.handover != nil, route(key) != node {
+                    // A handover took it to `node`, and the maps say another primary serves its slot: confirmed
+                    // after some maps (a node may learn the flip late), then moved where they say.
+                    if entry.offMap + 1 >= Self.handoverMapLimit {
+                        entries[key]?.offMap = 0
+                        deafen(key, RedisError(.connectionClosed, "its slot is served by another node than \(node)"), now: now, &actions)
+                        place(key, &actions)
+                    } else {
+                        entries[key]?.offMap += 1
+                    }
+                } else {
+                    entries[key]?.offMap = 0
+                }
             }
         }
         collectIdleConnections(&actions)
@@ -523,9 +541,19 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// What the watch of `source` saw (its `CLUSTER NODES`): the slots it is migrating now, each with the node
     /// importing it. A slot whose channels are confirmed on `source` gets a handover; a handover whose slot is no
-    /// longer migrating before it flipped (the migration was given up) is closed.
+    /// longer migrating before it flipped (the migration was given up), or migrates to another node now, is closed.
     mutating func migrationsObserved(_ migrating: [Int: Node], on source: Node) -> [Action] {
         var actions: [Action] = []
+        for (id, handover) in handovers.sorted(by: { $0.key < $1.key }) where handover.source == source && !handover.flipped {
+            if let target = migrating[handover.slot], target == handover.target {
+                handovers[id]?.missed = 0
+            } else if migrating[handover.slot] != nil || handover.missed >= 1 {
+                handovers[id] = nil
+                actions.append(.closeHandover(id: id))
+            } else {
+                handovers[id]?.missed += 1  // once: this watch may have crossed the flip's `sunsubscribe` pushes
+            }
+        }
         var bySlot: [Int: [ChannelKey]] = [:]
         if !migrating.isEmpty {
             for (key, entry) in entries where key.kind == .shardChannel && entry.node == source && Self.isConfirmed(entry.phase) {
@@ -534,31 +562,21 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
             }
         }
         for (slot, keys) in bySlot.sorted(by: { $0.key < $1.key }) {
-            guard let target = migrating[slot], target != source else { continue }
-            if let (id, _) = pendingHandover(slot: slot, from: source) {
-                handovers[id]?.missed = 0
-                continue
-            }
+            guard let target = migrating[slot], target != source,
+                  !handovers.values.contains(where: { $0.slot == slot && $0.source == source && !$0.flipped })
+            else { continue }
             lastHandover += 1
             handovers[lastHandover] = Handover(slot: slot, source: source, target: target, keys: keys.sorted(by: Self.order))
             actions.append(.openHandover(id: lastHandover, target: target))
         }
-        for (id, handover) in handovers.sorted(by: { $0.key < $1.key })
-        where handover.source == source && !handover.flipped && migrating[handover.slot] == nil {
-            if handover.missed >= 1 {
-                handovers[id] = nil
-                actions.append(.closeHandover(id: id))
-            } else {
-                handovers[id]?.missed += 1
-            }
-        }
         return actions
     }
 
-    /// The handover's connection is ready: its channels are asked for, `ASKING` first.
+    /// The handover's connection is ready: its channels still confirmed on the old owner are asked for, `ASKING`
+    /// first.
     mutating func handoverReady(_ id: UInt64) -> [Action] {
         guard var handover = handovers[id], handover.sequence == nil else { return [] }
-        handover.keys = handover.keys.filter { entries[$0] != nil }
+        handover.keys = handover.keys.filter { isWaiting($0, on: id, handover) && Self.isConfirmed(entries[$0]!.phase) }
         guard !handover.keys.isEmpty else {
             handovers[id] = nil
             return [.closeHandover(id: id)]
@@ -579,33 +597,46 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         return confirm(key, sequence: sequence, now: now)
     }
 
+    /// The importing node dropped `key` on the handover's connection before it moved there (that node failed over,
+    /// say): the handover no longer holds it, and it takes the ordinary path when its old owner drops it.
+    mutating func handoverUnsubscribed(_ id: UInt64, key: ChannelKey) -> [Action] {
+        guard handovers[id]?.keys.contains(key) == true, entries[key]?.handover != id else { return [] }
+        handovers[id]?.keys.removeAll { $0 == key }
+        handovers[id]?.confirmed.remove(key)
+        var actions: [Action] = []
+        releaseHandoverIfIdle(id, &actions)
+        return actions
+    }
+
     /// The handover failed: its `ASKING` or `SSUBSCRIBE` was refused, or its connection ended. Channels living on it
     /// go where the map says, with a gap; those still on the old owner stay there.
     mutating func handoverFailed(_ id: UInt64, _ error: RedisError, now: Instant) -> [Action] {
-        guard handovers[id] != nil else { return [] }
-        var actions: [Action] = []
+        guard handovers.removeValue(forKey: id) != nil else { return [] }
+        var actions: [Action] = [.closeHandover(id: id)]
         for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.handover == id {
             deafen(key, error, now: now, &actions)
             entries[key]?.handover = nil
             place(key, &actions)
         }
-        handovers[id] = nil
-        actions.append(.closeHandover(id: id))
         actions.append(.refreshTopology)
         collectIdleConnections(&actions)
         return actions
     }
 
-    private func pendingHandover(slot: Int, from source: Node) -> (UInt64, Handover)? {
-        handovers.first { $0.value.slot == slot && $0.value.source == source && !$0.value.flipped }.map { ($0.key, $0.value) }
+    /// Whether `key` is one of handover `id`'s channels that still lives on the old owner (waits for the flip).
+    private func isWaiting(_ key: ChannelKey, on id: UInt64, _ handover: Handover) -> Bool {
+        guard handover.keys.contains(key), let entry = entries[key] else { return false }
+        return entry.node == handover.source && entry.handover != id
     }
 
     /// `key`'s old owner dropped it: when a handover holds it on the importing node, it lives there now, with no gap
     /// if confirmed (else deaf until its confirmation). `nil` when no handover takes it.
     private mutating func handOver(_ key: ChannelKey, from node: Node, now: Instant) -> [Action]? {
-        guard key.kind == .shardChannel,
-              let (id, handover) = pendingHandover(slot: ClusterSlot.of(key.name), from: node),
-              handover.keys.contains(key), let number = handover.sequence
+        guard key.kind == .shardChannel else { return nil }
+        let slot = ClusterSlot.of(key.name)
+        guard let (id, handover) = handovers.first(where: { $0.value.slot == slot && $0.value.source == node && isWaiting(key, on: $0.key, $0.value) })
+                .map({ ($0.key, $0.value) }),
+              let number = handover.sequence
         else { return nil }
         var actions: [Action] = [.refreshTopology, .moved(key, from: node, to: handover.target)]
         leaveHandover(key, &actions)  // the one it lived on, if any
@@ -614,6 +645,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         entries[key]?.handover = id
         entries[key]?.redirects = 0
         entries[key]?.droppedBy = nil
+        entries[key]?.offMap = 0
         if handover.confirmed.contains(key) {
             entries[key]?.phase = .subscribed(number)
         } else {
@@ -628,16 +660,31 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     private mutating func leaveHandover(_ key: ChannelKey, _ actions: inout [Action]) {
         guard let id = entries[key]?.handover else { return }
         entries[key]?.handover = nil
+        entries[key]?.offMap = 0
         handovers[id]?.keys.removeAll { $0 == key }
         handovers[id]?.confirmed.remove(key)
         releaseHandoverIfIdle(id, &actions)
     }
 
-    /// Closes handover `id` when no channel lives on it or waits for it.
+    /// `key` leaves its old owner by the ordinary path: the handovers that waited to take it over no longer do.
+    private mutating func leavePendingHandovers(_ key: ChannelKey, _ actions: inout [Action]) {
+        for (id, handover) in handovers.sorted(by: { $0.key < $1.key }) where handover.keys.contains(key) {
+            guard entries[key]?.handover != id else { continue }
+            handovers[id]?.keys.removeAll { $0 == key }
+            handovers[id]?.confirmed.remove(key)
+            releaseHandoverIfIdle(id, &actions)
+        }
+    }
+
+    /// Closes handover `id` when no channel lives on it and none waits for it on the old owner.
     private mutating func releaseHandoverIfIdle(_ id: UInt64, _ actions: inout [Action]) {
         guard let handover = handovers[id] else { return }
         let used = entries.values.contains { $0.handover == id }
-        guard !used && (handover.flipped || handover.keys.isEmpty) else { return }
+        let waiting = handover.keys.contains { isWaiting($0, on: id, handover) }
+        // Kept while a channel lives on it, and until the flip while it has channels to take over (after the flip,
+        // while some still wait for their old owner's `sunsubscribe`).
+        let needed = used || (handover.flipped ? waiting : !handover.keys.isEmpty)
+        guard !needed else { return }
         handovers[id] = nil
         actions.append(.closeHandover(id: id))
     }
@@ -698,6 +745,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     /// Sends `key`'s SUBSCRIBE where it belongs, asking for the connection if needed.
     private mutating func place(_ key: ChannelKey, _ actions: inout [Action]) {
         leaveHandover(key, &actions)
+        leavePendingHandovers(key, &actions)
         guard let node = route(key) else {
             entries[key]?.phase = .unplaced
             entries[key]?.node = nil

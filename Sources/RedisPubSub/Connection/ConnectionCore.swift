@@ -126,6 +126,12 @@ final class ConnectionCore: HiredisContextDelegate, @unchecked Sendable {
         loop.execute { self.beginClose(completion, force: false) }
     }
 
+    /// Whether the connection is closed for good (closed, or its reconnect policy gave up). Loop only.
+    var isClosed: Bool {
+        loop.assertInLoop()
+        return machine.isClosed
+    }
+
     /// Closes at once: in-flight commands fail with ``RedisError/Code/connectionClosed``.
     func forceClose() {
         inbox.refuseNew(RedisError(.connectionClosed, "the connection was closed by close()"))
