@@ -356,9 +356,14 @@ struct ClusterSubscriptionStateMachineTests {
             let fetchesAgain = machine.needsTopology  // until it is clear
             #expect(fetchesAgain)
         }
-        actions = machine.topologyUpdated(elsewhere, now: now)
+        // Enough maps, but too soon (the node asked may learn the flip late): still waits.
+        actions = machine.topologyUpdated(elsewhere, now: now + .seconds(1))
+        #expect(!actions.contains { isLost($0, sink) })
+        actions = machine.topologyUpdated(elsewhere, now: now + Machine.handoverMapGrace)
         #expect(actions.contains { isLost($0, sink) })
         #expect(connects(actions) == [nodeB] && machine.handover(of: key) == nil)
+        // The handover's connection, which stays open for nothing now, is told to stop sending it... or closed.
+        #expect(!handoverClosed(actions).isEmpty || sends(actions).contains { $0.handover != nil && !$0.subscribe })
     }
 
     @Test func aMigrationRedirectedToAnotherNodeGetsANewHandover() {
@@ -390,6 +395,34 @@ struct ClusterSubscriptionStateMachineTests {
         var other = subscribed(sink, [key])
         let second = handedOver(&other, key)
         #expect(handoverClosed(other.handoverUnsubscribed(second, key: key)) == [second])
+    }
+
+    @Test func aRefusedHandoverIsNotRetriedDuringTheSameMigration() {
+        let sink = FakeSink()
+        let key = shard(low: true)
+        let slot = ClusterSlot.of(key.name)
+        var machine = subscribed(sink, [key])
+        let id = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        _ = machine.handoverReady(id)
+        _ = machine.handoverFailed(id, RedisError(.permissionDenied, "NOPERM"), refused: true, now: now)
+        #expect(handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA)).isEmpty)
+        #expect(handoverOpened(machine.migrationsObserved([:], on: nodeA)).isEmpty)
+        #expect(handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA)).count == 1)  // a new migration
+    }
+
+    @Test func aChannelAlreadyWaitingForAHandoverIsNotAskedForAgain() {
+        let sink = FakeSink()
+        let (a, b) = sameSlot()
+        let slot = ClusterSlot.of(a.name)
+        var machine = subscribed(sink, [a, b])
+        let id = handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA))[0]
+        let sent = handoverSent(machine.handoverReady(id))
+        for key in [a, b] { _ = machine.handoverAcknowledged(id, key: key, sequence: sent[0].sequence, now: now) }
+        _ = machine.serverUnsubscribed(a, on: nodeA, now: now)
+        // A watch answer from before the flip, read after a's push: b still waits for the first handover.
+        #expect(handoverOpened(machine.migrationsObserved([slot: nodeC], on: nodeA)).isEmpty)
+        let second = machine.serverUnsubscribed(b, on: nodeA, now: now)
+        #expect(!second.contains { isLost($0, sink) } && machine.handover(of: b) == id)
     }
 
     @Test func aChannelLivingOnAHandoverIsHandedOverAgainAtTheNextMigration() {

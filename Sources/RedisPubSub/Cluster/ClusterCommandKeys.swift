@@ -29,7 +29,7 @@ enum ClusterCommandKeys: Sendable, Equatable {
             return nil
         case .counted(let countAt):
             guard countAt < command.count, let count = Int(String(decoding: command[countAt].bytes, as: UTF8.self)),
-                  count >= 0, countAt + count < command.count
+                  count >= 0, count <= command.count - countAt - 1
             else { return [] }  // arguments the server will refuse: any node says so
             return Array(command[(countAt + 1)..<(countAt + 1 + count)])
         case .positions(let first, let last, let step):

@@ -12,6 +12,8 @@ final class ClusterRouter: Sendable {
     /// Where each command's keys are (``ClusterCommandKeys``), by lowercased name (`xinfo|stream` for a subcommand),
     /// as the cluster's nodes said when first asked.
     private let commandKeys = Locked<[String: ClusterCommandKeys]>([:])
+    /// The user may not read the command table (`COMMAND INFO` refused by an ACL).
+    private let commandTableRefused = Locked(false)
 
     private struct State {
         var topology: ClusterTopology
@@ -224,8 +226,8 @@ final class ClusterRouter: Sendable {
             do throws(RedisError) {
                 found = (try await send(["COMMAND", "GETKEYS"] + command, routedBy: nil, retry: retry).array ?? [])
                     .compactMap { $0.bytes.map(RedisArgument.init) }
-            } catch where error.code == .serverError {
-                found = []  // no key in these arguments, or arguments the command itself will refuse
+            } catch where error.code == .serverError || error.code == .permissionDenied {
+                found = []  // no key in these arguments, arguments the command will refuse, or no right to ask
             }
         } else {
             return nil
@@ -246,13 +248,16 @@ final class ClusterRouter: Sendable {
 
     private func keys(ofCommand name: String, retry: PublishRetry) async throws(RedisError) -> ClusterCommandKeys {
         if let known = ClusterCommandKeys.scripted[name] ?? commandKeys.withLock({ $0[name] }) { return known }
+        if commandTableRefused.withLock({ $0 }) { return .none }
         let reply: RedisValue
         do throws(RedisError) {
             reply = try await send(["COMMAND", "INFO", RedisArgument(name)], routedBy: nil, retry: retry)
-        } catch where error.code == .serverError {
-            // Not allowed to ask (an ACL without +command), say: sent to any node, whose -MOVED is followed. Not
-            // remembered, so a later call asks again.
+        } catch where error.code == .permissionDenied {
+            // An ACL without +command: not asked again; commands go to any node, whose -MOVED is followed.
+            commandTableRefused.withLock { $0 = true }
             return .none
+        } catch where error.code == .serverError {
+            return .none  // not remembered: a later call asks again
         }
         // A command the server does not know has no entry: any node answers it (with the error). Not remembered
         // either (a module may be loaded later); the table is bounded against callers inventing names.

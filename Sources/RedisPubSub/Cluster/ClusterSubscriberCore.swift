@@ -429,7 +429,7 @@ final class ClusterSubscriberCore: @unchecked Sendable {
                 break  // reported by the link
             case .failure(let error):
                 logger.debug("a handover was refused", metadata: ["redis.node": "\(link.node)", "error": "\(error)"])
-                run(machine.handoverFailed(id, error, now: .now))
+                run(machine.handoverFailed(id, error, refused: true, now: .now))
                 // A refused SSUBSCRIBE of several channels gets one error, not one per channel: the other answers
                 // never come, and a graceful close would wait for them.
                 link.connection.forceClose()
@@ -469,12 +469,10 @@ final class ClusterSubscriberCore: @unchecked Sendable {
             }
             connection.sendInternal(["CLUSTER", "NODES"]) { [self] result in
                 guard !closing, watchConnections[node] === connection else { return }
-                if case .failure(let error) = result, error.code == .connectionClosed {
-                    // Closed for good (its reconnect policy gave up) or not connected yet: replaced at the next tick
-                    // if closed, so that the node is not left unwatched.
-                    if connection.isClosed {
-                        watchConnections[node] = nil
-                    }
+                if case .failure = result {
+                    // Closed for good (its reconnect policy gave up, whatever the error) or not connected yet:
+                    // replaced at the next tick if closed, so that the node is not left unwatched.
+                    if connection.isClosed { watchConnections[node] = nil }
                     return
                 }
                 guard case .success(let reply) = result, let text = reply.string else { return }

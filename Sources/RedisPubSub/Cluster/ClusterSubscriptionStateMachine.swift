@@ -86,8 +86,10 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         /// The handover whose connection the channel lives on since its slot flipped (`node` is then the node that
         /// imported it); `nil`: the node's own connection.
         var handover: UInt64?
-        /// Fresh maps in a row that name another primary than the node a handover moved the channel to.
+        /// Fresh maps in a row that name another primary than the node a handover moved the channel to, and when the
+        /// first of them came.
         var offMap = 0
+        var offMapSince: Instant?
     }
 
     /// A slot's channels subscribed ahead on the node importing it.
@@ -110,13 +112,18 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// Handovers under way or holding channels, by number.
     private(set) var handovers: [UInt64: Handover] = [:]
+    /// Slots whose importing node refused a handover during the migration under way: not tried again until the watch
+    /// no longer sees that migration.
+    private var refusedMigrations: Set<Int> = []
     private var lastHandover: UInt64 = 0
 
     /// Fresh maps that may still name the node that dropped a channel before the channel goes there anyway.
     static var staleMapLimit: Int { 3 }
-    /// Fresh maps that may name another primary than the one a handover moved a channel to before it is moved there
-    /// (the old owner's `sunsubscribe` was a failover, say, not the migration's flip).
+    /// Fresh maps that may name another primary than the one a handover moved a channel to, and for how long,
+    /// before it is moved there (the old owner's `sunsubscribe` was a failover, say, not the migration's flip). Both
+    /// must pass: the node the maps come from may learn the flip late, by gossip.
     static var handoverMapLimit: Int { 5 }
+    static var handoverMapGrace: Duration { .seconds(3) }
 
     private struct Registration {
         let sink: Sink
@@ -409,7 +416,7 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
         if let moved = handOver(key, from: node, now: now) { return moved }
         var actions: [Action] = [.refreshTopology]
         deafen(key, RedisError(.connectionClosed, "the server ended the subscription (its slot moved)"), now: now, &actions)
-        leaveHandover(key, &actions)
+        leaveHandover(key, unsubscribe: false, &actions)
         if route(key) == node {  // the map has not caught up: wait for a fresh one
             entries[key]?.phase = .unplaced
             entries[key]?.droppedBy = (node, 0)
@@ -518,18 +525,20 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
                 if !map.nodes.contains(node) {
                     deafen(key, RedisError(.connectionClosed, "its node \(node) left the cluster"), now: now, &actions)
                     place(key, &actions)
-                } else if entry.handover != nil, route(key) != node {
+                } else if entry.handover != nil, let owner = route(key), owner != node {
                     // A handover took it to `node`, and the maps say another primary serves its slot: confirmed
-                    // after some maps (a node may learn the flip late), then moved where they say.
-                    if entry.offMap + 1 >= Self.handoverMapLimit {
-                        entries[key]?.offMap = 0
+                    // after some maps and some time (a node may learn the flip late), then moved where they say.
+                    let since = entry.offMapSince ?? now
+                    if entry.offMap + 1 >= Self.handoverMapLimit && now - since >= Self.handoverMapGrace {
                         deafen(key, RedisError(.connectionClosed, "its slot is served by another node than \(node)"), now: now, &actions)
                         place(key, &actions)
                     } else {
                         entries[key]?.offMap += 1
+                        entries[key]?.offMapSince = since
                     }
                 } else {
                     entries[key]?.offMap = 0
+                    entries[key]?.offMapSince = nil
                 }
             }
         }
@@ -554,14 +563,18 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
                 handovers[id]?.missed += 1  // once: this watch may have crossed the flip's `sunsubscribe` pushes
             }
         }
+        // A refused handover is not tried again during the same migration (the node would refuse it every tick).
+        refusedMigrations = refusedMigrations.filter { migrating[$0] != nil }
         var bySlot: [Int: [ChannelKey]] = [:]
         if !migrating.isEmpty {
             for (key, entry) in entries where key.kind == .shardChannel && entry.node == source && Self.isConfirmed(entry.phase) {
                 let slot = ClusterSlot.of(key.name)
-                if migrating[slot] != nil { bySlot[slot, default: []].append(key) }
+                // Not one a handover already waits to take over (a watch answer older than part of the flip).
+                guard migrating[slot] != nil, !handovers.contains(where: { isWaiting(key, on: $0.key, $0.value) }) else { continue }
+                bySlot[slot, default: []].append(key)
             }
         }
-        for (slot, keys) in bySlot.sorted(by: { $0.key < $1.key }) {
+        for (slot, keys) in bySlot.sorted(by: { $0.key < $1.key }) where !refusedMigrations.contains(slot) {
             guard let target = migrating[slot], target != source,
                   !handovers.values.contains(where: { $0.slot == slot && $0.source == source && !$0.flipped })
             else { continue }
@@ -610,12 +623,13 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// The handover failed: its `ASKING` or `SSUBSCRIBE` was refused, or its connection ended. Channels living on it
     /// go where the map says, with a gap; those still on the old owner stay there.
-    mutating func handoverFailed(_ id: UInt64, _ error: RedisError, now: Instant) -> [Action] {
-        guard handovers.removeValue(forKey: id) != nil else { return [] }
+    mutating func handoverFailed(_ id: UInt64, _ error: RedisError, refused: Bool = false, now: Instant) -> [Action] {
+        guard let handover = handovers.removeValue(forKey: id) else { return [] }
+        if refused && !handover.flipped { refusedMigrations.insert(handover.slot) }
         var actions: [Action] = [.closeHandover(id: id)]
         for (key, entry) in entries.sorted(by: { Self.order($0.key, $1.key) }) where entry.handover == id {
             deafen(key, error, now: now, &actions)
-            entries[key]?.handover = nil
+            entries[key]?.handover = nil  // its connection is gone: nothing to unsubscribe there
             place(key, &actions)
         }
         actions.append(.refreshTopology)
@@ -634,20 +648,24 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     private mutating func handOver(_ key: ChannelKey, from node: Node, now: Instant) -> [Action]? {
         guard key.kind == .shardChannel else { return nil }
         let slot = ClusterSlot.of(key.name)
-        guard let (id, handover) = handovers.first(where: { $0.value.slot == slot && $0.value.source == node && isWaiting(key, on: $0.key, $0.value) })
-                .map({ ($0.key, $0.value) }),
+        // The oldest handover that asked for it (a later one, from a stale watch answer, may not have yet).
+        guard let (id, handover) = handovers.sorted(by: { $0.key < $1.key }).first(where: {
+            $0.value.slot == slot && $0.value.source == node && $0.value.sequence != nil && isWaiting(key, on: $0.key, $0.value)
+        }).map({ ($0.key, $0.value) }),
               let number = handover.sequence
         else { return nil }
         var actions: [Action] = [.refreshTopology, .moved(key, from: node, to: handover.target)]
-        leaveHandover(key, &actions)  // the one it lived on, if any
+        leaveHandover(key, unsubscribe: false, &actions)  // the one it lived on, if any: that node just dropped it
         handovers[id]?.flipped = true
         entries[key]?.node = handover.target
         entries[key]?.handover = id
         entries[key]?.redirects = 0
         entries[key]?.droppedBy = nil
         entries[key]?.offMap = 0
+        entries[key]?.offMapSince = nil
+        leavePendingHandovers(key, &actions)  // any other handover that waited for it
         if handover.confirmed.contains(key) {
-            entries[key]?.phase = .subscribed(number)
+            actions += confirm(key, sequence: number, now: now)
         } else {
             deafen(key, RedisError(.connectionClosed, "the server ended the subscription (its slot moved)"), now: now, &actions)
             entries[key]?.phase = .subscribing(number)
@@ -657,13 +675,19 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
     }
 
     /// `key` leaves the handover connection it lived on (it moves again): the handover closes once nothing uses it.
-    private mutating func leaveHandover(_ key: ChannelKey, _ actions: inout [Action]) {
-        guard let id = entries[key]?.handover else { return }
+    /// With `unsubscribe`, a connection that stays open is told (`SUNSUBSCRIBE`), so it stops receiving the channel.
+    private mutating func leaveHandover(_ key: ChannelKey, unsubscribe: Bool, _ actions: inout [Action]) {
+        guard let id = entries[key]?.handover, let entry = entries[key] else { return }
         entries[key]?.handover = nil
         entries[key]?.offMap = 0
+        entries[key]?.offMapSince = nil
         handovers[id]?.keys.removeAll { $0 == key }
         handovers[id]?.confirmed.remove(key)
         releaseHandoverIfIdle(id, &actions)
+        if unsubscribe, let handover = handovers[id], entry.phase != .unplaced, entry.phase != .waitingForNode {
+            sequence += 1
+            actions.append(.send(Command(node: handover.target, key: key, subscribe: false, sequence: sequence, handover: id)))
+        }
     }
 
     /// `key` leaves its old owner by the ordinary path: the handovers that waited to take it over no longer do.
@@ -744,8 +768,10 @@ struct ClusterSubscriptionStateMachine<Sink: AnyObject> {
 
     /// Sends `key`'s SUBSCRIBE where it belongs, asking for the connection if needed.
     private mutating func place(_ key: ChannelKey, _ actions: inout [Action]) {
-        leaveHandover(key, &actions)
+        leaveHandover(key, unsubscribe: true, &actions)
         leavePendingHandovers(key, &actions)
+        entries[key]?.offMap = 0
+        entries[key]?.offMapSince = nil
         guard let node = route(key) else {
             entries[key]?.phase = .unplaced
             entries[key]?.node = nil
