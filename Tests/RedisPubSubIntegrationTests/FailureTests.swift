@@ -99,10 +99,17 @@ struct FailureTests {
         let connection = try await SharedServer.connect()
         let admin = try await SharedServer.connect()
         let id = try #require(try await connection.send("CLIENT", "ID").int)
-        // CLIENT PAUSE WRITE holds the connection's SET in the server, while the admin's commands still run.
-        try await admin.send("CLIENT", "PAUSE", 5000, "WRITE")
+        // CLIENT PAUSE WRITE holds the connection's SET in the server, while the admin's commands still run. Long
+        // enough for a sanitizer build under load (a 5 s pause ran out before the KILL once, and the SET was done);
+        // CLIENT UNPAUSE ends it as soon as the test is done with it.
+        try await admin.send("CLIENT", "PAUSE", 20000, "WRITE")
         let held = Task { try await connection.send("SET", uniqueName(), "held") }
-        try await waitUntil { (try await admin.send("CLIENT", "LIST", "ID", id).string ?? "").contains("flags=b") }
+        do {
+            try await waitUntil { (try await admin.send("CLIENT", "LIST", "ID", id).string ?? "").contains("flags=b") }
+        } catch {
+            try await admin.send("CLIENT", "UNPAUSE")  // the server is shared: never left paused
+            throw error
+        }
         try await admin.send("CLIENT", "KILL", "ID", id)
         try await admin.send("CLIENT", "UNPAUSE")
         let time = await elapsed {
