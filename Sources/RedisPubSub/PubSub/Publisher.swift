@@ -23,6 +23,8 @@ public final class Publisher: Sendable {
     public let encoder: JSONEncoder
     /// What a publish does when the connection is down.
     public let retry: PublishRetry
+    /// The trim of each stream set with ``setTrim(_:for:)``.
+    let streamTrims = Locked<[RedisName: StreamTrim]>([:])
 
     private init(connection: RedisConnection, encoder: JSONEncoder, retry: PublishRetry) {
         self.connection = connection
@@ -94,7 +96,7 @@ public final class Publisher: Sendable {
     }
 
     /// Runs `body`, and runs it again after a reconnect when it failed because the connection was down, until `limit`.
-    private func retrying<Result>(
+    func retrying<Result>(
         upTo limit: Duration, _ body: () async throws(RedisError) -> Result
     ) async throws(RedisError) -> Result {
         let deadline = ContinuousClock.now + limit
