@@ -70,7 +70,7 @@ struct StreamAppendTests {
         try await Task.sleep(for: .milliseconds(5))
         try await publisher.append("new", to: window, trim: .minimumID(cut, exact: true))
         #expect(try await entries(publisher.connection, window).map { String(decoding: $0.1, as: UTF8.self) } == ["new"])
-        try await publisher.append("newer", to: window, trim: .newerThan(.seconds(3600), now: StreamTrim.millisecondsSinceEpoch()))
+        try await publisher.append("newer", to: window, trim: .newerThan(.seconds(3600)))
         #expect(try await publisher.connection.send("XLEN", window).int == 2)
         await publisher.close()
     }
@@ -97,6 +97,15 @@ struct StreamAppendTests {
         await #expect { try await publisher.append(contentsOf: ["a", "b"], to: key) } throws: { isRedisError($0, .serverError) }
         #expect(try await publisher.connection.send("GET", key).string == "value")
         await publisher.close()
+    }
+
+    @Test func aTimeWindowIsCountedFromEachAppend() {
+        let words: [[UInt8]] = StreamTrim.newerThan(.milliseconds(1500)).arguments(now: 10_000).map(\.bytes)
+        let expected: [[UInt8]] = [Array("MINID".utf8), Array("~".utf8), Array("8500-0".utf8)]
+        #expect(words == expected)
+        let far: [[UInt8]] = StreamTrim.newerThan(.seconds(Int64.max)).arguments(now: 10_000).map(\.bytes)
+        let zero: [UInt8] = Array("0-0".utf8)
+        #expect(far.last == zero)  // saturates instead of trapping
     }
 
     @Test func entryIDsParseAndOrder() {

@@ -17,10 +17,12 @@ extension Publisher {
     /// let id = try await publisher.append("order 42 paid", to: "orders", trim: .maxLength(100_000))
     /// ```
     ///
-    /// An append that returns is on the server: in its memory and, with `appendonly yes`, in its append-only file
-    /// (so it survives a kill of the server process; with `appendfsync always` also a crash of the machine). An append that throws
-    /// ``RedisError/Code/connectionClosed`` or ``RedisError/Code/timeout`` may or may not have been applied; with
-    /// ``PublishRetry/whileReconnecting(upTo:)`` it is sent again, so the stream may then hold it twice.
+    /// An append that returns is on the server, in its memory. With `appendonly yes` and `appendfsync always` it was
+    /// also written and synced to the append-only file before the reply, so it survives a kill of the server and a
+    /// crash of the machine (with the default `appendfsync everysec`, the server may reply before writing, and the
+    /// last second or two can be lost). An append that throws ``RedisError/Code/connectionClosed`` or
+    /// ``RedisError/Code/timeout`` may or may not have been applied; with ``PublishRetry/whileReconnecting(upTo:)``,
+    /// one that failed with ``RedisError/Code/connectionClosed`` is sent again, so the stream may then hold it twice.
     ///
     /// - Parameters:
     ///   - message: the entry's `payload` field, byte for byte.
@@ -63,6 +65,9 @@ extension Publisher {
     /// Appends many messages to one stream in one write, waiting once: the fastest way to append a burst. Each is
     /// its own entry, in this order; the trim runs with each.
     ///
+    /// With ``PublishRetry/whileReconnecting(upTo:)``, a batch cut off by a disconnect is sent again in full: the
+    /// entries already appended are then there twice.
+    ///
     /// - Returns: the entries' IDs, in order.
     /// - Throws: as ``append(_:to:trim:)``; when one append fails, the call throws its error once every reply is in
     ///   (the others were appended).
@@ -104,7 +109,7 @@ extension Publisher {
     /// publisher.setTrim(.maxLength(10_000), for: "orders")
     /// ```
     public func setTrim(_ trim: StreamTrim?, for stream: some RedisNameConvertible) {
-        let name = RedisName(bytes: stream.redisArgument.bytes)
+        let name = RedisName(argument: stream.redisArgument)
         streamTrims.withLock { $0[name] = trim }
     }
 
@@ -112,7 +117,7 @@ extension Publisher {
     private func prefix(_ stream: RedisArgument, trim: StreamTrim?, creating: Bool) -> [RedisArgument] {
         var command: [RedisArgument] = ["XADD", stream]
         if !creating { command.append("NOMKSTREAM") }
-        let trim = trim ?? streamTrims.withLock { $0.isEmpty ? nil : $0[RedisName(bytes: stream.bytes)] }
+        let trim = trim ?? streamTrims.withLock { $0.isEmpty ? nil : $0[RedisName(argument: stream)] }
         if let trim { command += trim.arguments }
         command += ["*", Self.payloadField.argument]
         return command
