@@ -4,7 +4,7 @@ public import FoundationEssentials
 public import Foundation
 #endif
 
-/// Appending to Redis Streams: durable messages that consumer groups read at least once (``StreamConsumer``).
+/// Appending to Redis Streams: entries the server keeps until trimmed, for consumer groups and other readers.
 extension Publisher {
     /// The entry field that holds an appended message, so that any client can read it (`XRANGE s - +` shows
     /// `payload`).
