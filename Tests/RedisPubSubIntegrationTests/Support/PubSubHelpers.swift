@@ -9,13 +9,13 @@ func collect(
     timeout: Duration = .seconds(20),
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws -> [Message] {
-    let received = Locked(0)
+    let received = Locked<[String]>([])
     return try await withThrowingTaskGroup(of: [Message]?.self) { group in
         group.addTask {
             var messages: [Message] = []
             for try await message in subscription {
                 messages.append(message)
-                received.withLock { $0 = messages.count }
+                received.withLock { $0.append(String(message.string.prefix(40))) }
                 if messages.count == count { break }
             }
             return messages
@@ -28,9 +28,9 @@ func collect(
         group.cancelAll()
         guard let messages = first else {
             let got = received.withLock { $0 }
-            Issue.record(
-                "timed out waiting for \(count) messages (\(got) received, \(subscription.droppedMessageCount) dropped)",
-                sourceLocation: sourceLocation)
+            let dropped = subscription.droppedMessageCount
+            let text = "timed out waiting for \(count) messages (\(got.count) received, \(dropped) dropped): \(got.prefix(20))"
+            Issue.record(Comment(rawValue: text), sourceLocation: sourceLocation)
             return []
         }
         return messages
