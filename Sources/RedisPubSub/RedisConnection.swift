@@ -179,6 +179,9 @@ public final class RedisConnection: Sendable {
     /// connection is closed for good.
     public func events() -> AsyncStream<ConnectionEvent> { core.events.stream() }
 
+    /// Whether the connection is closed for good (by ``close()``, or a failure it does not retry).
+    var isClosedForGood: Bool { core.inbox.closedError != nil }
+
     /// Waits until the connection is (again) ready. Returns `false` when `deadline` passes first; throws when the
     /// connection is closed for good.
     func waitUntilConnected(before deadline: ContinuousClock.Instant) async throws(RedisError) -> Bool {

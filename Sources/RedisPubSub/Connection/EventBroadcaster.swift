@@ -9,6 +9,14 @@ final class EventBroadcaster<Event: Sendable>: Sendable {
         var last: Event?
     }
     private let state = Locked(State())
+    private let replaysLast: Bool
+
+    /// `replaysLast`: whether a new listener starts with the last event sent (for events that tell where things
+    /// stand); `false` for events that each report something that happened once, which a late listener must not see
+    /// twice.
+    init(replaysLast: Bool = true) {
+        self.replaysLast = replaysLast
+    }
 
     /// A broadcaster that goes away ends its streams: a listener never waits for events that cannot come.
     deinit {
@@ -39,7 +47,7 @@ final class EventBroadcaster<Event: Sendable>: Sendable {
         // Yielded under the lock, so every listener sees the events in the order they were sent, and a new listener's
         // replayed event is never newer than the first live one (yielding to an AsyncStream never blocks).
         state.withLock { state in
-            state.last = event
+            if replaysLast { state.last = event }
             for listener in state.listeners.values { listener.yield(event) }
         }
     }

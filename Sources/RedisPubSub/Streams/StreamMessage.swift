@@ -1,0 +1,109 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+import Synchronization
+
+/// One entry of a stream as a ``StreamConsumer`` delivers it: its ID, fields and delivery count, and the way to
+/// settle it, ``ack()`` or ``fail()``.
+///
+/// An entry is pending in its group until acknowledged. Call ``ack()`` once it is processed; an entry neither acked
+/// nor failed stays with this consumer (its lease kept fresh while the consumer runs) and is delivered again, here
+/// after a reconnect or a restart under the same consumer name, or elsewhere once the consumer is gone.
+public struct StreamMessage: Sendable {
+    /// The stream the entry belongs to.
+    public let stream: RedisName
+    /// The entry's ID.
+    public let id: StreamEntryID
+    /// The entry's fields, in order.
+    public let fields: [StreamField]
+    /// How many times the group has delivered the entry, this delivery included: 1 the first time, more after a
+    /// consumer failed, crashed or was too slow.
+    public let deliveryCount: Int
+    let settlement: StreamSettlement?
+
+    init(stream: RedisName, id: StreamEntryID, fields: [StreamField], deliveryCount: Int, settlement: StreamSettlement?) {
+        self.stream = stream
+        self.id = id
+        self.fields = fields
+        self.deliveryCount = deliveryCount
+        self.settlement = settlement
+    }
+
+    /// The value of the first field named `name`, or `nil`.
+    public func field(_ name: RedisName) -> [UInt8]? {
+        fields.first { $0.name == name }?.value
+    }
+
+    /// The `payload` field (``Publisher/payloadField``), as ``Publisher/append(_:to:trim:)`` writes it; empty when
+    /// the entry has no such field (one appended by another client with other fields: read ``fields``).
+    public var payload: [UInt8] { field(Publisher.payloadField) ?? [] }
+    /// The payload as UTF-8 text (invalid sequences become U+FFFD).
+    public var string: String { String(decoding: payload, as: UTF8.self) }
+    /// The payload as `Data`.
+    public var data: Data { Data(payload) }
+
+    /// Decodes the payload as JSON.
+    ///
+    /// - Throws: ``MessageDecodingError`` whose ``MessageDecodingError/message`` carries the stream's name as its
+    ///   channel and the payload.
+    public func decode<T: Decodable>(_ type: T.Type = T.self, using decoder: JSONDecoder = JSONDecoder()) throws(MessageDecodingError) -> T {
+        do {
+            return try decoder.decode(T.self, from: Data(payload))
+        } catch {
+            throw MessageDecodingError(message: Message(channel: stream.bytes, payload: payload), underlying: error)
+        }
+    }
+
+    /// Acknowledges the entry (`XACK`): it leaves the group's pending list and is never delivered again. Returns at
+    /// once; acknowledgements are batched, one `XACK` per stream in flight, and the entry's place in the prefetch
+    /// frees when the server confirms it. Only the first ``ack()`` or ``fail()`` of an entry counts. An
+    /// acknowledgement made after the consumer closed is not sent: the entry is delivered again (at least once).
+    public func ack() {
+        settlement?.settle(acknowledging: true)
+    }
+
+    /// Gives the entry back without acknowledging it: it is delivered again, to any consumer of the group once
+    /// another consumer's reclaim takes it (at once: its idle time is set to ``StreamConsumer/Options/claimIdle``),
+    /// counting one more delivery, and it moves to the dead-letter stream after
+    /// ``StreamConsumer/Options/maxDeliveries``. Without reclaiming (`claimIdle` `nil`), it stays pending under this
+    /// consumer until its next restart.
+    public func fail() {
+        settlement?.settle(acknowledging: false)
+    }
+}
+
+extension StreamMessage: CustomStringConvertible {
+    /// E.g. `orders 1700000000000-0: "order 42 paid"` (the payload, else the fields).
+    public var description: String {
+        let body: String
+        if field(Publisher.payloadField) != nil {
+            let shown = String(decoding: payload.prefix(64), as: UTF8.self)
+            body = payload.count > 64 ? "\"\(shown)…\" (\(payload.count) bytes)" : "\"\(shown)\""
+        } else {
+            body = fields.map(\.description).joined(separator: " ")
+        }
+        return "\(stream) \(id): " + body + (deliveryCount > 1 ? " (delivery \(deliveryCount))" : "")
+    }
+}
+
+/// Where a message's ``StreamMessage/ack()`` or ``StreamMessage/fail()`` goes: its consumer, once.
+final class StreamSettlement: Sendable {
+    let key: StreamConsumerStateMachine.Key
+    private let settled = Atomic<Bool>(false)
+    private weak let consumer: StreamConsumerCore?
+
+    init(key: StreamConsumerStateMachine.Key, consumer: StreamConsumerCore) {
+        self.key = key
+        self.consumer = consumer
+    }
+
+    /// Whether ``StreamMessage/ack()`` or ``StreamMessage/fail()`` was called.
+    var isSettled: Bool { settled.load(ordering: .acquiring) }
+
+    func settle(acknowledging: Bool) {
+        guard settled.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        if acknowledging { consumer?.acknowledge(key) } else { consumer?.fail(key) }
+    }
+}
