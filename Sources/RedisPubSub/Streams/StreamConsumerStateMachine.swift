@@ -344,7 +344,11 @@ struct StreamConsumerStateMachine {
     /// The next reclaim: list the entries of `stream` idle at least ``Settings/claimIdle`` after the cursor (at most
     /// `count`) and claim them, atomically; report ``reclaimed(stream:requested:candidates:claimed:sentAt:now:)``.
     mutating func reclaimDue(now: Instant) -> (stream: Int, after: StreamEntryID?, count: Int)? {
-        guard settings.claimIdle != nil, !reclaiming, now >= nextReclaim, room > 0 else { return nil }
+        guard settings.claimIdle != nil, !reclaiming, now >= nextReclaim else { return nil }
+        guard room > 0 else {
+            nextReclaim = now + settings.claimInterval  // nothing could be taken: look again later, not at once
+            return nil
+        }
         switch phase {
         case .readingNew, .readingOwn: break
         case .creatingGroups, .closed: return nil
@@ -439,7 +443,7 @@ struct StreamConsumerStateMachine {
 
     private mutating func backOff(_ now: Instant) {
         // 50 ms, doubling to 2 s: a persistent failure costs one command per step, never a busy loop.
-        let delay = Duration.milliseconds(50 * (1 << min(failures, 5)))
+        let delay = Duration.milliseconds(50 * (1 << min(failures, 6)))
         failures += 1
         backoffUntil = now + min(delay, .seconds(2))
     }
