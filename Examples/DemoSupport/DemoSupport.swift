@@ -155,6 +155,14 @@ public func logClusterEvents(_ events: AsyncStream<ClusterEvent>, name: String) 
     }
 }
 
+/// Logs a stream consumer's claims, dead letters, losses (with their count), `NOGROUP` and reconnects on standard
+/// error.
+public func logStreamConsumerEvents(_ events: AsyncStream<StreamConsumerEvent>, name: String) -> Task<Void, Never> {
+    Task {
+        for await event in events { Console.error("\(name): \(event)") }
+    }
+}
+
 /// Writes a subscription's gaps to standard error ("deaf since ...", "recovered after ...").
 public func logSubscriptionEvents(_ events: AsyncStream<SubscriptionEvent>, name: String) -> Task<Void, Never> {
     Task {

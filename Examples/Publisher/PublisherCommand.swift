@@ -51,7 +51,11 @@ struct PublisherCommand: AsyncParsableCommand {
     @Flag(help: "The URL names a seed node of a Redis Cluster.")
     var cluster = false
 
+    @Option(help: "Append each message to this Redis Stream (XADD, field payload) instead of publishing it; prints \"Published <id> to <stream>: <payload>\".")
+    var stream: String?
+
     func validate() throws {
+        if stream != nil && (cluster || shard) { throw ValidationError("--stream cannot be combined with --cluster or --shard") }
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if interval < 0 { throw ValidationError("--interval must not be negative") }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
@@ -67,8 +71,9 @@ struct PublisherCommand: AsyncParsableCommand {
                 try await ClusterPublisher.connect(to: RedisClusterConfiguration(seeds: [$0]), encoder: Notification.encoder)
             }
             let eventLog = logClusterEvents(publisher.events(), name: "publisher")
-            let loop = PublishLoop(channel: channel, interval: interval, count: count, message: message, json: json) { (payload: String) async throws(RedisError) -> Int in
-                shard ? try await publisher.publish(payload, toShard: channel) : try await publisher.publish(payload, to: channel)
+            let loop = PublishLoop(interval: interval, count: count, message: message, json: json) { (payload: String) async throws(RedisError) -> String in
+                let receivers = shard ? try await publisher.publish(payload, toShard: channel) : try await publisher.publish(payload, to: channel)
+                return PublishLoop.publishedLine(channel: channel, receivers: receivers, payload: payload)
             }
             guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
             eventLog.cancel()
@@ -77,8 +82,14 @@ struct PublisherCommand: AsyncParsableCommand {
                 try await Publisher.connect(to: $0, encoder: Notification.encoder)
             }
             let eventLog = logConnectionEvents(publisher.events(), name: "publisher")
-            let loop = PublishLoop(channel: channel, interval: interval, count: count, message: message, json: json) { (payload: String) async throws(RedisError) -> Int in
-                shard ? try await publisher.publish(payload, toShard: channel) : try await publisher.publish(payload, to: channel)
+            let stream = self.stream
+            let loop = PublishLoop(interval: interval, count: count, message: message, json: json) { (payload: String) async throws(RedisError) -> String in
+                if let stream {
+                    let id = try await publisher.append(payload, to: stream)
+                    return "Published \(id) to \(stream): \(payload)"
+                }
+                let receivers = shard ? try await publisher.publish(payload, toShard: channel) : try await publisher.publish(payload, to: channel)
+                return PublishLoop.publishedLine(channel: channel, receivers: receivers, payload: payload)
             }
             guard await runServices(connection: publisher, worker: loop, name: "publisher") else { throw ExitCode(1) }
             eventLog.cancel()
@@ -88,13 +99,16 @@ struct PublisherCommand: AsyncParsableCommand {
 
 /// Publishes every `interval` seconds; returns after `count` messages, or when the group shuts down.
 struct PublishLoop: Service {
-    let channel: String
     let interval: Double
     let count: Int?
     let message: String?
     let json: Bool
-    /// Sends one payload; returns the receiver count.
-    let publish: @Sendable (String) async throws(RedisError) -> Int
+    /// Sends one payload; returns the line to print.
+    let publish: @Sendable (String) async throws(RedisError) -> String
+
+    static func publishedLine(channel: String, receivers: Int, payload: String) -> String {
+        "Published to \(channel) (\(receivers) \(receivers == 1 ? "receiver" : "receivers")): \(payload)"
+    }
 
     func run() async throws {
         try await cancelWhenGracefulShutdown {
@@ -111,8 +125,7 @@ struct PublishLoop: Service {
                     } else {
                         payload = text
                     }
-                    let receivers = try await publish(payload)
-                    Console.out("Published to \(channel) (\(receivers) \(receivers == 1 ? "receiver" : "receivers")): \(payload)")
+                    Console.out(try await publish(payload))
                 } catch let error as RedisError where error.code == .connectionClosed || error.code == .timeout {
                     Console.error("publisher: not sent (\(error)); retrying at the next interval")
                     sent -= 1

@@ -52,12 +52,42 @@ struct SubscriberCommand: AsyncParsableCommand {
     @Option(help: "Exit 0 after printing this many messages (skipped payloads do not count).")
     var count: Int?
 
+    @Option(name: .customLong("stream"), help: "Consume this Redis Stream through a consumer group (--group) instead of subscribing; repeat for more. Prints \"Received message on <stream>: <payload>\" and acknowledges each entry after --work seconds.")
+    var streams: [String] = []
+
+    @Option(help: "With --stream: the consumer group (created if missing).")
+    var group: String?
+
+    @Option(help: "With --stream: this consumer's name in the group; keep it across restarts. Default: the host name.")
+    var consumer: String?
+
+    @Option(help: "With --stream: seconds of simulated processing before each acknowledgement.")
+    var work: Double = 0
+
+    @Option(name: .customLong("claim-idle"), help: "With --stream: seconds after which another consumer's unacknowledged entries are taken over (0: never).")
+    var claimIdle: Double = 30
+
+    @Option(name: .customLong("max-deliveries"), help: "With --stream: deliveries after which an entry moves to the dead-letter stream (0: never).")
+    var maxDeliveries: Int = 10
+
+    @Option(name: .customLong("dead-letter"), help: "With --stream: the dead-letter stream. Default: <stream>:dead-letter.")
+    var deadLetter: String?
+
     func validate() throws {
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
         if healthCheckInterval < 0 { throw ValidationError("--health-check-interval must not be negative") }
         if migrationWatchInterval < 0 { throw ValidationError("--migration-watch-interval must not be negative") }
         if migrationWatchInterval > 0 && !cluster { throw ValidationError("--migration-watch-interval needs --cluster") }
+        if streams.isEmpty {
+            if group != nil || consumer != nil || deadLetter != nil { throw ValidationError("--group, --consumer and --dead-letter need --stream") }
+        } else {
+            if group == nil { throw ValidationError("--stream needs --group") }
+            if cluster || !channels.isEmpty || !patterns.isEmpty || !shardChannels.isEmpty {
+                throw ValidationError("--stream cannot be combined with --cluster, --channel, --pattern or --shard-channel")
+            }
+            if work < 0 || claimIdle < 0 || maxDeliveries < 0 { throw ValidationError("--work, --claim-idle and --max-deliveries must not be negative") }
+        }
     }
 
     func run() async throws {
@@ -65,7 +95,9 @@ struct SubscriberCommand: AsyncParsableCommand {
         let channels = noneGiven ? ["notifications"] : self.channels
         let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval, tls: tls)
         let names = channels + patterns + shardChannels
-        if cluster {
+        if !streams.isEmpty {
+            try await consumeStreams(configuration)
+        } else if cluster {
             let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
                 var cluster = RedisClusterConfiguration(seeds: [$0])
                 if migrationWatchInterval > 0 { cluster.migrationWatchInterval = .seconds(migrationWatchInterval) }
@@ -92,6 +124,26 @@ struct SubscriberCommand: AsyncParsableCommand {
             guard await runServices(connection: subscriber, worker: printer, name: "subscriber") else { throw ExitCode(1) }
             eventLog.cancel()
         }
+    }
+
+    /// The --stream mode: a consumer group member that prints, works, then acknowledges each entry.
+    private func consumeStreams(_ configuration: RedisConfiguration) async throws {
+        var options = StreamConsumer.Options()
+        options.claimIdle = claimIdle > 0 ? .milliseconds(Int(claimIdle * 1000)) : nil
+        if let claimIdle = options.claimIdle { options.claimInterval = min(.seconds(5), max(.milliseconds(100), claimIdle / 4)) }
+        options.maxDeliveries = maxDeliveries > 0 ? maxDeliveries : nil
+        options.deadLetterStream = deadLetter.map { RedisName($0) }
+        let streams = self.streams.map { RedisName($0) }
+        let group = RedisName(self.group ?? "")
+        let name = RedisName(consumer ?? ProcessInfo.processInfo.hostName)
+        let consumer = await connectWithRetry(configuration, timeout: connectTimeout) {
+            try await StreamConsumer.connect(to: $0, streams: streams, group: group, consumer: name, options: options)
+        }
+        Console.out("Consuming \(self.streams.joined(separator: ", ")) in group \(group) as \(name)")
+        let eventLog = logStreamConsumerEvents(consumer.events(), name: "subscriber")
+        let worker = StreamPrinter(consumer: consumer, json: json, count: count, work: work)
+        guard await runServices(connection: consumer, worker: worker, name: "subscriber") else { throw ExitCode(1) }
+        eventLog.cancel()
     }
 
     /// Subscribes and prints "Subscribed to ..."; exits 1 when the server refuses.
@@ -129,6 +181,39 @@ struct Printer: Service {
                 } else {
                     Console.out("Received message on \(source): \(message.string)")
                 }
+                printed += 1
+                if let count, printed >= count { return }
+            }
+        }
+    }
+}
+
+/// Prints each stream entry, works on it for `work` seconds, then acknowledges it; a payload that is not a
+/// notification (with --json) is failed instead, so it is delivered again and ends in the dead-letter stream.
+struct StreamPrinter: Service {
+    let consumer: StreamConsumer
+    let json: Bool
+    let count: Int?
+    let work: Double
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            var printed = 0
+            for try await message in consumer {
+                if json {
+                    do {
+                        let notification = try message.decode(Notification.self, using: Notification.decoder)
+                        Console.out("Received notification #\(notification.id) on \(message.stream): \(notification.text)")
+                    } catch let error as MessageDecodingError {
+                        Console.error("Not acknowledged: \(message.stream) \(message.id) is not a notification (\(error.underlying))")
+                        message.fail()
+                        continue
+                    }
+                } else {
+                    Console.out("Received message on \(message.stream): \(message.string)")
+                }
+                if work > 0 { try await Task.sleep(for: .milliseconds(Int(work * 1000))) }
+                message.ack()
                 printed += 1
                 if let count, printed >= count { return }
             }

@@ -250,13 +250,14 @@ struct SampleBinaryTests {
         let subscriber = try SampleProcess("subscriber", ["--help"])
         #expect(await subscriber.exitStatus() == 0)
         for option in ["--url", "--connect-timeout", "--channel", "--pattern", "--json", "--count", "REDIS_URL", "rediss://",
-                       "--tls-ca-file", "--tls-cert-file", "--tls-key-file"] {
+                       "--tls-ca-file", "--tls-cert-file", "--tls-key-file", "--stream", "--group", "--consumer", "--work",
+                       "--claim-idle", "--max-deliveries", "--dead-letter"] {
             #expect(subscriber.stdout.contains(option), "subscriber --help lacks \(option)")
         }
         let publisher = try SampleProcess("publisher", ["--help"])
         #expect(await publisher.exitStatus() == 0)
         for option in ["--url", "--connect-timeout", "--channel", "--interval", "--count", "--message", "--json", "REDIS_URL",
-                       "rediss://", "--tls-ca-file", "--tls-cert-file", "--tls-key-file"] {
+                       "rediss://", "--tls-ca-file", "--tls-cert-file", "--tls-key-file", "--stream"] {
             #expect(publisher.stdout.contains(option), "publisher --help lacks \(option)")
         }
     }

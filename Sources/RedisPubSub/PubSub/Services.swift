@@ -21,6 +21,15 @@ extension Publisher: Service {
     }
 }
 
+extension StreamConsumer: Service {
+    /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes gracefully: stops
+    /// reading, sends the acknowledgements made, releases what is held, and ends the loop normally.
+    public func run() async {
+        try? await gracefulShutdown()
+        await close()
+    }
+}
+
 extension ClusterSubscriber: Service {
     /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes gracefully:
     /// unsubscribes on every node, delivers what already arrived, and ends every subscription's loop normally.

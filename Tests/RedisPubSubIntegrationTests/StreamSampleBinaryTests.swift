@@ -1,0 +1,70 @@
+import Foundation
+import RedisPubSub
+import Testing
+
+/// The sample binaries' stream mode (issue 13): `publisher --stream`, `subscriber --stream --group`.
+@Suite("Sample binaries: streams and consumer groups", .serialized)
+struct StreamSampleBinaryTests {
+    @Test func publisherAppendsAndSubscriberConsumesPrintingTheDocumentedLines() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let subscriber = try SampleProcess(
+            "subscriber", ["--url", server.url, "--stream", "jobs", "--group", "g", "--consumer", "c1", "--count", "3"])
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        #expect(subscriber.stdoutLines.first == "Consuming jobs in group g as c1")
+        let publisher = try SampleProcess("publisher", ["--url", server.url, "--stream", "jobs", "--count", "3", "--interval", "0.05"])
+        #expect(await publisher.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+        let published = publisher.stdoutLines
+        #expect(published.count == 3)
+        for line in published {
+            #expect(line.wholeMatch(of: try Regex(#"Published \d+-\d+ to jobs: Hello at "# + SampleBinaryTests.time)) != nil, "\(line)")
+        }
+        let received = Array(subscriber.stdoutLines.dropFirst())
+        #expect(received.count == 3)
+        #expect(received.map { $0.split(separator: ": ", maxSplits: 1).last } == published.map { $0.split(separator: ": ", maxSplits: 1).last })
+        for line in received { #expect(line.hasPrefix("Received message on jobs: Hello at "), "\(line)") }
+        // Each was acknowledged before the subscriber exited.
+        let connection = try await RedisConnection.connect(to: RedisConfiguration(url: server.url))
+        #expect(try await connection.send("XPENDING", "jobs", "g").array?.first?.int == 0)
+        await connection.close()
+    }
+
+    @Test func aKilledConsumerProcessIsTakenOverAndNothingIsLost() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let configuration = try RedisConfiguration(url: server.url)
+        let connection = try await RedisConnection.connect(to: configuration)
+        try await connection.send("XGROUP", "CREATE", "jobs", "workers", "0", "MKSTREAM")
+        let publisher = try await Publisher.connect(to: configuration)
+        let total = 2000
+        let ids = try await publisher.append(contentsOf: (0..<total).map { "job \($0)" }, to: "jobs")
+        #expect(ids.count == total)
+        let arguments = ["--url", server.url, "--stream", "jobs", "--group", "workers", "--work", "0.002", "--claim-idle", "1"]
+        let first = try SampleProcess("subscriber", arguments + ["--consumer", "first"])
+        try await waitUntil(timeout: .seconds(60)) { first.stdoutLines.count > total / 2 }
+        first.signal(SIGKILL)  // halfway: its prefetched and unacknowledged entries stay pending under its name
+        _ = await first.exitStatus()
+        let second = try SampleProcess("subscriber", arguments + ["--consumer", "second"])
+        let prefix = "Received message on jobs: "
+        func processed() -> [String] {
+            (first.stdoutLines + second.stdoutLines).filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
+        }
+        try await waitUntil(timeout: .seconds(90)) { Set(processed()).count == total }
+        try await waitUntil(timeout: .seconds(10)) {
+            try await connection.send("XPENDING", "jobs", "workers").array?.first?.int == 0
+        }
+        let all = processed()
+        let unique = Set(all)
+        #expect(unique == Set((0..<total).map { "job \($0)" }))
+        // Duplicates: only what the killed process had printed but not acknowledged, at most its prefetch (16).
+        let duplicates = all.count - unique.count
+        print("crash and takeover: \(all.count) printed, \(unique.count) unique, \(duplicates) processed twice")
+        #expect(duplicates <= 16, "\(duplicates) duplicates")
+        #expect(second.stderr.contains("claimed"), "\(second.stderr)")
+        second.signal(SIGTERM)
+        #expect(await second.exitStatus() == 0)
+        await publisher.close()
+        await connection.close()
+    }
+}
