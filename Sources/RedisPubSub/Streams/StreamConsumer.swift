@@ -135,10 +135,13 @@ public final class StreamConsumer: AsyncSequence, Sendable {
     /// `MKSTREAM`, from ``Options/start``); returns once every group exists. Reading starts at once.
     ///
     /// - Parameters:
+    ///   - configuration: the server, credentials and TLS, as for ``RedisConnection/connect(to:logger:)``.
     ///   - streams: the streams' keys; one read covers them all.
     ///   - group: the consumer group.
     ///   - consumer: this consumer's name in the group. Give each process a name of its own that it keeps across
     ///     restarts (a host name, a pod name), so a restarted process takes up what it held.
+    ///   - options: prefetch, reclaiming, dead letters; see ``Options``.
+    ///   - logger: where the consumer logs claims, dead letters, losses and reconnects; nothing by default.
     /// - Throws: ``RedisError``: as ``RedisConnection/connect(to:logger:)``; ``RedisError/Code/serverError`` when a
     ///   key holds something else than a stream (`WRONGTYPE`); ``RedisError/Code/permissionDenied`` for an ACL that
     ///   forbids the stream commands; ``RedisError/Code/invalidConfiguration`` for invalid options.
