@@ -14,7 +14,7 @@ public import Logging
 /// ```
 ///
 /// What it does for you, by default:
-/// - **Bounded prefetch**: it never holds more than ``Options/prefetch`` unacknowledged entries, so a stalled
+/// - **Bounded prefetch**: it holds at most about ``Options/prefetch`` unacknowledged entries, so a stalled
 ///   consumer holds little that others must wait for.
 /// - **Own pending entries first**: on start and after every reconnect it first reads again what the group already
 ///   delivered to this consumer name and was never acknowledged (a crashed process restarted under the same name
@@ -74,7 +74,9 @@ public final class StreamConsumer: AsyncSequence, Sendable {
     /// How a consumer reads, reclaims and gives up on entries.
     public struct Options: Sendable, Hashable {
         /// The most entries held at once: delivered (or buffered for delivery) and not yet acknowledged. Reads ask
-        /// for the room left (with several streams, a read may exceed it by at most the number of streams less one).
+        /// for the room left (with several streams, a read may exceed it by at most the number of streams less one;
+        /// a reclaim answered while a blocking read waits, by at most what the reclaim took: twice the prefetch
+        /// at worst).
         public var prefetch: Int
         /// Where a group the consumer creates starts (a group that exists is left as it is). A group created again
         /// after `NOGROUP` starts at the stream's first entry whatever this says, so nothing appended after the
@@ -92,7 +94,8 @@ public final class StreamConsumer: AsyncSequence, Sendable {
         /// How long one read waits for new entries before it asks again (`XREADGROUP ... BLOCK`).
         public var blockTimeout: Duration
         /// Acknowledges each message when the loop asks for the next one, unless it was acknowledged or failed
-        /// already. A message whose loop body throws or breaks is not acknowledged, and is delivered again.
+        /// already. A message whose loop body throws or breaks is not acknowledged: once let go it counts as failed,
+        /// and is delivered again.
         public var acknowledgesAutomatically: Bool
 
         /// Options; the defaults suit most services.

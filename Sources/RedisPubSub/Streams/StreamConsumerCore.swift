@@ -164,8 +164,17 @@ final class StreamConsumerCore: Sendable {
             report(reported)
             await carryOut(outcome)
         } catch {
-            report(machine.withLock { $0.readFailed(error, now: .now) })
+            readFailed(error)
         }
+    }
+
+    /// A read failed: the machine decides; a connection closed for good (reconnecting disabled or given up, a
+    /// refused password) ends the consumer with its error.
+    private func readFailed(_ error: RedisError) {
+        report(machine.withLock { $0.readFailed(error, now: .now) })
+        guard connection.isClosedForGood, error.code != .cancelled else { return }
+        queue.finish(error)
+        closeInBackground()
     }
 
     private func readNew(count: Int) async {
@@ -187,7 +196,7 @@ final class StreamConsumerCore: Sendable {
             report(reported)
             await carryOut(outcome)
         } catch {
-            report(machine.withLock { $0.readFailed(error, now: .now) })
+            readFailed(error)
         }
     }
 
@@ -214,29 +223,39 @@ final class StreamConsumerCore: Sendable {
         for entry in outcome.deadLetter { await deadLetter(entry) }
     }
 
+    /// Appends the entry to the dead-letter stream, then acknowledges it, in one script: if the append fails, the
+    /// script stops before the acknowledgement (a transaction would have acknowledged it anyway), and an entry that
+    /// is no longer pending (acknowledged or moved meanwhile) is not appended twice.
+    private static let deadLetterScript = """
+        local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+        if #pending == 0 then return false end
+        local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        return id
+        """
+
     private func deadLetter(_ entry: Machine.Entry) async {
         let stream = streams[entry.key.stream]
         let target = options.deadLetterStream ?? RedisName(bytes: stream.bytes + Array(":dead-letter".utf8))
-        var add: [RedisArgument] = ["XADD", target.redisArgument, "*"]
-        for field in entry.fields { add += [field.name.redisArgument, RedisArgument(field.value)] }
+        var command: [RedisArgument] = [
+            "EVAL", RedisArgument(Self.deadLetterScript), "2", stream.redisArgument, target.redisArgument,
+            group.redisArgument, entry.key.id.redisArgument,
+        ]
+        for field in entry.fields { command += [field.name.redisArgument, RedisArgument(field.value)] }
         let reason = "delivered \(entry.deliveryCount) times, more than maxDeliveries (\(options.maxDeliveries ?? 0))"
-        add += [
+        command += [
             "original-stream", stream.redisArgument, "original-id", entry.key.id.redisArgument,
             "delivery-count", RedisArgument(entry.deliveryCount), "reason", RedisArgument(reason),
         ]
         do throws(RedisError) {
-            let replies = try await connection.transaction([
-                add, ["XACK", stream.redisArgument, group.redisArgument, entry.key.id.redisArgument],
-            ])
-            for reply in replies { if case .error(let message) = reply { throw RedisError.server(message) } }
-            guard let newID = replies[0].bytes.flatMap(StreamEntryID.init(bytes:)) else {
-                throw RedisError(.protocolError, "unexpected reply to XADD")
-            }
-            send(.deadLettered(
-                stream: stream, id: entry.key.id, deliveryCount: entry.deliveryCount, deadLetterStream: target,
-                deadLetterID: newID))
+            let reply = try await connection.send(command)
+            if let newID = reply.bytes.flatMap(StreamEntryID.init(bytes:)) {
+                send(.deadLettered(
+                    stream: stream, id: entry.key.id, deliveryCount: entry.deliveryCount, deadLetterStream: target,
+                    deadLetterID: newID))
+            }  // else no longer pending: nothing to move
         } catch {
-            // The entry stays pending: it is reclaimed and moved again later.
+            // Nothing was acknowledged: the entry stays pending, and is reclaimed and moved again later.
             send(.failed(error))
         }
         machine.withLock { $0.deadLettered(entry.key) }

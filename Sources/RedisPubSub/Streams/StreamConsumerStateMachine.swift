@@ -107,13 +107,19 @@ struct StreamConsumerStateMachine {
         var leaseFrom: Instant
         var renewing = false
         var acknowledging = false
+        /// After a failed renewal: not tried again before this (a reconnecting connection fails at once).
+        var retryAt: Instant?
     }
 
     let settings: Settings
     private let me: RedisName
     private var phase: Phase
     private var held: [Key: Held] = [:]
-    private var deadLettersInFlight = 0
+    /// Entries being moved to the dead-letter stream: they take room, and a second path must not move them again.
+    private var deadLettering: Set<Key> = []
+    /// Room promised to the read and the reclaim in flight, so that together they never exceed the prefetch.
+    private var readReserved = 0
+    private var reclaimReserved = 0
     private var acknowledgements: [Key] = []
     private var acknowledgementsInFlight: [Key] = []
     private var backoffUntil: Instant?
@@ -136,7 +142,7 @@ struct StreamConsumerStateMachine {
     // MARK: Reading
 
     /// Free room for entries: the prefetch minus what is held and being dead-lettered.
-    var room: Int { max(0, settings.prefetch - held.count - deadLettersInFlight) }
+    var room: Int { max(0, settings.prefetch - held.count - deadLettering.count - readReserved - reclaimReserved) }
 
     /// Entries held right now (delivered and not yet released).
     var heldCount: Int { held.count }
@@ -153,11 +159,15 @@ struct StreamConsumerStateMachine {
             return .createGroups(streams.sorted().map { GroupCreation(stream: $0, fromBeginning: missingReported.contains($0)) })
         case .readingOwn(let stream, let after):
             guard room > 0 else { return .waitForRoom }
-            return .readOwn(stream: stream, after: after, count: room)
+            readReserved = room
+            return .readOwn(stream: stream, after: after, count: readReserved)
         case .readingNew:
             guard room > 0 else { return .waitForRoom }
             // COUNT applies to each stream: share the room out (a read may then exceed it by at most the number of
             // streams less one, when the room is smaller than that).
+            // Not reserved: a blocking read waits most of its time, and would keep reclaims from ever having room. A
+            // reclaim answered while it waits can therefore take the consumer past the prefetch, by at most its own
+            // count.
             return .readNew(count: max(1, room / settings.streams.count))
         case .closed: return .stop
         }
@@ -165,9 +175,10 @@ struct StreamConsumerStateMachine {
 
     /// The groups of `streams` exist now (`created`: those the consumer created, not found with BUSYGROUP).
     mutating func groupsReady(_ streams: [Int], created: [Int], now: Instant) -> [Event] {
-        guard case .creatingGroups(var missing) = phase else { return [] }
+        guard case .creatingGroups(var missing) = phase, !streams.isEmpty else { return [] }
         var events = succeeded()
-        for stream in created where missingReported.remove(stream) != nil { events.append(.groupCreated(stream: stream)) }
+        // Created here or by another consumer (BUSYGROUP): either way the group is back.
+        for stream in streams where missingReported.remove(stream) != nil { events.append(.groupCreated(stream: stream)) }
         missing.subtract(streams)
         // With every group there, read what this consumer already holds in them (its own pending entries) first.
         phase = missing.isEmpty ? .readingOwn(stream: 0, after: .zero) : .creatingGroups(missing)
@@ -180,6 +191,7 @@ struct StreamConsumerStateMachine {
     mutating func ownEntriesRead(
         stream: Int, requested: Int, entries: [RawEntry], deliveryCounts: [StreamEntryID: Int], sentAt: Instant, now: Instant
     ) -> (Outcome, [Event]) {
+        readReserved = 0
         guard case .readingOwn(stream, _) = phase else { return (Outcome(), []) }
         let events = succeeded()
         var outcome = Outcome(acknowledgeLost: true)
@@ -189,7 +201,7 @@ struct StreamConsumerStateMachine {
                 outcome.lost[stream, default: []].append(entry.id)
                 continue
             }
-            guard held[key] == nil, let count = deliveryCounts[entry.id] else { continue }
+            guard held[key] == nil, !deadLettering.contains(key), let count = deliveryCounts[entry.id] else { continue }
             admit(Entry(key: key, fields: fields, deliveryCount: count), sentAt: sentAt, into: &outcome)
         }
         if entries.count < requested {
@@ -202,6 +214,7 @@ struct StreamConsumerStateMachine {
 
     /// New entries (`>`), per stream: first deliveries.
     mutating func newEntriesRead(_ entries: [(stream: Int, entries: [RawEntry])], sentAt: Instant, now: Instant) -> (Outcome, [Event]) {
+        readReserved = 0
         guard phase == .readingNew else { return (Outcome(), []) }
         let events = succeeded()
         var outcome = Outcome()
@@ -223,6 +236,7 @@ struct StreamConsumerStateMachine {
     /// A read or a group creation failed. A missing group (`NOGROUP`) is created again; a lost connection makes the
     /// next read start over with the own pending entries; anything else is retried after a back-off.
     mutating func readFailed(_ error: RedisError, now: Instant) -> [Event] {
+        readReserved = 0
         guard phase != .closed, error.code != .cancelled else { return [] }
         var events: [Event] = []
         if let missing = Self.missingGroups(error, streams: settings.streams) {
@@ -308,7 +322,7 @@ struct StreamConsumerStateMachine {
     /// A dead letter was written and its entry acknowledged (or that failed: the entry then stays pending and is
     /// reclaimed and dead-lettered again later).
     mutating func deadLettered(_ key: Key) {
-        deadLettersInFlight = max(0, deadLettersInFlight - 1)
+        deadLettering.remove(key)
     }
 
     // MARK: Leases and reclaiming
@@ -320,6 +334,7 @@ struct StreamConsumerStateMachine {
         var due: [Int: [StreamEntryID]] = [:]
         for (key, var entry) in held where !entry.renewing && !entry.acknowledging {
             guard entry.leaseFrom + settings.leaseInterval <= now, now < entry.leaseFrom + claimIdle else { continue }
+            if let retryAt = entry.retryAt, now < retryAt { continue }
             entry.renewing = true
             held[key] = entry
             due[key.stream, default: []].append(key.id)
@@ -335,7 +350,12 @@ struct StreamConsumerStateMachine {
                 let key = Key(stream: stream, id: id)
                 guard var entry = held[key] else { continue }
                 entry.renewing = false
-                if succeeded { entry.leaseFrom = max(entry.leaseFrom, sentAt) }
+                if succeeded {
+                    entry.leaseFrom = max(entry.leaseFrom, sentAt)
+                    entry.retryAt = nil
+                } else {
+                    entry.retryAt = sentAt + min(settings.leaseInterval, .milliseconds(250))
+                }
                 held[key] = entry
             }
         }
@@ -345,25 +365,30 @@ struct StreamConsumerStateMachine {
     /// `count`) and claim them, atomically; report ``reclaimed(stream:requested:candidates:claimed:sentAt:now:)``.
     mutating func reclaimDue(now: Instant) -> (stream: Int, after: StreamEntryID?, count: Int)? {
         guard settings.claimIdle != nil, !reclaiming, now >= nextReclaim else { return nil }
-        guard room > 0 else {
-            nextReclaim = now + settings.claimInterval  // nothing could be taken: look again later, not at once
+        // Only once the own pending entries are read again (a reclaim would take idle own ones too, counting a
+        // delivery twice), and only with room: else look again after an interval, not at once.
+        guard phase == .readingNew, room > 0 else {
+            nextReclaim = now + settings.claimInterval
             return nil
         }
-        switch phase {
-        case .readingNew, .readingOwn: break
-        case .creatingGroups, .closed: return nil
-        }
         reclaiming = true
-        return (reclaimStream, reclaimCursor[reclaimStream], room)
+        reclaimReserved = room
+        return (reclaimStream, reclaimCursor[reclaimStream], reclaimReserved)
     }
 
     /// When the next reclaim is due (for the driver's timer).
     var nextReclaimAt: Instant? { settings.claimIdle == nil || phase == .closed ? nil : nextReclaim }
 
-    /// The earliest time a held entry's lease is due for renewal.
+    /// The earliest time a held entry's lease is due for renewal (entries whose lease lapsed are never renewed).
     var nextLeaseAt: Instant? {
-        guard settings.claimIdle != nil, phase != .closed else { return nil }
-        return held.values.lazy.filter { !$0.renewing && !$0.acknowledging }.map { $0.leaseFrom + settings.leaseInterval }.min()
+        guard let claimIdle = settings.claimIdle, phase != .closed else { return nil }
+        var earliest: Instant?
+        for entry in held.values where !entry.renewing && !entry.acknowledging {
+            let due = max(entry.leaseFrom + settings.leaseInterval, entry.retryAt ?? entry.leaseFrom)
+            guard due < entry.leaseFrom + claimIdle else { continue }
+            earliest = min(earliest ?? due, due)
+        }
+        return earliest
     }
 
     /// A reclaim's result: `candidates` as listed, `claimed` as `XCLAIM` returned them (a candidate it did not
@@ -372,7 +397,11 @@ struct StreamConsumerStateMachine {
         stream: Int, requested: Int, candidates: [Candidate], claimed: [RawEntry], sentAt: Instant, now: Instant
     ) -> Outcome {
         reclaiming = false
-        var outcome = Outcome()
+        reclaimReserved = 0
+        // Entries a claim returned for an entry that was deleted stay pending on Redis 6.2 (7.0 drops them):
+        // acknowledging them is harmless either way.
+        var outcome = Outcome(acknowledgeLost: true)
+        guard phase != .closed else { return outcome }
         let fields = Dictionary(claimed.compactMap { entry in entry.fields.map { (entry.id, $0) } }, uniquingKeysWith: { a, _ in a })
         for candidate in candidates {
             let key = Key(stream: stream, id: candidate.id)
@@ -380,6 +409,7 @@ struct StreamConsumerStateMachine {
                 outcome.lost[stream, default: []].append(candidate.id)
                 continue
             }
+            if deadLettering.contains(key) { continue }
             if var entry = held[key] {
                 entry.leaseFrom = max(entry.leaseFrom, sentAt)  // its lease had run out; the claim renewed it
                 held[key] = entry
@@ -402,6 +432,7 @@ struct StreamConsumerStateMachine {
     /// A reclaim failed: tried again after the interval.
     mutating func reclaimFailed(now: Instant) {
         reclaiming = false
+        reclaimReserved = 0
         nextReclaim = now + settings.claimInterval
     }
 
@@ -425,7 +456,7 @@ struct StreamConsumerStateMachine {
 
     private mutating func admit(_ entry: Entry, sentAt: Instant, into outcome: inout Outcome) {
         if let max = settings.maxDeliveries, entry.deliveryCount > max {
-            deadLettersInFlight += 1
+            deadLettering.insert(entry.key)
             outcome.deadLetter.append(entry)
         } else {
             held[entry.key] = Held(leaseFrom: sentAt)

@@ -8,9 +8,11 @@ import Synchronization
 /// One entry of a stream as a ``StreamConsumer`` delivers it: its ID, fields and delivery count, and the way to
 /// settle it, ``ack()`` or ``fail()``.
 ///
-/// An entry is pending in its group until acknowledged. Call ``ack()`` once it is processed; an entry neither acked
-/// nor failed stays with this consumer (its lease kept fresh while the consumer runs) and is delivered again, here
-/// after a reconnect or a restart under the same consumer name, or elsewhere once the consumer is gone.
+/// An entry is pending in its group until acknowledged. Call ``ack()`` once it is processed. While a handler holds
+/// the message, its lease is kept fresh so no other consumer takes it over; a message let go (every copy released)
+/// without ``ack()`` or ``fail()`` counts as failed and is delivered again. A consumer that crashes leaves its
+/// entries pending: they are delivered again to it after a restart under the same name, or to another consumer once
+/// idle ``StreamConsumer/Options/claimIdle``.
 public struct StreamMessage: Sendable {
     /// The stream the entry belongs to.
     public let stream: RedisName
@@ -68,7 +70,7 @@ public struct StreamMessage: Sendable {
     /// another consumer's reclaim takes it (at once: its idle time is set to ``StreamConsumer/Options/claimIdle``),
     /// counting one more delivery, and it moves to the dead-letter stream after
     /// ``StreamConsumer/Options/maxDeliveries``. Without reclaiming (`claimIdle` `nil`), it stays pending under this
-    /// consumer until its next restart.
+    /// consumer until it reads its own pending entries again (after a reconnect or a restart).
     public func fail() {
         settlement?.settle(acknowledging: false)
     }
@@ -92,11 +94,18 @@ extension StreamMessage: CustomStringConvertible {
 final class StreamSettlement: Sendable {
     let key: StreamConsumerStateMachine.Key
     private let settled = Atomic<Bool>(false)
-    private weak let consumer: StreamConsumerCore?
+    // nonisolated(unsafe) is safe: written once, in init, and only read afterwards (a `weak let` needs Swift 6.2).
+    nonisolated(unsafe) private weak var consumer: StreamConsumerCore?
 
     init(key: StreamConsumerStateMachine.Key, consumer: StreamConsumerCore) {
         self.key = key
         self.consumer = consumer
+    }
+
+    /// A message let go without ``StreamMessage/ack()`` or ``StreamMessage/fail()`` (a loop left with `break` or a
+    /// throw, say) is failed: its place in the prefetch frees, and it is delivered again.
+    deinit {
+        settle(acknowledging: false)
     }
 
     /// Whether ``StreamMessage/ack()`` or ``StreamMessage/fail()`` was called.
