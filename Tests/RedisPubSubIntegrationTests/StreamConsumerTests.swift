@@ -155,7 +155,9 @@ struct StreamConsumerTests {
     @Test func aHandlerRunningThreeTimesClaimIdleIsNotDeliveredTwice() async throws {
         let publisher = try await Publisher.connect(to: SharedServer.configuration)
         let stream = uniqueName("lease")
-        let options = Self.quick(claimIdle: .milliseconds(500))
+        // 1.5 s: renewed every 0.5 s, so a loaded machine (a sanitizer build running other suites) that delays one
+        // renewal by up to a second still keeps the lease.
+        let options = Self.quick(claimIdle: .milliseconds(1500))
         let slow = try await StreamConsumer.connect(
             to: SharedServer.configuration, streams: [RedisName(stream)], group: "g", consumer: "slow", options: options)
         _ = try await publisher.append("long job", to: stream)
@@ -171,7 +173,7 @@ struct StreamConsumerTests {
                 message.ack()
             }
         }
-        try await Task.sleep(for: .milliseconds(1500))  // three times claimIdle
+        try await Task.sleep(for: .milliseconds(4500))  // three times claimIdle
         message.ack()
         try await waitUntil { try await Self.pendingCount(publisher.connection, stream, "g") == 0 }
         let stolen = otherGot.withLock { $0 }

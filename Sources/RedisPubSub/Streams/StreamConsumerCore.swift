@@ -386,9 +386,11 @@ final class StreamConsumerCore: Sendable {
             let outcome = machine.withLock {
                 $0.reclaimed(stream: stream, requested: count, candidates: candidates, claimed: claimed, sentAt: sentAt, now: .now)
             }
+            room.signal()  // the reclaim's reserved room is free again: a read may be waiting for it
             await carryOut(outcome)
         } catch {
             machine.withLock { $0.reclaimFailed(now: .now) }
+            room.signal()
             // NOGROUP is the read loop's to report; a lost connection too.
             if Machine.missingGroups(error, streams: streams) == nil, !Machine.isConnectionLoss(error), error.code != .cancelled {
                 send(.failed(error))
