@@ -72,11 +72,12 @@ final class StreamConsumerCore: Sendable {
     }
 
     private func shutDown() async {
-        let release = machine.withLock { $0.close(now: .now) }
+        // The loops stop first, so that whatever a reclaim in flight took is held, and released below.
         let loops = tasks.withLock { $0 }
         for task in loops { task.cancel() }
         room.signal()
         for task in loops { await task.value }
+        let release = machine.withLock { $0.close(now: .now) }
         _ = queue.drain()  // held, so released below
         queue.finish(nil)
         // Acknowledgements made before the close go out, unless the server stays unreachable for a command timeout.
@@ -377,11 +378,13 @@ final class StreamConsumerCore: Sendable {
         guard let claimIdle = options.claimIdle else { return }
         let sentAt = ContinuousClock.now
         do throws(RedisError) {
-            let reply = try await connection.send([
+            // Not interrupted once sent (a close waits for it): the server claims the entries whatever the client
+            // does, and a discarded reply would leave them claimed, unreleased, for a whole claimIdle.
+            let reply = try await connection.sendUninterruptible(encoded: RESP.encode([
                 "EVAL", RedisArgument(Self.reclaimScript), "1", streams[stream].redisArgument, group.redisArgument,
                 RedisArgument(Int(claimIdle / .milliseconds(1))), RedisArgument(after.map { "(\($0)" } ?? "-"),
                 RedisArgument(count), consumer.redisArgument,
-            ])
+            ]))
             let (candidates, claimed) = try StreamReplies.reclaim(reply)
             let outcome = machine.withLock {
                 $0.reclaimed(stream: stream, requested: count, candidates: candidates, claimed: claimed, sentAt: sentAt, now: .now)
