@@ -18,6 +18,16 @@ enum RESP {
         for argument in arguments { append(argument, to: &out) }
     }
 
+    /// Appends the request for `prefix` followed by `last`, without building the array (a batch of commands that
+    /// differ only in their last argument).
+    static func append(_ prefix: [RedisArgument], _ last: RedisArgument, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "*"))
+        appendDecimal(prefix.count + 1, to: &out)
+        out.append(13); out.append(10)
+        for argument in prefix { append(argument, to: &out) }
+        append(last, to: &out)
+    }
+
     /// `*3 $verb $channel $message` in one exact-size allocation (the publish fast path).
     static func encode(_ verb: StaticString, _ first: RedisArgument, _ second: RedisArgument) -> [UInt8] {
         var out = [UInt8]()

@@ -68,8 +68,7 @@ extension RedisValue: CustomStringConvertible {
         case .integer(let value): return "(integer) \(value)"
         case .null: return "(nil)"
         case .bulkString(let bytes):
-            let shown = String(decoding: bytes.prefix(64), as: UTF8.self)
-            return bytes.count > 64 ? "\"\(shown)…\" (\(bytes.count) bytes)" : "\"\(shown)\""
+            return quotedForDescription(bytes)
         case .array(let elements):
             return "[" + elements.map(\.description).joined(separator: ", ") + "]"
         }
@@ -97,4 +96,10 @@ extension RedisValue {
                     + (elements.count > 4 ? ", ..." : "") + ")")
         }
     }
+}
+
+/// `bytes` as quoted UTF-8 for a description: `"hello"`, or the first 64 bytes and the size, `"hel…" (900 bytes)`.
+func quotedForDescription(_ bytes: [UInt8]) -> String {
+    let shown = String(decoding: bytes.prefix(64), as: UTF8.self)
+    return bytes.count > 64 ? "\"\(shown)…\" (\(bytes.count) bytes)" : "\"\(shown)\""
 }

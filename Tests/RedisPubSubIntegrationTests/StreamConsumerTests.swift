@@ -215,6 +215,88 @@ struct StreamConsumerTests {
         await publisher.close()
     }
 
+    @Test func aDeadLetterThatCannotBeWrittenLeavesTheEntryPendingUntilItCan() async throws {
+        let publisher = try await Publisher.connect(to: SharedServer.configuration)
+        let connection = publisher.connection
+        let stream = uniqueName("unwritable")
+        try await connection.send("SET", "\(stream):dead-letter", "not a stream")  // XADD to it fails: WRONGTYPE
+        let consumer = try await StreamConsumer.connect(
+            to: SharedServer.configuration, streams: [RedisName(stream)], group: "g", consumer: "w",
+            options: Self.quick(claimIdle: .milliseconds(200), maxDeliveries: 1))
+        let events = EventRecorder(consumer.events())
+        let reading = Task {
+            for try await message in consumer { message.fail() }
+        }
+        _ = try await publisher.append("poison", to: stream)
+        let failed = await events.next { if case .failed = $0 { true } else { false } }
+        #expect(failed != nil, "\(events.all)")
+        // Not acknowledged: still pending, not lost.
+        #expect(try await Self.pendingCount(connection, stream, "g") == 1)
+        try await connection.send("DEL", "\(stream):dead-letter")
+        let moved = await events.next { if case .deadLettered = $0 { true } else { false } }
+        #expect(moved != nil, "\(events.all)")
+        try await waitUntil { try await Self.pendingCount(connection, stream, "g") == 0 }
+        #expect(try await connection.send("XLEN", "\(stream):dead-letter").int == 1)
+        reading.cancel()
+        await consumer.close()
+        await publisher.close()
+    }
+
+    @Test func aMessageLetGoWithoutAckOrFailFreesItsRoom() async throws {
+        let publisher = try await Publisher.connect(to: SharedServer.configuration)
+        let stream = uniqueName("let-go")
+        _ = try await publisher.append(contentsOf: ["a", "b"], to: stream)
+        let consumer = try await StreamConsumer.connect(
+            to: SharedServer.configuration, streams: [RedisName(stream)], group: "g", consumer: "w",
+            options: Self.quick(prefetch: 1, claimIdle: nil))
+        do {
+            var iterator = consumer.makeAsyncIterator()
+            let first = try await iterator.next()
+            #expect(first?.string == "a")
+        }  // the loop is left (a break, a throw) with "a" neither acknowledged nor failed: it counts as failed
+        let next = try await Self.take(consumer, 1)
+        #expect(next.map(\.string) == ["b"])  // with the prefetch of 1 still taken by "a", this would wait for ever
+        try await waitUntil { try await Self.pendingCount(publisher.connection, stream, "g") == 1 }  // "a" is pending
+        await consumer.close()
+        await publisher.close()
+    }
+
+    @Test func aConnectionClosedForGoodEndsTheLoopWithItsError() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.reconnect = .disabled
+        let consumer = try await StreamConsumer.connect(
+            to: configuration, streams: ["s"], group: "g", consumer: "w", options: Self.quick())
+        let ended = Task { () -> RedisError? in
+            do {
+                for try await message in consumer { message.ack() }
+                return nil
+            } catch {
+                return error as? RedisError ?? RedisError(.invalidArgument, "not a RedisError: \(error)")
+            }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        server.stop()
+        let outcome = await withTaskGroup(of: RedisError??.self) { group in
+            group.addTask { await ended.value }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(20))
+                return .none
+            }
+            let first = await group.next() ?? .none
+            group.cancelAll()
+            return first
+        }
+        guard case .some(let error) = outcome else {
+            Issue.record("the loop did not end within 20 s")
+            ended.cancel()
+            return
+        }
+        #expect(error?.code == .connectionClosed, "\(String(describing: error))")
+        await consumer.close()
+    }
+
     @Test func pendingEntriesTrimmedAwayAreReportedAsLost() async throws {
         let publisher = try await Publisher.connect(to: SharedServer.configuration)
         let connection = publisher.connection

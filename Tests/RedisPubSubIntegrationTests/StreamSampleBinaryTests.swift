@@ -30,6 +30,30 @@ struct StreamSampleBinaryTests {
         await connection.close()
     }
 
+    @Test func withJSONAPayloadThatDoesNotDecodeEndsInTheDeadLetterStream() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let connection = try await RedisConnection.connect(to: RedisConfiguration(url: server.url))
+        let subscriber = try SampleProcess("subscriber", [
+            "--url", server.url, "--stream", "jobs", "--group", "g", "--json", "--max-deliveries", "1",
+            "--claim-idle", "0.3", "--dead-letter", "bad-jobs", "--count", "1",
+        ])
+        try await waitUntil { subscriber.stdout.contains("\n") }
+        try await connection.send("XADD", "jobs", "*", "payload", "not json")
+        try await waitUntil(timeout: .seconds(20)) { try await connection.send("XLEN", "bad-jobs").int == 1 }
+        let publisher = try SampleProcess("publisher", ["--url", server.url, "--stream", "jobs", "--json", "--count", "1"])
+        #expect(await publisher.exitStatus() == 0)
+        #expect(await subscriber.exitStatus() == 0)
+        #expect(subscriber.stdoutLines.last?.hasPrefix("Received notification #1 on jobs: Hello at ") == true, "\(subscriber.stdout)")
+        #expect(subscriber.stderr.contains("Not acknowledged: jobs"), "\(subscriber.stderr)")
+        #expect(subscriber.stderr.contains("to bad-jobs"), "\(subscriber.stderr)")
+        let letter = try await connection.send("XRANGE", "bad-jobs", "-", "+")
+        let fields = letter.array?.first?.array?.last?.array?.compactMap(\.string) ?? []
+        #expect(fields.prefix(4) == ["payload", "not json", "original-stream", "jobs"])
+        #expect(try await connection.send("XPENDING", "jobs", "g").array?.first?.int == 0)
+        await connection.close()
+    }
+
     @Test func aKilledConsumerProcessIsTakenOverAndNothingIsLost() async throws {
         let server = try RedisServer.start()
         defer { server.stop() }

@@ -218,4 +218,53 @@ struct StreamConsumerStateMachineTests {
         let next = machine.reclaimDue(now: start + .seconds(1))
         #expect(next?.after == id(2) && next?.count == 1)
     }
+
+    @Test func aGroupAnotherConsumerCreatedAgainCountsAsBackAndAnEmptyResultChangesNothing() {
+        var machine = reading(settings())
+        let error = RedisError(.serverError, "NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option")
+        let missing = machine.readFailed(error, now: start)
+        #expect(missing == [.groupMissing(stream: 0)])
+        // Nothing became ready (the server was unreachable): no event, and the back-off stays.
+        let lost = RedisError(.connectionClosed, "lost")
+        let failed = machine.readFailed(lost, now: start)
+        #expect(failed == [.disconnected(lost)])
+        let nothing = machine.groupsReady([], created: [], now: start)
+        #expect(nothing.isEmpty)
+        let waiting = machine.nextRead(now: start)
+        guard case .wait = waiting else {
+            Issue.record("no back-off: \(waiting)")
+            return
+        }
+        // Another consumer recreated it (BUSYGROUP here): it is back all the same, and a later loss is reported again.
+        let back = machine.groupsReady([0], created: [], now: start + .seconds(3))
+        #expect(back == [.reconnected, .groupCreated(stream: 0)])
+        _ = machine.ownEntriesRead(stream: 0, requested: 4, entries: [], deliveryCounts: [:], sentAt: start, now: start)
+        let again = machine.readFailed(error, now: start + .seconds(3))
+        #expect(again == [.groupMissing(stream: 0)])
+    }
+
+    @Test func aFailedRenewalIsRetriedAfterAPauseNotAtOnce() {
+        var machine = reading(settings(claimIdle: .seconds(3)))
+        _ = machine.newEntriesRead([(0, [entry(1)])], sentAt: start, now: start)
+        let due = machine.leasesDue(now: start + .seconds(1))
+        machine.leasesRenewed(due, succeeded: false, sentAt: start + .seconds(1))
+        let atOnce = machine.leasesDue(now: start + .seconds(1) + .milliseconds(10))
+        #expect(atOnce.isEmpty)
+        #expect(machine.nextLeaseAt == start + .seconds(1) + .milliseconds(250))
+        let later = machine.leasesDue(now: start + .seconds(1) + .milliseconds(250))
+        #expect(later == [0: [id(1)]])
+    }
+
+    @Test func noReclaimWhileTheOwnPendingListIsReadAgain() {
+        var machine = Machine(settings: settings(), consumer: "me", now: start)
+        _ = machine.groupsReady([0], created: [], now: start)
+        let during = machine.reclaimDue(now: start)
+        #expect(during == nil)
+        #expect(machine.nextReclaimAt == start + .seconds(1))  // looked at again after an interval, not spun on
+        _ = machine.ownEntriesRead(stream: 0, requested: 4, entries: [], deliveryCounts: [:], sentAt: start, now: start)
+        let after = machine.reclaimDue(now: start + .seconds(1))
+        #expect(after != nil)
+        // The reclaim's room is reserved: the own list's read and it never ask for more than the prefetch together.
+        #expect(machine.room == 0)
+    }
 }

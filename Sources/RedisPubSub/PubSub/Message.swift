@@ -67,13 +67,7 @@ public struct Message: Sendable, Hashable {
 extension Message: CustomStringConvertible {
     /// E.g. `news (pattern n*): "hello"`, with payloads over 64 bytes abbreviated.
     public var description: String {
-        let body: String
-        if let payloadValue {
-            body = "\(payloadValue)"
-        } else {
-            let shown = String(decoding: payload.prefix(64), as: UTF8.self)
-            body = payload.count > 64 ? "\"\(shown)…\" (\(payload.count) bytes)" : "\"\(shown)\""
-        }
+        let body = payloadValue.map { "\($0)" } ?? quotedForDescription(payload)
         return channel + (pattern.map { " (pattern \($0))" } ?? "") + ": " + body
     }
 }

@@ -80,17 +80,12 @@ extension Publisher {
         var bytes: [UInt8] = []
         var count = 0
         for message in messages {
-            RESP.append(prefix + [message.redisArgument], to: &bytes)
+            RESP.append(prefix, message.redisArgument, to: &bytes)
             count += 1
         }
         let encoded = bytes
-        let replies: [RedisValue]
-        if case .whileReconnecting(let limit) = retry.base {
-            replies = try await retrying(upTo: limit) { () async throws(RedisError) in
-                try await connection.sendBatch(encoded: encoded, commands: count)
-            }
-        } else {
-            replies = try await connection.sendBatch(encoded: encoded, commands: count)
+        let replies = try await retryingIfConfigured { () async throws(RedisError) in
+            try await connection.sendBatch(encoded: encoded, commands: count)
         }
         var ids: [StreamEntryID] = []
         ids.reserveCapacity(count)
@@ -113,6 +108,14 @@ extension Publisher {
         streamTrims.withLock { $0[name] = trim }
     }
 
+    /// `body`, run again after a reconnect as ``retry`` says.
+    private func retryingIfConfigured<Result>(
+        _ body: () async throws(RedisError) -> Result
+    ) async throws(RedisError) -> Result {
+        guard case .whileReconnecting(let limit) = retry.base else { return try await body() }
+        return try await retrying(upTo: limit, body)
+    }
+
     /// `XADD stream [NOMKSTREAM] [trim] * payload`, without the payload.
     private func prefix(_ stream: RedisArgument, trim: StreamTrim?, creating: Bool) -> [RedisArgument] {
         var command: [RedisArgument] = ["XADD", stream]
@@ -126,14 +129,11 @@ extension Publisher {
     private func appendOne(
         _ message: RedisArgument, _ stream: RedisArgument, trim: StreamTrim?, creating: Bool
     ) async throws(RedisError) -> StreamEntryID? {
-        let encoded = RESP.encode(prefix(stream, trim: trim, creating: creating) + [message])
-        let reply: RedisValue
-        if case .whileReconnecting(let limit) = retry.base {
-            reply = try await retrying(upTo: limit) { () async throws(RedisError) in
-                try await connection.sendUninterruptible(encoded: encoded)
-            }
-        } else {
-            reply = try await connection.sendUninterruptible(encoded: encoded)
+        var encoded: [UInt8] = []
+        RESP.append(prefix(stream, trim: trim, creating: creating), message, to: &encoded)
+        let bytes = encoded
+        let reply = try await retryingIfConfigured { () async throws(RedisError) in
+            try await connection.sendUninterruptible(encoded: bytes)
         }
         if reply.isNull, !creating { return nil }
         guard let bytes = reply.bulkBytes, let id = StreamEntryID(bytes: bytes) else {

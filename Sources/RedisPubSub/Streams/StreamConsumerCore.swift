@@ -17,6 +17,8 @@ final class StreamConsumerCore: Sendable {
     private let logger: Logger
     private let machine: Locked<Machine>
     private let streamIndex: [RedisName: Int]
+    /// `BLOCK ms STREAMS s1 s2 ... > > ...`: the end of every read of new entries.
+    private let readNewSuffix: [RedisArgument]
     private let room = WakeSignal()
     private let tasks = Locked<[Task<Void, Never>]>([])
     private let flush = Locked<Task<Void, Never>?>(nil)
@@ -38,14 +40,16 @@ final class StreamConsumerCore: Sendable {
             leaseInterval: claimIdle.map { $0 / 3 } ?? .seconds(1), maxDeliveries: options.maxDeliveries)
         self.machine = Locked(Machine(settings: settings, consumer: consumer, now: .now))
         self.streamIndex = Dictionary(streams.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { first, _ in first })
+        self.readNewSuffix = ["BLOCK", RedisArgument(Int(options.blockTimeout / .milliseconds(1))), "STREAMS"]
+            + streams.map(\.redisArgument) + Array(repeating: ">", count: streams.count)
     }
 
     var heldCount: Int { machine.withLock { $0.heldCount } }
 
     // MARK: Starting and closing
 
-    /// Creates the groups (errors other than a lost connection are thrown: a wrong type, a permission), then starts
-    /// the loops.
+    /// Creates the groups, throwing any error (a wrong type, a permission, an unreachable server), then starts the
+    /// loops.
     func start() async throws(RedisError) {
         var created: [Int] = []
         for index in streams.indices {
@@ -179,12 +183,9 @@ final class StreamConsumerCore: Sendable {
     }
 
     private func readNew(count: Int) async {
-        var command: [RedisArgument] = [
+        let command: [RedisArgument] = [
             "XREADGROUP", "GROUP", group.redisArgument, consumer.redisArgument, "COUNT", RedisArgument(count),
-            "BLOCK", RedisArgument(Int(options.blockTimeout / .milliseconds(1))), "STREAMS",
-        ]
-        command += streams.map(\.redisArgument)
-        command += Array(repeating: ">", count: streams.count)
+        ] + readNewSuffix
         let sentAt = ContinuousClock.now
         do throws(RedisError) {
             let reply = try await connection.sendBlocking(command)
@@ -311,13 +312,13 @@ final class StreamConsumerCore: Sendable {
             }
             let (more, reported) = machine.withLock { $0.acknowledgementsSent(failure: failure) }
             report(reported)
-            if failure == nil { room.signal() }
-            if failure != nil {
+            if failure == nil {
+                room.signal()
+                if !more { return }
+            } else {
                 if connection.isClosedForGood { return }
                 try? await Task.sleep(for: .milliseconds(100))
-                continue
             }
-            if !more { return }
         }
     }
 

@@ -117,7 +117,8 @@ struct StreamConsumerStateMachine {
     private var held: [Key: Held] = [:]
     /// Entries being moved to the dead-letter stream: they take room, and a second path must not move them again.
     private var deadLettering: Set<Key> = []
-    /// Room promised to the read and the reclaim in flight, so that together they never exceed the prefetch.
+    /// Room promised to a read of the own pending list and to a reclaim in flight (a blocking read of new entries
+    /// reserves none: see ``nextRead(now:)``).
     private var readReserved = 0
     private var reclaimReserved = 0
     private var acknowledgements: [Key] = []

@@ -16,7 +16,6 @@ public struct StreamField: Hashable, Sendable, CustomStringConvertible {
 
     /// `name=value`, with values over 64 bytes abbreviated.
     public var description: String {
-        let shown = String(decoding: value.prefix(64), as: UTF8.self)
-        return "\(name)=" + (value.count > 64 ? "\"\(shown)…\" (\(value.count) bytes)" : "\"\(shown)\"")
+        "\(name)=" + quotedForDescription(value)
     }
 }

@@ -51,11 +51,7 @@ public struct StreamMessage: Sendable {
     /// - Throws: ``MessageDecodingError`` whose ``MessageDecodingError/message`` carries the stream's name as its
     ///   channel and the payload.
     public func decode<T: Decodable>(_ type: T.Type = T.self, using decoder: JSONDecoder = JSONDecoder()) throws(MessageDecodingError) -> T {
-        do {
-            return try decoder.decode(T.self, from: Data(payload))
-        } catch {
-            throw MessageDecodingError(message: Message(channel: stream.bytes, payload: payload), underlying: error)
-        }
+        try Message(channel: stream.bytes, payload: payload).decode(T.self, using: decoder)
     }
 
     /// Acknowledges the entry (`XACK`): it leaves the group's pending list and is never delivered again. Returns at
@@ -79,13 +75,8 @@ public struct StreamMessage: Sendable {
 extension StreamMessage: CustomStringConvertible {
     /// E.g. `orders 1700000000000-0: "order 42 paid"` (the payload, else the fields).
     public var description: String {
-        let body: String
-        if field(Publisher.payloadField) != nil {
-            let shown = String(decoding: payload.prefix(64), as: UTF8.self)
-            body = payload.count > 64 ? "\"\(shown)…\" (\(payload.count) bytes)" : "\"\(shown)\""
-        } else {
-            body = fields.map(\.description).joined(separator: " ")
-        }
+        let body = field(Publisher.payloadField).map(quotedForDescription)
+            ?? fields.map(\.description).joined(separator: " ")
         return "\(stream) \(id): " + body + (deliveryCount > 1 ? " (delivery \(deliveryCount))" : "")
     }
 }
