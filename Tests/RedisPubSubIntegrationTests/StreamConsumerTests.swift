@@ -282,6 +282,7 @@ struct StreamConsumerTests {
             group.addTask { await ended.value }
             group.addTask {
                 try? await Task.sleep(for: .seconds(20))
+                ended.cancel()  // else the group would wait for it for ever
                 return .none
             }
             let first = await group.next() ?? .none
@@ -290,7 +291,6 @@ struct StreamConsumerTests {
         }
         guard case .some(let error) = outcome else {
             Issue.record("the loop did not end within 20 s")
-            ended.cancel()
             return
         }
         #expect(error?.code == .connectionClosed, "\(String(describing: error))")
