@@ -179,8 +179,11 @@ public final class RedisConnection: Sendable {
     /// connection is closed for good.
     public func events() -> AsyncStream<ConnectionEvent> { core.events.stream() }
 
-    /// Whether the connection is closed for good (by ``close()``, or a failure it does not retry).
-    var isClosedForGood: Bool { core.inbox.closedError != nil }
+    /// The error the connection closed with for good (by ``close()``, or a failure it does not retry), if it did.
+    var closedError: RedisError? { core.inbox.closedError }
+
+    /// Whether the connection is closed for good.
+    var isClosedForGood: Bool { closedError != nil }
 
     /// Waits until the connection is (again) ready. Returns `false` when `deadline` passes first; throws when the
     /// connection is closed for good.

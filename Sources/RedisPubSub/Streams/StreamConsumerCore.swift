@@ -174,11 +174,12 @@ final class StreamConsumerCore: Sendable {
     }
 
     /// A read failed: the machine decides; a connection closed for good (reconnecting disabled or given up, a
-    /// refused password) ends the consumer with its error.
+    /// refused password) ends the consumer with the error it closed with (the read's own may be a later symptom,
+    /// such as a refused connect).
     private func readFailed(_ error: RedisError) {
         report(machine.withLock { $0.readFailed(error, now: .now) })
-        guard connection.isClosedForGood, error.code != .cancelled else { return }
-        queue.finish(error)
+        guard let closed = connection.closedError, error.code != .cancelled else { return }
+        queue.finish(closed)
         closeInBackground()
     }
 

@@ -15,7 +15,7 @@ func collect(
             var messages: [Message] = []
             for try await message in subscription {
                 messages.append(message)
-                received.withLock { $0.append(String(message.string.prefix(40))) }
+                received.withLock { $0.append(String(decoding: message.payload.prefix(40), as: UTF8.self)) }  // not all 16 MB
                 if messages.count == count { break }
             }
             return messages
