@@ -52,37 +52,47 @@ struct StreamConsumerStateMachineTests {
         #expect(result5 == .readNew(count: 1))
     }
 
-    @Test func theRoomIsThePrefetchLessWhatIsHeldAndFreesOnlyWhenAnAcknowledgementIsConfirmed() {
-        var machine = reading(settings(prefetch: 3))
-        let result6 = machine.nextRead(now: start)
-        #expect(result6 == .readNew(count: 3))
-        let (outcome, _) = machine.newEntriesRead([(0, [entry(1), entry(2), entry(3)])], sentAt: start, now: start)
-        #expect(outcome.deliver.map(\.key) == [key(1), key(2), key(3)])
-        let result7 = machine.nextRead(now: start)
-        #expect(result7 == .waitForRoom)
-        let result8 = machine.acknowledge(key(1))
-        #expect(result8)  // the first one starts a flush
-        let result9 = machine.acknowledge(key(2))
-        #expect(!result9)  // queued behind it
-        let result10 = machine.acknowledge(key(1))
-        #expect(!result10)  // twice is once
-        let result11 = machine.takeAcknowledgements()
-        #expect(result11 == [0: [id(1), id(2)]])
-        let result12 = machine.takeAcknowledgements()
-        #expect(result12.isEmpty)  // one flush in flight
-        let result13 = machine.nextRead(now: start)
-        #expect(result13 == .waitForRoom)
-        // A lost connection puts them back in front; the room stays taken.
+    @Test func theRoomIsThePrefetchLessWhatTheApplicationHoldsAndAReadWaitsForHalfOfIt() {
+        var machine = reading(settings(prefetch: 4))
+        let first = machine.nextRead(now: start)
+        #expect(first == .readNew(count: 4))
+        let (outcome, _) = machine.newEntriesRead([(0, [entry(1), entry(2), entry(3), entry(4)])], sentAt: start, now: start)
+        #expect(outcome.deliver.map(\.key) == [key(1), key(2), key(3), key(4)])
+        let full = machine.nextRead(now: start)
+        #expect(full == .waitForRoom)
+        let startsFlush = machine.acknowledge(key(1))
+        #expect(startsFlush)  // the first one starts a flush
+        // One entry of room: not worth a read (a read per entry); half the prefetch is.
+        let oneFree = machine.nextRead(now: start)
+        #expect(oneFree == .waitForRoom && !machine.hasRoomToRead)
+        let queued = machine.acknowledge(key(2))
+        #expect(!queued)  // queued behind it
+        let twice = machine.acknowledge(key(1))
+        #expect(!twice)  // twice is once
+        // Acknowledged by the application: room at once, so the read goes out with the XACK, not after it.
+        #expect(machine.hasRoomToRead && machine.heldCount == 2)
+        let withTheAck = machine.nextRead(now: start)
+        #expect(withTheAck == .readNew(count: 2))
+        let taken = machine.takeAcknowledgements()
+        #expect(taken == [0: [id(1), id(2)]])
+        let inFlight = machine.takeAcknowledgements()
+        #expect(inFlight.isEmpty)  // one flush in flight
+        // A lost connection puts them back in front: still held (pending on the server), still not the application's.
         let lost = RedisError(.connectionClosed, "lost")
         let (more, events) = machine.acknowledgementsSent(failure: lost)
         #expect(more && events == [.disconnected(lost)])
-        #expect(machine.heldCount == 3)
+        #expect(machine.isHeld(key(1)) && machine.heldCount == 2)
         _ = machine.takeAcknowledgements()
         let (_, back) = machine.acknowledgementsSent(failure: nil)
         #expect(back == [.reconnected])
-        #expect(machine.heldCount == 1)
-        let result14 = machine.nextRead(now: start)
-        #expect(result14 == .readNew(count: 2))
+        #expect(!machine.isHeld(key(1)) && !machine.isHeld(key(2)) && machine.heldCount == 2)
+        // Half the prefetch free again (one entry still the application's): a read.
+        _ = machine.newEntriesRead([(0, [entry(5), entry(6)])], sentAt: start, now: start)
+        for n: UInt64 in [3, 4, 5] { _ = machine.acknowledge(key(n)) }
+        _ = machine.takeAcknowledgements()
+        _ = machine.acknowledgementsSent(failure: nil)
+        let oneHeld = machine.nextRead(now: start)
+        #expect(oneHeld == .readNew(count: 3))
     }
 
     @Test func anEntryDeliveredTooOftenIsDeadLetteredAndTakesRoomUntilMoved() {

@@ -166,9 +166,15 @@ static void publish_one(publisher *p) {
         int n = snprintf(p->payload, p->size, "%llu", (unsigned long long)baseline_now_ns());
         if ((size_t)n < p->size) p->payload[n] = ' ';
     }
-    const char *argv[3] = { p->command, p->channel, p->payload };
-    size_t lens[3] = { strlen(p->command), strlen(p->channel), p->size };
-    redisAsyncCommandArgv(p->base.ac, on_published, p, 3, argv, lens);
+    if (strcmp(p->command, "XADD") == 0) {  // XADD stream * payload <payload>
+        const char *argv[5] = { "XADD", p->channel, "*", "payload", p->payload };
+        size_t lens[5] = { 4, strlen(p->channel), 1, 7, p->size };
+        redisAsyncCommandArgv(p->base.ac, on_published, p, 5, argv, lens);
+    } else {
+        const char *argv[3] = { p->command, p->channel, p->payload };
+        size_t lens[3] = { strlen(p->command), strlen(p->channel), p->size };
+        redisAsyncCommandArgv(p->base.ac, on_published, p, 3, argv, lens);
+    }
     p->sent++;
 }
 
@@ -225,6 +231,102 @@ baseline_result baseline_publish(const char *host, int port, const char *channel
 
 baseline_result baseline_spublish(const char *host, int port, const char *channel, long count, long size, int window) {
     return publish(host, port, "SPUBLISH", channel, count, size, window, 0);
+}
+
+baseline_result baseline_xadd(const char *host, int port, const char *stream, long count, long size, int window) {
+    return publish(host, port, "XADD", stream, count, size, window, 0);
+}
+
+// ---- consumer group: XREADGROUP COUNT n, then XACK of what it returned pipelined with the next read ----
+typedef struct {
+    session base;
+    long count, received;
+    int batch, acks_outstanding;
+    const char *stream, *group;
+    uint64_t first, last;
+    const char **argv;  // the XACK's arguments: XACK stream group id...
+    size_t *lens;
+} group_reader;
+
+static void read_more(group_reader *g);
+
+static void on_acked(redisAsyncContext *ac, void *r, void *privdata) {
+    group_reader *g = privdata;
+    (void)ac;
+    if (!r) return;
+    g->acks_outstanding--;
+    if (g->received >= g->count && g->acks_outstanding == 0) g->base.done = 1;
+}
+
+static void on_read(redisAsyncContext *ac, void *r, void *privdata) {
+    group_reader *g = privdata;
+    redisReply *reply = r;
+    if (!reply) return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        g->base.failed = 1;
+        g->base.result.error = 1;
+        snprintf(g->base.result.message, sizeof g->base.result.message, "XREADGROUP: %s", reply->str);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
+        redisReply *entries = reply->element[0]->element[1];
+        size_t n = entries->elements;
+        if (n > 0) {
+            uint64_t now = baseline_now_ns();
+            if (g->received == 0) g->first = now;
+            g->argv[0] = "XACK"; g->lens[0] = 4;
+            g->argv[1] = g->stream; g->lens[1] = strlen(g->stream);
+            g->argv[2] = g->group; g->lens[2] = strlen(g->group);
+            for (size_t i = 0; i < n; i++) {
+                redisReply *id = entries->element[i]->element[0];
+                g->argv[3 + i] = id->str;
+                g->lens[3 + i] = id->len;
+            }
+            // Formatted into the output buffer now, so the reply may be freed after this callback.
+            redisAsyncCommandArgv(ac, on_acked, g, (int)(3 + n), g->argv, g->lens);
+            g->acks_outstanding++;
+            g->received += (long)n;
+            g->last = now;
+        }
+    }
+    if (g->received < g->count) read_more(g);
+}
+
+static void read_more(group_reader *g) {
+    char count[24];
+    snprintf(count, sizeof count, "%d", g->batch);
+    const char *argv[11] = { "XREADGROUP", "GROUP", g->group, "bench", "COUNT", count, "BLOCK", "1000", "STREAMS",
+                             g->stream, ">" };
+    size_t lens[11];
+    for (int i = 0; i < 11; i++) lens[i] = strlen(argv[i]);
+    redisAsyncCommandArgv(g->base.ac, on_read, g, 11, argv, lens);
+}
+
+baseline_result baseline_xreadgroup(const char *host, int port, const char *stream, const char *group, long count,
+                                    int batch) {
+    group_reader g;
+    memset(&g, 0, sizeof g);
+    g.count = count;
+    g.batch = batch < 1 ? 1 : batch;
+    g.stream = stream;
+    g.group = group;
+    g.argv = malloc(sizeof(char *) * (size_t)(g.batch + 3));
+    g.lens = malloc(sizeof(size_t) * (size_t)(g.batch + 3));
+    if (open_session(&g.base, host, port) != 0) { free(g.argv); free(g.lens); return g.base.result; }
+    g.base.ac->data = &g.base;
+    const char *create[6] = { "XGROUP", "CREATE", stream, group, "0", "MKSTREAM" };
+    size_t create_lens[6];
+    for (int i = 0; i < 6; i++) create_lens[i] = strlen(create[i]);
+    redisAsyncCommandArgv(g.base.ac, NULL, NULL, 6, create, create_lens);  // BUSYGROUP is fine
+    read_more(&g);
+    run_loop(&g.base);
+    baseline_result result = g.base.result;
+    result.messages = g.received;
+    result.seconds = (double)(g.last - g.first) / 1e9;
+    if (g.base.ac) redisAsyncFree(g.base.ac);
+    free(g.argv);
+    free(g.lens);
+    return result;
 }
 
 baseline_result baseline_publish_paced(const char *host, int port, const char *channel, long count, long size, long rate) {

@@ -9,7 +9,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pubsub-bench",
         abstract: "Pub/Sub throughput, CPU and latency of RedisPubSub, side by side with raw hiredis (C).",
-        subcommands: [Compare.self, Subscribe.self, Publish.self, PublishPaced.self, Burst.self]
+        subcommands: [Compare.self, Subscribe.self, Publish.self, PublishPaced.self, Burst.self, Consume.self]
     )
 }
 
@@ -215,13 +215,18 @@ struct Publish: AsyncParsableCommand {
     @Flag(help: "Swift: --url names a seed node of a Redis Cluster; publish with a ClusterPublisher.")
     var cluster = false
 
+    @Flag(help: "Append to --channel as a Redis Stream (XADD ... payload) instead of publishing: Publisher.append (Swift), XADD (C).")
+    var stream = false
+
     func run() async throws {
         alarm(common.timeout)
         let (host, port) = try common.endpoint
         let start = cpuSeconds()
+        if stream && (cluster || !shardChannels.isEmpty) { throw ValidationError("--stream appends to --channel on one server") }
         switch engine {
         case .c:
-            let result = shardChannels.first.map { baseline_spublish(host, port, $0, count, size, Int32(concurrency)) }
+            let result = stream ? baseline_xadd(host, port, common.channel, count, size, Int32(concurrency))
+                : shardChannels.first.map { baseline_spublish(host, port, $0, count, size, Int32(concurrency)) }
                 ?? baseline_publish(host, port, common.channel, count, size, Int32(concurrency))
             guard result.error == 0 else { throw failure(result) }
             printFlushed("published \(result.messages) messages in \(String(format: "%.6f", result.seconds)) s")
@@ -231,7 +236,7 @@ struct Publish: AsyncParsableCommand {
             let payload = [UInt8](repeating: 120, count: size)
             let sharded = !shardChannels.isEmpty
             let channels = sharded ? shardChannels : [common.channel]
-            let count = self.count, concurrency = self.concurrency, batch = self.batch
+            let count = self.count, concurrency = self.concurrency, batch = self.batch, stream = self.stream
             // One message to a channel, through whichever publisher the flags chose.
             let publishOne: @Sendable ([UInt8], String) async throws -> Void
             let close: () async -> Void
@@ -263,6 +268,16 @@ struct Publish: AsyncParsableCommand {
                     let share = count / concurrency + (task < count % concurrency ? 1 : 0)
                     let channel = channels[task % channels.count]
                     group.addTask(executorPreference: preference) { [publisher] in
+                        if stream, let publisher {  // Publisher.append, one entry per call or a batch per call
+                            var left = share
+                            while left > 0 {
+                                let size = min(max(batch, 1), left)
+                                if size == 1 { try await publisher.append(payload, to: channel) }
+                                else { try await publisher.append(contentsOf: repeatElement(payload, count: size), to: channel) }
+                                left -= size
+                            }
+                            return
+                        }
                         if batch <= 1, let publisher, !sharded {  // the plain path, called directly as users do
                             for _ in 0..<share { try await publisher.publish(payload, to: channel) }
                             return
@@ -286,6 +301,71 @@ struct Publish: AsyncParsableCommand {
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             printFlushed("published \(count) messages in \(String(format: "%.6f", seconds)) s")
             await close()
+        }
+        printFlushed("cpu \(String(format: "%.6f", cpuSeconds() - start)) s")
+    }
+}
+
+// MARK: consume
+
+struct Consume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Reads N entries of the stream --channel through a consumer group, acknowledging each: StreamConsumer "
+            + "(Swift) or XREADGROUP COUNT --batch with pipelined XACK (C). Prints `received N messages in S s`.")
+
+    @OptionGroup var common: Common
+
+    @Option(help: "Entries to read (the stream must hold at least this many).")
+    var count: Int
+
+    @Option(help: "The consumer group, created from the stream's first entry.")
+    var group: String
+
+    @Option(help: "swift: this package's StreamConsumer; c: raw hiredis.")
+    var engine = Engine.swift
+
+    @Option(help: "C: COUNT per read. Swift: the prefetch.")
+    var batch = 100
+
+    @Option(help: "Swift: where the consuming task runs: global (the default executor) or loop (the consumer's taskExecutor).")
+    var executor = ExecutorChoice.global
+
+    func run() async throws {
+        alarm(common.timeout)
+        let (host, port) = try common.endpoint
+        let start = cpuSeconds()
+        switch engine {
+        case .c:
+            let result = baseline_xreadgroup(host, port, common.channel, group, count, Int32(batch))
+            guard result.error == 0 else { throw failure(result) }
+            printFlushed("received \(result.messages) messages in \(String(format: "%.6f", result.seconds)) s")
+        case .swift:
+            var configuration = try common.configuration
+            configuration.healthCheckInterval = nil
+            // No reclaiming or dead letters: the C loop has none either.
+            let options = StreamConsumer.Options(prefetch: batch, start: .beginning, claimIdle: nil, maxDeliveries: nil)
+            let consumer = try await StreamConsumer.connect(
+                to: configuration, streams: [RedisName(common.channel)], group: RedisName(group), consumer: "bench",
+                options: options)
+            let count = self.count
+            let reading = Task(executorPreference: executor == .loop ? consumer.taskExecutor : nil) {
+                var received = 0
+                var first = ContinuousClock.now, last = first
+                for try await message in consumer {
+                    message.ack()
+                    received += 1
+                    if received == 1 { first = .now }
+                    if received == count {
+                        last = .now
+                        break
+                    }
+                }
+                return (received, last - first)
+            }
+            let (received, elapsed) = try await reading.value
+            await consumer.close()  // sends the last acknowledgements
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            printFlushed("received \(received) messages in \(String(format: "%.6f", seconds)) s")
         }
         printFlushed("cpu \(String(format: "%.6f", cpuSeconds() - start)) s")
     }

@@ -16,6 +16,9 @@ struct Compare: AsyncParsableCommand {
     @Flag(help: "Only the rows comparing a Redis Cluster with one node.")
     var clusterOnly = false
 
+    @Flag(help: "Only the Redis Streams rows (appends, consumer groups).")
+    var streamsOnly = false
+
     func run() async throws {
         let certificates = try Self.makeCertificates()
         defer { try? FileManager.default.removeItem(atPath: certificates) }
@@ -30,6 +33,10 @@ struct Compare: AsyncParsableCommand {
         func count(_ base: Int) -> Int { max(1000, Int(Double(base) * scale)) }
         if clusterOnly {
             printClusterTable(try await clusterRows(bench, url, count: count))
+            return
+        }
+        if streamsOnly {
+            printTable(try await streamRows(bench, url, count: count), server: server, started: started)
             return
         }
 
@@ -142,6 +149,8 @@ struct Compare: AsyncParsableCommand {
             rows.append(Row("latency p99.9 \(label)", "µs", p999, higherIsBetter: false))
         }
 
+        rows += try await streamRows(bench, url, count: count)
+
         // Memory: a burst into a stalled consumer, with the default bounded policy and with an unbounded one.
         var memory: [String] = []
         for policy in ["default", "unbounded"] {
@@ -155,14 +164,7 @@ struct Compare: AsyncParsableCommand {
         // and SPUBLISH from 100 tasks through one ClusterPublisher, against the same work on the single server.
         let clusterRows = try await clusterRows(bench, url, count: count)
 
-        let elapsed = Date().timeIntervalSince(started)
-        print("")
-        print("pubsub-bench compare: \(runs) alternating pair(s) per row (latency rows: \(max(runs, 5))), medians; redis-server \(server.version) on loopback; "
-            + "\(ProcessInfo.processInfo.activeProcessorCount) cores; \(Int(elapsed)) s; scale \(scale)")
-        print("")
-        print("| workload | unit | raw hiredis (C) | RedisPubSub (Swift) | Swift / C |")
-        print("|---|---|---:|---:|---:|")
-        for row in rows { print(row.markdown) }
+        printTable(rows, server: server, started: started)
         print("")
         print("Memory (Swift only; the consumer stalls until the burst is over):")
         for line in memory { print("- " + line) }
@@ -173,6 +175,66 @@ struct Compare: AsyncParsableCommand {
         print("|---|---:|---:|---:|---:|---:|")
         for line in tlsCost { print(line) }
         printClusterTable(clusterRows)
+    }
+
+    private func printTable(_ rows: [Row], server: PrivateRedis, started: Date) {
+        let elapsed = Date().timeIntervalSince(started)
+        print("")
+        print("pubsub-bench compare: \(runs) alternating pair(s) per row (latency rows: \(max(runs, 5))), medians; redis-server \(server.version) on loopback; "
+            + "\(ProcessInfo.processInfo.activeProcessorCount) cores; \(Int(elapsed)) s; scale \(scale)")
+        print("")
+        print("| workload | unit | raw hiredis (C) | RedisPubSub (Swift) | Swift / C |")
+        print("|---|---|---:|---:|---:|")
+        for row in rows { print(row.markdown) }
+    }
+
+    /// Redis Streams: appends at equal pipeline depth (Swift tasks, or batches, against C commands in flight), and
+    /// a consumer group read and acknowledged (StreamConsumer with a prefetch of 100 against XREADGROUP COUNT 100
+    /// with pipelined XACK), each engine with a group of its own over the same prefilled stream.
+    private func streamRows(_ bench: String, _ url: String, count: (Int) -> Int) async throws -> [Row] {
+        var rows: [Row] = []
+        typealias AppendRun = (label: String, tasks: Int, batch: Int, cInFlight: Int, messages: Int)
+        let appendRuns: [AppendRun] = [
+            ("Swift 100 tasks vs C 100 in flight", 100, 1, 100, 300_000),
+            ("Swift 10 tasks, append(contentsOf:) batches of 100, vs C 1,000 in flight", 10, 100, 1000, 300_000),
+        ]
+        for appendRun in appendRuns {
+            var rates: [Engine: [Double]] = [:]
+            for run in 0..<runs {
+                for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    let output = try await Child.run(bench, [
+                        "publish", "--stream", "--url", url, "--channel", "append-\(UUID().uuidString.prefix(8))",
+                        "--engine", engine.rawValue, "--count", "\(count(appendRun.messages))", "--size", "64",
+                        "--concurrency", "\(engine == .c ? appendRun.cInFlight : appendRun.tasks)",
+                        "--batch", "\(appendRun.batch)",
+                    ])
+                    rates[engine, default: []].append(try Self.rate(output, "published"))
+                }
+            }
+            rows.append(Row("stream append (XADD), 64 B, \(appendRun.label)", "entries/s", rates, higherIsBetter: true))
+        }
+        for (size, entries) in [(64, 300_000), (1024, 200_000)] {
+            let stream = "consume-\(size)-\(UUID().uuidString.prefix(8))"
+            let total = count(entries)
+            _ = try await Child.run(bench, [
+                "publish", "--stream", "--url", url, "--channel", stream, "--engine", "c", "--count", "\(total)",
+                "--size", "\(size)", "--concurrency", "1000",
+            ])
+            var rates: [Engine: [Double]] = [:], cpu: [Engine: [Double]] = [:]
+            for run in 0..<runs {
+                for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
+                    let output = try await Child.run(bench, [
+                        "consume", "--url", url, "--channel", stream, "--group", "\(engine.rawValue)-\(run)",
+                        "--engine", engine.rawValue, "--count", "\(total)", "--batch", "100",
+                    ])
+                    rates[engine, default: []].append(try Self.rate(output, "received"))
+                    cpu[engine, default: []].append(try Self.number(after: "cpu ", in: output) / Double(total) * 1_000_000)
+                }
+            }
+            rows.append(Row("stream consumer group, \(size) B: read + ack (C: XREADGROUP COUNT 100 + pipelined XACK)", "entries/s", rates, higherIsBetter: true))
+            rows.append(Row("stream consumer group CPU, \(size) B", "CPU s per 1M entries", cpu, higherIsBetter: false))
+        }
+        return rows
     }
 
     private func printClusterTable(_ rows: [String]) {

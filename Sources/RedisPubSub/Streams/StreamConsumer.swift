@@ -73,8 +73,11 @@ public final class StreamConsumer: AsyncSequence, Sendable {
 
     /// How a consumer reads, reclaims and gives up on entries.
     public struct Options: Sendable, Hashable {
-        /// The most entries held at once: delivered (or buffered for delivery) and not yet acknowledged. Reads ask
-        /// for the room left (with several streams, a read may exceed it by at most the number of streams less one;
+        /// The most entries held at once: delivered (or buffered for delivery) and not yet acknowledged. An entry
+        /// counts from its read until ``StreamMessage/ack()``, so the next read goes out with the acknowledgement;
+        /// a read waits until half the prefetch is free (or nothing is held), so it is not one round trip per entry.
+        /// Reads ask for the room left (with several streams, a read may exceed it by at most the number of streams
+        /// less one;
         /// a reclaim answered while a blocking read waits, by at most what the reclaim took: twice the prefetch
         /// at worst).
         public var prefetch: Int
@@ -176,7 +179,8 @@ public final class StreamConsumer: AsyncSequence, Sendable {
     /// The event-loop thread as a task executor; see ``RedisConnection/taskExecutor``.
     public var taskExecutor: any TaskExecutor { core.connection.taskExecutor }
 
-    /// Entries held right now: delivered or buffered, and not yet acknowledged (at most about ``Options/prefetch``).
+    /// Entries held right now: delivered or buffered, and not yet acknowledged with ``StreamMessage/ack()`` (at most
+    /// about ``Options/prefetch``).
     public var heldCount: Int { core.heldCount }
 
     /// Closes gracefully: stops reading, reclaiming and renewing, waits for the acknowledgements already made to be

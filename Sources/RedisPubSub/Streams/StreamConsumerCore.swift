@@ -56,8 +56,11 @@ final class StreamConsumerCore: Sendable {
             if try await createGroup(index, start: options.start.argument) { created.append(index) }
         }
         _ = machine.withLock { $0.groupsReady(Array(streams.indices), created: created, now: .now) }
-        let reading = Task { await self.readLoop() }
-        let maintaining = Task { await self.maintenanceLoop() }
+        // On the connection's loop: a reply resumes the task on the thread that read it, instead of waking another
+        // (a thread wake-up per read and per acknowledgement cost more than the rest of the work together).
+        let loop = connection.taskExecutor
+        let reading = Task(executorPreference: loop) { await self.readLoop() }
+        let maintaining = Task(executorPreference: loop) { await self.maintenanceLoop() }
         tasks.withLock { $0 = [reading, maintaining] }
     }
 
@@ -268,9 +271,11 @@ final class StreamConsumerCore: Sendable {
     // MARK: Acknowledgements
 
     func acknowledge(_ key: Machine.Key) {
-        guard machine.withLock({ $0.acknowledge(key) }) else { return }
+        let (startFlush, canRead) = machine.withLock { machine in (machine.acknowledge(key), machine.hasRoomToRead) }
+        if canRead { room.signal() }  // a read waiting for room need not wait for the server's confirmation
+        guard startFlush else { return }
         flush.withLock { flush in
-            flush = Task { await self.flushAcknowledgements() }
+            flush = Task(executorPreference: connection.taskExecutor) { await self.flushAcknowledgements() }
         }
     }
 
@@ -278,7 +283,7 @@ final class StreamConsumerCore: Sendable {
         let release = machine.withLock { $0.fail(key, now: .now) }
         room.signal()
         guard release else { return }
-        Task { await self.renew([key.stream: [key.id]], idle: self.options.claimIdle) }
+        Task(executorPreference: connection.taskExecutor) { await self.renew([key.stream: [key.id]], idle: self.options.claimIdle) }
     }
 
     private func waitForAcknowledgements(until deadline: ContinuousClock.Instant) async {

@@ -122,6 +122,8 @@ struct StreamConsumerStateMachine {
     private var readReserved = 0
     private var reclaimReserved = 0
     private var acknowledgements: [Key] = []
+    /// Held entries whose acknowledgement is queued or in flight.
+    private var acknowledgingCount = 0
     private var acknowledgementsInFlight: [Key] = []
     private var backoffUntil: Instant?
     private var failures = 0
@@ -143,10 +145,26 @@ struct StreamConsumerStateMachine {
     // MARK: Reading
 
     /// Free room for entries: the prefetch minus what is held and being dead-lettered.
-    var room: Int { max(0, settings.prefetch - held.count - deadLettering.count - readReserved - reclaimReserved) }
+    ///
+    /// An entry the application acknowledged no longer takes room, although it stays held until the server confirms:
+    /// the next read then goes out together with the `XACK`, as a pipelined loop does, instead of a round trip later.
+    /// (If the acknowledgement fails, the entry is held past the prefetch until it is sent again.)
+    var room: Int {
+        max(0, settings.prefetch - unacknowledgedCount - deadLettering.count - readReserved - reclaimReserved)
+    }
 
-    /// Entries held right now (delivered and not yet released).
-    var heldCount: Int { held.count }
+    /// Entries held and not acknowledged by the application.
+    private var unacknowledgedCount: Int { held.count - acknowledgingCount }
+
+    /// Entries held right now (delivered and not yet acknowledged by the application).
+    var heldCount: Int { unacknowledgedCount }
+
+    /// Whether a read of new entries may go out: with room for half the prefetch at least, or with nothing held.
+    /// Reading as soon as one entry is acknowledged would make a read (and its round trip) per entry.
+    var hasRoomToRead: Bool {
+        let room = self.room
+        return room > 0 && (room >= max(1, settings.prefetch / 2) || unacknowledgedCount == 0)
+    }
 
     var isClosed: Bool { phase == .closed }
 
@@ -163,7 +181,7 @@ struct StreamConsumerStateMachine {
             readReserved = room
             return .readOwn(stream: stream, after: after, count: readReserved)
         case .readingNew:
-            guard room > 0 else { return .waitForRoom }
+            guard hasRoomToRead else { return .waitForRoom }
             // COUNT applies to each stream: share the room out (a read may then exceed it by at most the number of
             // streams less one, when the room is smaller than that).
             // Not reserved: a blocking read waits most of its time, and would keep reclaims from ever having room. A
@@ -270,6 +288,7 @@ struct StreamConsumerStateMachine {
     mutating func acknowledge(_ key: Key) -> Bool {
         guard var entry = held[key], !entry.acknowledging else { return false }
         entry.acknowledging = true
+        acknowledgingCount += 1
         held[key] = entry
         acknowledgements.append(key)
         return acknowledgements.count == 1 && acknowledgementsInFlight.isEmpty
@@ -295,7 +314,7 @@ struct StreamConsumerStateMachine {
                 events.append(.disconnected(failure))
             }
         } else {
-            for key in acknowledgementsInFlight { held[key] = nil }
+            for key in acknowledgementsInFlight where held.removeValue(forKey: key) != nil { acknowledgingCount -= 1 }
             if disconnected {
                 disconnected = false
                 events.append(.reconnected)

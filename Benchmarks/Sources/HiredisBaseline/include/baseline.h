@@ -32,6 +32,15 @@ baseline_result baseline_spublish(const char *host, int port, const char *channe
 /// (CLOCK_MONOTONIC, nanoseconds, decimal), for publish-to-receive latency.
 baseline_result baseline_publish_paced(const char *host, int port, const char *channel, long count, long size, long rate);
 
+/// Appends `count` entries (`XADD stream * payload <size bytes>`) with at most `window` commands in flight.
+baseline_result baseline_xadd(const char *host, int port, const char *stream, long count, long size, int window);
+
+/// Creates `group` on `stream` from its first entry (if missing), then reads `count` entries as consumer `bench`:
+/// `XREADGROUP ... COUNT batch BLOCK 1000 STREAMS stream >`, each reply's IDs acknowledged by one XACK written
+/// together with the next read. `seconds` runs from the first entry read to the last.
+baseline_result baseline_xreadgroup(const char *host, int port, const char *stream, const char *group, long count,
+                                    int batch);
+
 /// CLOCK_MONOTONIC in nanoseconds.
 uint64_t baseline_now_ns(void);
 #endif
