@@ -213,7 +213,7 @@ struct Compare: AsyncParsableCommand {
             }
             rows.append(Row("stream append (XADD), 64 B, \(appendRun.label)", "entries/s", rates, higherIsBetter: true))
         }
-        for (size, entries) in [(64, 300_000), (1024, 200_000)] {
+        for (size, entries, executor) in [(64, 300_000, ExecutorChoice.global), (64, 300_000, .loop), (1024, 200_000, .global)] {
             let stream = "consume-\(size)-\(UUID().uuidString.prefix(8))"
             let total = count(entries)
             _ = try await Child.run(bench, [
@@ -225,14 +225,15 @@ struct Compare: AsyncParsableCommand {
                 for engine in run % 2 == 0 ? [Engine.c, .swift] : [.swift, .c] {
                     let output = try await Child.run(bench, [
                         "consume", "--url", url, "--channel", stream, "--group", "\(engine.rawValue)-\(run)",
-                        "--engine", engine.rawValue, "--count", "\(total)", "--batch", "100",
+                        "--engine", engine.rawValue, "--count", "\(total)", "--batch", "100", "--executor", executor.rawValue,
                     ])
                     rates[engine, default: []].append(try Self.rate(output, "received"))
                     cpu[engine, default: []].append(try Self.number(after: "cpu ", in: output) / Double(total) * 1_000_000)
                 }
             }
-            rows.append(Row("stream consumer group, \(size) B: read + ack (C: XREADGROUP COUNT 100 + pipelined XACK)", "entries/s", rates, higherIsBetter: true))
-            rows.append(Row("stream consumer group CPU, \(size) B", "CPU s per 1M entries", cpu, higherIsBetter: false))
+            let on = executor == .loop ? ", Swift consumer on taskExecutor" : ""
+            rows.append(Row("stream consumer group, \(size) B\(on): read + ack, prefetch 100 (C: XREADGROUP COUNT 100 + pipelined XACK)", "entries/s", rates, higherIsBetter: true))
+            rows.append(Row("stream consumer group CPU, \(size) B\(on)", "CPU s per 1M entries", cpu, higherIsBetter: false))
         }
         return rows
     }

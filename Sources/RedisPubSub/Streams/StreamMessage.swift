@@ -85,8 +85,10 @@ extension StreamMessage: CustomStringConvertible {
 final class StreamSettlement: Sendable {
     let key: StreamConsumerStateMachine.Key
     private let settled = Atomic<Bool>(false)
-    // nonisolated(unsafe) is safe: written once, in init, and only read afterwards (a `weak let` needs Swift 6.2).
-    nonisolated(unsafe) private weak var consumer: StreamConsumerCore?
+    /// Strong: a message kept after its consumer went away can still be settled until the consumer closes (a weak
+    /// reference cost a side-table operation per message). The cycle through the delivery queue ends at the close,
+    /// which empties it.
+    private let consumer: StreamConsumerCore
 
     init(key: StreamConsumerStateMachine.Key, consumer: StreamConsumerCore) {
         self.key = key
@@ -104,6 +106,6 @@ final class StreamSettlement: Sendable {
 
     func settle(acknowledging: Bool) {
         guard settled.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        if acknowledging { consumer?.acknowledge(key) } else { consumer?.fail(key) }
+        if acknowledging { consumer.acknowledge(key) } else { consumer.fail(key) }
     }
 }
