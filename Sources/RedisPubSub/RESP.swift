@@ -75,7 +75,7 @@ enum RESP {
         }
     }
 
-    private static func appendDecimal(_ value: UInt, to out: inout [UInt8]) {
+    static func appendDecimal(_ value: UInt, to out: inout [UInt8]) {
         if value < 10 {
             out.append(UInt8(ascii: "0") + UInt8(value))
             return

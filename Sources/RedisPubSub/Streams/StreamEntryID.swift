@@ -38,7 +38,15 @@ public struct StreamEntryID: Hashable, Sendable, Comparable, CustomStringConvert
     public var description: String { "\(milliseconds)-\(sequence)" }
 
     /// The ID as a command argument.
-    public var redisArgument: RedisArgument { RedisArgument(description) }
+    public var redisArgument: RedisArgument {
+        // Digits straight into bytes: every acknowledgement sends one per entry, and a String costs more.
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(41)
+        RESP.appendDecimal(UInt(milliseconds), to: &bytes)
+        bytes.append(UInt8(ascii: "-"))
+        RESP.appendDecimal(UInt(sequence), to: &bytes)
+        return RedisArgument(bytes)
+    }
 
     /// Whether `a` comes before `b` in a stream.
     public static func < (a: StreamEntryID, b: StreamEntryID) -> Bool {
