@@ -189,7 +189,10 @@ struct StreamConsumerTests {
         let stream = uniqueName("poison")
         let consumer = try await StreamConsumer.connect(
             to: SharedServer.configuration, streams: [RedisName(stream)], group: "g", consumer: "w",
-            options: Self.quick(claimIdle: .milliseconds(200), maxDeliveries: 3))
+            // 1 s: a failed entry is released at once (its idle time set to claimIdle), so this costs no waiting, and a
+            // loaded machine that is slow to hand an entry to its handler does not let its lease lapse (a reclaim of an
+            // entry still held counts a delivery the handler never saw).
+            options: Self.quick(claimIdle: .seconds(1), maxDeliveries: 3))
         let events = EventRecorder(consumer.events())
         let id = try await publisher.append("poison", to: stream)
         _ = try await publisher.append("fine", to: stream)
