@@ -30,6 +30,15 @@ extension StreamConsumer: Service {
     }
 }
 
+extension StreamReader: Service {
+    /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes: stops reading
+    /// and ends the loop normally once it took what was already read.
+    public func run() async {
+        try? await gracefulShutdown()
+        await close()
+    }
+}
+
 extension ClusterSubscriber: Service {
     /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes gracefully:
     /// unsubscribes on every node, delivers what already arrived, and ends every subscription's loop normally.

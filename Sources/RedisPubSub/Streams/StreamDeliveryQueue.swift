@@ -1,22 +1,29 @@
 import DequeModule
 
-/// The entries a ``StreamConsumer`` read and has not yet handed out, and the one reader waiting for them. Bounded by
-/// the consumer's prefetch (every entry in it is held), so it needs no buffering policy.
-final class StreamDeliveryQueue: Sendable {
+/// The entries a ``StreamConsumer`` or a ``StreamReader`` read and has not yet handed out, and the one reader
+/// waiting for them. Bounded by the owner's prefetch or buffer size (it reads only what there is room for), so it
+/// needs no buffering policy.
+final class StreamDeliveryQueue<Element: Sendable>: Sendable {
     private struct State {
-        var buffer: Deque<StreamMessage> = []
-        var waiter: UnsafeContinuation<Result<StreamMessage?, RedisError>, Never>?
+        var buffer: Deque<Element> = []
+        var waiter: UnsafeContinuation<Result<Element?, RedisError>, Never>?
         var reading = false
         /// Set once: `nil` inside for a normal end.
         var end: RedisError?? = nil
     }
 
     private let state = Locked(State())
+    /// The owner's type, for the error a second concurrent reader gets.
+    private let owner: String
+
+    init(owner: String) {
+        self.owner = owner
+    }
 
     /// Hands `messages` to the reader, in order. Ignored after ``finish(_:)``.
-    func push(_ messages: [StreamMessage]) {
+    func push(_ messages: [Element]) {
         guard !messages.isEmpty else { return }
-        let resume = state.withLock { state -> (UnsafeContinuation<Result<StreamMessage?, RedisError>, Never>, StreamMessage)? in
+        let resume = state.withLock { state -> (UnsafeContinuation<Result<Element?, RedisError>, Never>, Element)? in
             guard state.end == nil else { return nil }
             state.buffer.append(contentsOf: messages)
             guard let waiter = state.waiter else { return nil }
@@ -28,7 +35,7 @@ final class StreamDeliveryQueue: Sendable {
 
     /// Ends the queue: the reader gets what is buffered, then `nil` (or `error`). Returns nothing; see ``drain()``.
     func finish(_ error: RedisError?) {
-        let waiter = state.withLock { state -> UnsafeContinuation<Result<StreamMessage?, RedisError>, Never>? in
+        let waiter = state.withLock { state -> UnsafeContinuation<Result<Element?, RedisError>, Never>? in
             if state.end == nil { state.end = .some(error) }
             defer { state.waiter = nil }
             return state.buffer.isEmpty ? state.waiter : nil
@@ -38,7 +45,7 @@ final class StreamDeliveryQueue: Sendable {
     }
 
     /// Removes and returns what was not handed out yet (on close: these are released, not delivered).
-    func drain() -> [StreamMessage] {
+    func drain() -> [Element] {
         state.withLock { state in
             defer { state.buffer = [] }
             return Array(state.buffer)
@@ -50,10 +57,10 @@ final class StreamDeliveryQueue: Sendable {
     /// first, so the owner can end the consumer).
     func next(
         isolation actor: isolated (any Actor)?, onCancel: @escaping @Sendable () -> Void
-    ) async throws(RedisError) -> StreamMessage? {
-        let taken = try state.withLock { state throws(RedisError) -> Result<StreamMessage?, RedisError>? in
+    ) async throws(RedisError) -> Element? {
+        let taken = try state.withLock { state throws(RedisError) -> Result<Element?, RedisError>? in
             guard !state.reading else {
-                throw RedisError(.invalidArgument, "a StreamConsumer has one reader at a time; another task is iterating it")
+                throw RedisError(.invalidArgument, "a \(owner) has one reader at a time; another task is iterating it")
             }
             if !state.buffer.isEmpty { return .success(state.buffer.removeFirst()) }
             if let end = state.end { return end.map { .failure($0) } ?? .success(nil) }
@@ -61,9 +68,9 @@ final class StreamDeliveryQueue: Sendable {
             return nil
         }
         if let taken { return try taken.get() }
-        let result: Result<StreamMessage?, RedisError> = await withTaskCancellationHandler {
-            await withUnsafeContinuation(isolation: actor) { (continuation: UnsafeContinuation<Result<StreamMessage?, RedisError>, Never>) in
-                let resumeNow = state.withLock { state -> Result<StreamMessage?, RedisError>? in
+        let result: Result<Element?, RedisError> = await withTaskCancellationHandler {
+            await withUnsafeContinuation(isolation: actor) { (continuation: UnsafeContinuation<Result<Element?, RedisError>, Never>) in
+                let resumeNow = state.withLock { state -> Result<Element?, RedisError>? in
                     if !state.buffer.isEmpty { return .success(state.buffer.removeFirst()) }
                     if let end = state.end { return end.map { .failure($0) } ?? .success(nil) }
                     if Task.isCancelled { return .success(nil) }
@@ -74,7 +81,7 @@ final class StreamDeliveryQueue: Sendable {
             }
         } onCancel: {
             onCancel()
-            let waiter = state.withLock { state -> UnsafeContinuation<Result<StreamMessage?, RedisError>, Never>? in
+            let waiter = state.withLock { state -> UnsafeContinuation<Result<Element?, RedisError>, Never>? in
                 defer { state.waiter = nil }
                 return state.waiter
             }

@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-public import FoundationEssentials
-#else
-public import Foundation
-#endif
 import Synchronization
 
 /// One entry of a stream as a ``StreamConsumer`` delivers it: its ID, fields and delivery count, and the way to
@@ -13,7 +8,7 @@ import Synchronization
 /// without ``ack()`` or ``fail()`` counts as failed and is delivered again. A consumer that crashes leaves its
 /// entries pending: they are delivered again to it after a restart under the same name, or to another consumer once
 /// idle ``StreamConsumer/Options/claimIdle``.
-public struct StreamMessage: Sendable {
+public struct StreamMessage: StreamEntryContent {
     /// The stream the entry belongs to.
     public let stream: RedisName
     /// The entry's ID.
@@ -31,27 +26,6 @@ public struct StreamMessage: Sendable {
         self.fields = fields
         self.deliveryCount = deliveryCount
         self.settlement = settlement
-    }
-
-    /// The value of the first field named `name`, or `nil`.
-    public func field(_ name: RedisName) -> [UInt8]? {
-        fields.first { $0.name == name }?.value
-    }
-
-    /// The `payload` field (``Publisher/payloadField``), as ``Publisher/append(_:to:trim:)`` writes it; empty when
-    /// the entry has no such field (one appended by another client with other fields: read ``fields``).
-    public var payload: [UInt8] { field(Publisher.payloadField) ?? [] }
-    /// The payload as UTF-8 text (invalid sequences become U+FFFD).
-    public var string: String { String(decoding: payload, as: UTF8.self) }
-    /// The payload as `Data`.
-    public var data: Data { Data(payload) }
-
-    /// Decodes the payload as JSON.
-    ///
-    /// - Throws: ``MessageDecodingError`` whose ``MessageDecodingError/message`` carries the stream's name as its
-    ///   channel and the payload.
-    public func decode<T: Decodable>(_ type: T.Type = T.self, using decoder: JSONDecoder = JSONDecoder()) throws(MessageDecodingError) -> T {
-        try Message(channel: stream.bytes, payload: payload).decode(T.self, using: decoder)
     }
 
     /// Acknowledges the entry (`XACK`): it leaves the group's pending list and is never delivered again. Returns at
@@ -75,9 +49,7 @@ public struct StreamMessage: Sendable {
 extension StreamMessage: CustomStringConvertible {
     /// E.g. `orders 1700000000000-0: "order 42 paid"` (the payload, else the fields).
     public var description: String {
-        let body = field(Publisher.payloadField).map(quotedForDescription)
-            ?? fields.map(\.description).joined(separator: " ")
-        return "\(stream) \(id): " + body + (deliveryCount > 1 ? " (delivery \(deliveryCount))" : "")
+        "\(stream) \(id): " + body + (deliveryCount > 1 ? " (delivery \(deliveryCount))" : "")
     }
 }
 

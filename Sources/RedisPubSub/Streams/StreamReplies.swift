@@ -1,5 +1,5 @@
-/// Reading the server's replies to the stream commands a ``StreamConsumer`` sends. Pure functions: a reply of an
-/// unexpected shape is a protocol error (``RedisError/Code/protocolError``), never a crash.
+/// Reading the server's replies to the stream commands a ``StreamConsumer`` or a ``StreamReader`` sends. Pure
+/// functions: a reply of an unexpected shape is a protocol error (``RedisError/Code/protocolError``), never a crash.
 enum StreamReplies {
     typealias RawEntry = StreamConsumerStateMachine.RawEntry
     typealias Candidate = StreamConsumerStateMachine.Candidate
@@ -81,6 +81,38 @@ enum StreamReplies {
     static func reclaim(_ reply: RedisValue) throws(RedisError) -> (candidates: [Candidate], claimed: [RawEntry]) {
         guard let pair = reply.array, pair.count == 2 else { throw unexpected("the reclaim script", reply) }
         return (try pending(pair[0]), try entries(pair[1], "XCLAIM"))
+    }
+
+    /// What `XINFO STREAM` tells a ``StreamReader``: the last ID, the entries ever added (7.0+; `nil` before), the
+    /// length, and the first entry's ID (`nil` when empty).
+    struct StreamInfo: Equatable {
+        var lastGenerated: StreamEntryID
+        var entriesAdded: Int?
+        var length: Int
+        var firstID: StreamEntryID?
+    }
+
+    /// `XINFO STREAM`, from its flat list of names and values.
+    static func streamInfo(_ reply: RedisValue) throws(RedisError) -> StreamInfo {
+        guard let items = reply.array, items.count % 2 == 0 else { throw unexpected("XINFO STREAM", reply) }
+        var lastGenerated: StreamEntryID?
+        var entriesAdded: Int?
+        var length: Int?
+        var firstID: StreamEntryID?
+        var index = 0
+        while index < items.count {
+            let value = items[index + 1]
+            switch items[index].bytes.map({ String(decoding: $0, as: UTF8.self) }) {
+            case "last-generated-id": lastGenerated = value.bytes.flatMap(StreamEntryID.init(bytes:))
+            case "entries-added": entriesAdded = value.int
+            case "length": length = value.int
+            case "first-entry": firstID = value.array?.first?.bytes.flatMap(StreamEntryID.init(bytes:))
+            default: break
+            }
+            index += 2
+        }
+        guard let lastGenerated, let length else { throw unexpected("XINFO STREAM", reply) }
+        return StreamInfo(lastGenerated: lastGenerated, entriesAdded: entriesAdded, length: length, firstID: firstID)
     }
 
     /// Names the reply's shape, not its content (which may be an application's payload).
