@@ -155,9 +155,9 @@ public func logClusterEvents(_ events: AsyncStream<ClusterEvent>, name: String) 
     }
 }
 
-/// Logs a stream consumer's claims, dead letters, losses (with their count), `NOGROUP` and reconnects on standard
-/// error.
-public func logStreamConsumerEvents(_ events: AsyncStream<StreamConsumerEvent>, name: String) -> Task<Void, Never> {
+/// Logs a stream consumer's or reader's events on standard error: claims, dead letters, losses (with their count),
+/// `NOGROUP`, failures and reconnects.
+public func logStreamEvents<Event: CustomStringConvertible & Sendable>(_ events: AsyncStream<Event>, name: String) -> Task<Void, Never> {
     Task {
         for await event in events { Console.error("\(name): \(event)") }
     }

@@ -52,11 +52,14 @@ struct SubscriberCommand: AsyncParsableCommand {
     @Option(help: "Exit 0 after printing this many messages (skipped payloads do not count).")
     var count: Int?
 
-    @Option(name: .customLong("stream"), help: "Consume this Redis Stream through a consumer group (--group) instead of subscribing; repeat for more. Prints \"Received message on <stream>: <payload>\" and acknowledges each entry after --work seconds.")
+    @Option(name: .customLong("stream"), help: "Read this Redis Stream instead of subscribing; repeat for more. Prints \"Received message on <stream>: <payload>\". With --group, consumes it through a consumer group and acknowledges each entry after --work seconds; without, reads every entry (XREAD) from --from.")
     var streams: [String] = []
 
     @Option(help: "With --stream: the consumer group (created if missing).")
     var group: String?
+
+    @Option(help: "With --stream and no --group: where to start: $ (entries appended from now on), 0 (every entry) or an entry ID to read after.")
+    var from: String = "$"
 
     @Option(help: "With --stream: this consumer's name in the group; keep it across restarts. Default: the host name.")
     var consumer: String?
@@ -81,8 +84,11 @@ struct SubscriberCommand: AsyncParsableCommand {
         if migrationWatchInterval > 0 && !cluster { throw ValidationError("--migration-watch-interval needs --cluster") }
         if streams.isEmpty {
             if group != nil || consumer != nil || deadLetter != nil { throw ValidationError("--group, --consumer and --dead-letter need --stream") }
+            if from != "$" { throw ValidationError("--from needs --stream") }
         } else {
-            if group == nil { throw ValidationError("--stream needs --group") }
+            if group == nil && (consumer != nil || deadLetter != nil) { throw ValidationError("--consumer and --dead-letter need --group") }
+            if group != nil && from != "$" { throw ValidationError("--from is for reading without --group (a group starts where it is)") }
+            if start == nil { throw ValidationError("--from must be $, 0 or an entry ID such as 1700000000000-0") }
             if cluster || !channels.isEmpty || !patterns.isEmpty || !shardChannels.isEmpty {
                 throw ValidationError("--stream cannot be combined with --cluster, --channel, --pattern or --shard-channel")
             }
@@ -95,7 +101,9 @@ struct SubscriberCommand: AsyncParsableCommand {
         let channels = noneGiven ? ["notifications"] : self.channels
         let configuration = DemoSupport.configuration(url: url, healthCheckInterval: healthCheckInterval, tls: tls)
         let names = channels + patterns + shardChannels
-        if !streams.isEmpty {
+        if !streams.isEmpty, group == nil {
+            try await readStreams(configuration)
+        } else if !streams.isEmpty {
             try await consumeStreams(configuration)
         } else if cluster {
             let subscriber = await connectWithRetry(configuration, timeout: connectTimeout) {
@@ -126,7 +134,30 @@ struct SubscriberCommand: AsyncParsableCommand {
         }
     }
 
-    /// The --stream mode: a consumer group member that prints, works, then acknowledges each entry.
+    /// --from as a start; `nil` when it is none.
+    private var start: StreamReader.Start? {
+        switch from {
+        case "$": .newEntries
+        case "0": .beginning
+        default: StreamEntryID(from).map { .after($0) }
+        }
+    }
+
+    /// The --stream mode without --group: a reader of every entry, from --from.
+    private func readStreams(_ configuration: RedisConfiguration) async throws {
+        let streams = self.streams.map { RedisName($0) }
+        let start = self.start ?? .newEntries
+        let reader = await connectWithRetry(configuration, timeout: connectTimeout) {
+            try await StreamReader.connect(to: $0, streams: streams, from: start)
+        }
+        Console.out("Reading \(self.streams.joined(separator: ", ")) from \(from)")
+        let eventLog = logStreamEvents(reader.events(), name: "subscriber")
+        let worker = StreamEntryPrinter(reader: reader, json: json, count: count, work: work)
+        guard await runServices(connection: reader, worker: worker, name: "subscriber") else { throw ExitCode(1) }
+        eventLog.cancel()
+    }
+
+    /// The --stream mode with --group: a consumer group member that prints, works, then acknowledges each entry.
     private func consumeStreams(_ configuration: RedisConfiguration) async throws {
         var options = StreamConsumer.Options()
         options.claimIdle = claimIdle > 0 ? .milliseconds(Int(claimIdle * 1000)) : nil
@@ -140,7 +171,7 @@ struct SubscriberCommand: AsyncParsableCommand {
             try await StreamConsumer.connect(to: $0, streams: streams, group: group, consumer: name, options: options)
         }
         Console.out("Consuming \(self.streams.joined(separator: ", ")) in group \(group) as \(name)")
-        let eventLog = logStreamConsumerEvents(consumer.events(), name: "subscriber")
+        let eventLog = logStreamEvents(consumer.events(), name: "subscriber")
         let worker = StreamPrinter(consumer: consumer, json: json, count: count, work: work)
         guard await runServices(connection: consumer, worker: worker, name: "subscriber") else { throw ExitCode(1) }
         eventLog.cancel()
@@ -180,6 +211,36 @@ struct Printer: Service {
                     }
                 } else {
                     Console.out("Received message on \(source): \(message.string)")
+                }
+                printed += 1
+                if let count, printed >= count { return }
+            }
+        }
+    }
+}
+
+/// Prints each entry a reader reads (with --json, skips a payload that is not a notification), after `work` seconds.
+struct StreamEntryPrinter: Service {
+    let reader: StreamReader
+    let json: Bool
+    let count: Int?
+    let work: Double
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            var printed = 0
+            for try await entry in reader {
+                if work > 0 { try await Task.sleep(for: .milliseconds(Int(work * 1000))) }
+                if json {
+                    do {
+                        let notification = try entry.decode(Notification.self, using: Notification.decoder)
+                        Console.out("Received notification #\(notification.id) on \(entry.stream): \(notification.text)")
+                    } catch let error as MessageDecodingError {
+                        Console.error("Skipped \(entry.stream) \(entry.id): not a notification (\(error.underlying))")
+                        continue
+                    }
+                } else {
+                    Console.out("Received message on \(entry.stream): \(entry.string)")
                 }
                 printed += 1
                 if let count, printed >= count { return }

@@ -409,6 +409,44 @@ struct StreamConsumerTests {
         await publisher.close()
     }
 
+    @Test func aReconnectInTheMiddleOfABatchOfAcknowledgementsLosesNoneAndRepeatsOnlyTheUnconfirmed() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let configuration = try RedisConfiguration(url: server.url)
+        let admin = try await RedisConnection.connect(to: configuration)
+        let publisher = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(10)))
+        _ = try await publisher.append(contentsOf: (0..<20).map { "\($0)" }, to: "jobs")
+        // No reclaiming: only the consumer's own re-read after the reconnect can deliver anything again.
+        let consumer = try await StreamConsumer.connect(
+            to: configuration, streams: ["jobs"], group: "g", consumer: "w", options: Self.quick(prefetch: 20, claimIdle: nil))
+        let events = EventRecorder(consumer.events())
+        let batch = try await Self.take(consumer, 20) { _ in }  // held, not acknowledged
+        for message in batch.prefix(10) { message.ack() }
+        try await waitUntil { try await Self.pendingCount(admin, "jobs", "g") == 10 }  // the first half confirmed
+        // Both of the consumer's connections cut, and the second half acknowledged while they reconnect.
+        _ = try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        for message in batch.suffix(10) { message.ack() }
+        try await waitUntil(timeout: .seconds(15)) { try await Self.pendingCount(admin, "jobs", "g") == 0 }
+        _ = try await publisher.append(contentsOf: (20..<25).map { "\($0)" }, to: "jobs")
+        // What follows: any of the second half re-read before its acknowledgement landed (delivered again, acked by
+        // take), then the five new ones, each once. Nothing of the confirmed first half comes back.
+        var after: [StreamMessage] = []
+        while after.filter({ Int($0.string)! >= 20 }).count < 5 {
+            let next = try await Self.take(consumer, 1)
+            guard let message = next.first else { break }
+            after.append(message)
+        }
+        let again = after.map(\.string).filter { Int($0)! < 20 }
+        #expect(again.allSatisfy { Int($0)! >= 10 }, "\(again)")
+        #expect(after.map(\.string).filter { Int($0)! >= 20 } == (20..<25).map { "\($0)" })
+        try await waitUntil { try await Self.pendingCount(admin, "jobs", "g") == 0 }
+        let disconnected = events.all.contains { if case .disconnected = $0 { true } else { false } }
+        #expect(disconnected, "\(events.all)")
+        await consumer.close()
+        await publisher.close()
+        await admin.close()
+    }
+
     @Test func severalStreamsAutomaticAcknowledgementAndClosingReleasesWhatIsHeld() async throws {
         let publisher = try await Publisher.connect(to: SharedServer.configuration)
         let a = uniqueName("a"), b = uniqueName("b")

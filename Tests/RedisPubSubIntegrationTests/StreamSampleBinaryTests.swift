@@ -2,7 +2,7 @@ import Foundation
 import RedisPubSub
 import Testing
 
-/// The sample binaries' stream mode (issue 13): `publisher --stream`, `subscriber --stream --group`.
+/// The sample binaries' stream mode (issue 13): `publisher --stream`, `subscriber --stream [--group | --from]`.
 @Suite("Sample binaries: streams and consumer groups", .serialized)
 struct StreamSampleBinaryTests {
     @Test func publisherAppendsAndSubscriberConsumesPrintingTheDocumentedLines() async throws {
@@ -90,5 +90,37 @@ struct StreamSampleBinaryTests {
         #expect(await second.exitStatus() == 0)
         await publisher.close()
         await connection.close()
+    }
+
+    @Test func withoutAGroupTheSubscriberReadsEveryEntryFromWhereItIsToldAndAcrossAKilledConnection() async throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let configuration = try RedisConfiguration(url: server.url)
+        let publisher = try await Publisher.connect(to: configuration, retry: .whileReconnecting(upTo: .seconds(10)))
+        let ids = try await publisher.append(contentsOf: ["a", "b", "c"], to: "feed")
+        let fromStart = try SampleProcess("subscriber", ["--url", server.url, "--stream", "feed", "--from", "0", "--count", "3"])
+        #expect(await fromStart.exitStatus() == 0)
+        #expect(fromStart.stdoutLines == ["Reading feed from 0"] + ["a", "b", "c"].map { "Received message on feed: \($0)" })
+        let afterFirst = try SampleProcess(
+            "subscriber", ["--url", server.url, "--stream", "feed", "--from", "\(ids[0])", "--count", "2"])
+        #expect(await afterFirst.exitStatus() == 0)
+        #expect(Array(afterFirst.stdoutLines.dropFirst()) == ["Received message on feed: b", "Received message on feed: c"])
+        // From new entries (the default): the old ones are not printed; a killed connection skips nothing.
+        let live = try SampleProcess("subscriber", ["--url", server.url, "--stream", "feed", "--count", "4"])
+        try await waitUntil { live.stdout.contains("\n") }
+        #expect(live.stdoutLines.first == "Reading feed from $")
+        _ = try await publisher.append(contentsOf: ["d", "e"], to: "feed")
+        try await waitUntil { live.stdoutLines.count == 3 }
+        let admin = try await RedisConnection.connect(to: configuration)
+        _ = try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        _ = try await publisher.append(contentsOf: ["f", "g"], to: "feed")
+        #expect(await live.exitStatus() == 0)
+        #expect(Array(live.stdoutLines.dropFirst()) == ["d", "e", "f", "g"].map { "Received message on feed: \($0)" })
+        #expect(live.stderr.contains("subscriber: disconnected"), "\(live.stderr)")
+        let wrong = try SampleProcess("subscriber", ["--url", server.url, "--stream", "feed", "--from", "yesterday"])
+        #expect(await wrong.exitStatus() != 0)
+        #expect(wrong.stderr.contains("--from must be"), "\(wrong.stderr)")
+        await admin.close()
+        await publisher.close()
     }
 }
