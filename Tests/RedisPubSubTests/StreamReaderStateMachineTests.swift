@@ -42,8 +42,9 @@ struct StreamReaderStateMachineTests {
         let (deliver, _) = machine.entriesRead([(0, entries(1...3))], requested: 100)
         #expect(deliver.map(\.id) == [id(1), id(2), id(3)])
         for _ in 0..<3 { machine.taken() }
+        // After a blocking read, a catch-up: its snapshot checks nothing was deleted before the read got to it.
         let next = machine.nextAction(now: start)
-        #expect(next == .read(count: 100, after: [id(3)], catchUp: false))
+        #expect(next == .read(count: 100, after: [id(3)], catchUp: true))
         // A reply repeating entries at or before the position (never from a correct server) delivers only the new.
         let (again, _) = machine.entriesRead([(0, entries(2...5))], requested: 100)
         #expect(again.map(\.id) == [id(4), id(5)])
@@ -85,7 +86,7 @@ struct StreamReaderStateMachineTests {
         // Meanwhile 90 more were added (to 200) and the stream trimmed to its last 5 (196...200): 85 lost.
         let (deliver, events) = machine.entriesRead(
             [(0, entries(196...200))], requested: 10, snapshots: [0: info(last: 200, added: 200, length: 5, first: 196)])
-        #expect(events == [.lost(stream: 0, count: 85, after: id(110), before: id(196))])
+        #expect(events == [.lost(stream: 0, count: 85, after: id(110))])
         #expect(deliver.count == 5 && machine.counted == [200])
         // Caught up: a later snapshot of the same stream reports nothing more.
         machine.taken(5)
@@ -111,7 +112,44 @@ struct StreamReaderStateMachineTests {
         var recreated = machine(start: [nil])
         _ = recreated.newestResolved([0: info(last: 100, added: 100, length: 100, first: 1)])
         let (_, again) = recreated.entriesRead([], requested: 10, snapshots: [0: info(last: 300, added: 3, length: 3, first: 298)])
-        #expect(again.isEmpty && recreated.counted == [0])
+        #expect(again.isEmpty && recreated.counted == [3])
+        // Created again with lower IDs than the position: read from its start, not waited on for ever.
+        var lower = machine(start: [nil])
+        _ = lower.newestResolved([0: info(last: 100, added: 100, length: 100, first: 1)])
+        _ = lower.entriesRead([], requested: 10, snapshots: [0: info(last: 7, added: 7, length: 7, first: 1)])
+        #expect(lower.positions == [.zero])
+        let fromStart = lower.nextAction(now: start)
+        #expect(fromStart == .read(count: 10, after: [.zero], catchUp: false))
+    }
+
+    @Test func aResumeInsideTheStreamCountsFromItsFirstCatchUpAndFindsALaterTrim() {
+        var machine = machine(bufferSize: 10, start: [id(50)])
+        // Entries 1...100 are there; the first catch-up returns 51...60 (full): inside the stream, nothing known yet.
+        _ = machine.entriesRead([(0, entries(51...60))], requested: 10, snapshots: [0: info(last: 100, added: 100, length: 100, first: 1)])
+        #expect(machine.counted == [nil])
+        machine.taken(10)
+        // The next returns 61...65 and reaches the end (short): from here the count is exact.
+        _ = machine.entriesRead([(0, entries(61...65))], requested: 10, snapshots: [0: info(last: 65, added: 65, length: 65, first: 1)])
+        #expect(machine.counted == [65])
+        machine.taken(5)
+        // 100 more appended and trimmed to the last 5 while the loop was slow: 95 lost, after 65.
+        _ = machine.entriesRead([(0, entries(66...75))], requested: 10)  // blocking, full
+        machine.taken(10)
+        let (_, events) = machine.entriesRead(
+            [(0, entries(161...165))], requested: 10, snapshots: [0: info(last: 165, added: 165, length: 5, first: 161)])
+        #expect(events == [.lost(stream: 0, count: 85, after: id(75))])
+    }
+
+    @Test func anEntryDeletedBeforeABlockingReadGotToItIsFoundByTheNextCatchUp() {
+        var machine = machine(bufferSize: 100, start: [nil])
+        _ = machine.newestResolved([0: info(last: 10, added: 10, length: 10, first: 1)])
+        // 11...15 appended, 13 removed with XDEL before the read: the blocking read returns 11, 12, 14, 15.
+        let returned = entries(11...15).filter { $0.id != id(13) }
+        _ = machine.entriesRead([(0, returned)], requested: 100)
+        let (_, events) = machine.entriesRead([], requested: 100, snapshots: [0: info(last: 15, added: 15, length: 14, first: 1)])
+        #expect(events == [.lost(stream: 0, count: 1, after: id(10))])
+        let (_, nothingMore) = machine.entriesRead([], requested: 100, snapshots: [0: info(last: 15, added: 15, length: 14, first: 1)])
+        #expect(nothingMore.isEmpty)
     }
 
     @Test func aLostConnectionIsReportedOnceBacksOffAndTheReturnIsACatchUp() {

@@ -24,18 +24,21 @@ extension Publisher: Service {
 extension StreamConsumer: Service {
     /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes gracefully: stops
     /// reading, sends the acknowledgements made, releases what is held, and ends the loop normally.
-    public func run() async {
-        try? await gracefulShutdown()
-        await close()
+    ///
+    /// - Throws: the ``RedisError`` that closed the connection for good (a changed password, say), if that happens
+    ///   first, so the service group learns of it.
+    public func run() async throws(RedisError) {
+        try await runUntilShutdown(events: core.connection.events()) { await self.close() }
     }
 }
 
 extension StreamReader: Service {
     /// Runs until the service group shuts down gracefully (or this task is cancelled), then closes: stops reading
     /// and ends the loop normally once it took what was already read.
-    public func run() async {
-        try? await gracefulShutdown()
-        await close()
+    ///
+    /// - Throws: the ``RedisError`` that closed the connection for good, if that happens first.
+    public func run() async throws(RedisError) {
+        try await runUntilShutdown(events: core.connection.events()) { await self.close() }
     }
 }
 

@@ -127,10 +127,14 @@ public final class StreamConsumer: AsyncSequence, Sendable {
             guard !streams.isEmpty else { throw invalid("a StreamConsumer needs at least one stream") }
             guard Set(streams).count == streams.count else { throw invalid("a stream is named twice") }
             guard prefetch > 0 else { throw invalid("prefetch must be at least 1") }
-            if let claimIdle, claimIdle < .milliseconds(3) { throw invalid("claimIdle must be at least 3 ms") }
+            if let claimIdle, claimIdle < .milliseconds(3) || claimIdle > .seconds(366 * 86_400) {
+                throw invalid("claimIdle must be between 3 ms and a year (nil: never)")
+            }
             guard claimInterval > .zero else { throw invalid("claimInterval must be positive") }
             if let maxDeliveries, maxDeliveries < 1 { throw invalid("maxDeliveries must be at least 1") }
-            guard blockTimeout >= .milliseconds(1) else { throw invalid("blockTimeout must be at least 1 ms") }
+            guard blockTimeout >= .milliseconds(1), blockTimeout <= .seconds(86_400) else {
+                throw invalid("blockTimeout must be between 1 ms and 24 hours")
+            }
             if let deadLetterStream, streams.contains(deadLetterStream) {
                 throw invalid("the dead-letter stream cannot be one of the streams consumed")
             }

@@ -53,11 +53,16 @@ final class StreamDeliveryQueue<Element: Sendable>: Sendable {
     }
 
     /// The next message; `nil` once the queue has ended and is empty. One reader at a time: a second concurrent
-    /// call throws ``RedisError/Code/invalidArgument``. Cancelling the calling task returns `nil` (`onCancel` runs
-    /// first, so the owner can end the consumer).
+    /// call throws ``RedisError/Code/invalidArgument``. A cancelled calling task gets `nil` (`onCancel` runs first,
+    /// so the owner can end the consumer), whether or not messages are buffered.
     func next(
         isolation actor: isolated (any Actor)?, onCancel: @escaping @Sendable () -> Void
     ) async throws(RedisError) -> Element? {
+        // A cancelled loop ends, even with elements buffered (they stay for the owner to release).
+        if Task.isCancelled {
+            onCancel()
+            return nil
+        }
         let taken = try state.withLock { state throws(RedisError) -> Result<Element?, RedisError>? in
             guard !state.reading else {
                 throw RedisError(.invalidArgument, "a \(owner) has one reader at a time; another task is iterating it")

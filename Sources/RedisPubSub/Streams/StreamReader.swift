@@ -14,12 +14,12 @@ public import Logging
 /// A reader always reads after the last entry it read, per stream: after a reconnect it goes on from there, so an
 /// entry still in the stream is never skipped or delivered twice. Entries deleted before it read them (trimmed with
 /// `MAXLEN`/`MINID` while it was disconnected or its application was slow) cannot be delivered: they are reported as
-/// ``StreamReaderEvent/lost(stream:count:after:before:)``. It reads ahead at most ``Options/bufferSize`` entries, so a
+/// ``StreamReaderEvent/lost(stream:count:after:)``. It reads ahead at most ``Options/bufferSize`` entries, so a
 /// slow application holds little memory and the server keeps the rest.
 ///
 /// Nothing is acknowledged and the server keeps no state for a reader: to resume after a restart, keep the last
-/// ``StreamEntry/id`` you processed and start with ``Start/after(_:)``. For work that must be done once by one of
-/// several processes, use a ``StreamConsumer``.
+/// ``StreamEntry/id`` you processed (per stream, when you read several) and start with ``Start/after(_:)`` (or
+/// ``Start/afterEach(_:)``). For work that must be done once by one of several processes, use a ``StreamConsumer``.
 ///
 /// A reader reads on a connection of its own (blocking reads; see ``RedisConnection/sendBlocking(_:)``) and asks
 /// for stream information on another, both with the configuration's endpoint, credentials and TLS.
@@ -47,7 +47,9 @@ public final class StreamReader: AsyncSequence, Sendable {
         case newEntries
         /// Every entry the streams hold (`0`).
         case beginning
-        /// Entries after this ID, in every stream: the last one a previous reader processed.
+        /// Entries after this ID, in every stream: for one stream, the last entry a previous reader processed. With
+        /// several streams the same ID applies to each, as a time (entries appended after its milliseconds): to
+        /// resume each stream where it was left, use ``afterEach(_:)`` with each one's last ID.
         case after(StreamEntryID)
         /// Entries after the ID given for each stream; a stream without one starts with its new entries.
         case afterEach([RedisName: StreamEntryID])
@@ -56,7 +58,8 @@ public final class StreamReader: AsyncSequence, Sendable {
     /// How a reader reads.
     public struct Options: Sendable, Hashable {
         /// The most entries read and not yet taken by the loop. A read waits until half of it is free (or nothing
-        /// is buffered), then asks for the room left, shared between the streams.
+        /// is buffered), then asks for the room left, shared between the streams (with more streams than free room,
+        /// at least one entry each: a read may then exceed it by up to one entry per stream).
         public var bufferSize: Int
         /// How long one read waits for new entries before it asks again (`XREAD ... BLOCK`).
         public var blockTimeout: Duration
@@ -72,7 +75,9 @@ public final class StreamReader: AsyncSequence, Sendable {
             guard !streams.isEmpty else { throw invalid("a StreamReader needs at least one stream") }
             guard Set(streams).count == streams.count else { throw invalid("a stream is named twice") }
             guard bufferSize > 0 else { throw invalid("bufferSize must be at least 1") }
-            guard blockTimeout >= .milliseconds(1) else { throw invalid("blockTimeout must be at least 1 ms") }
+            guard blockTimeout >= .milliseconds(1), blockTimeout <= .seconds(86_400) else {
+                throw invalid("blockTimeout must be between 1 ms and 24 hours")
+            }
             if case .afterEach(let ids) = start, let stray = ids.keys.first(where: { !streams.contains($0) }) {
                 throw invalid("the start names \(stray), which is not one of the streams read")
             }
@@ -125,6 +130,9 @@ public final class StreamReader: AsyncSequence, Sendable {
 
     /// The event-loop thread as a task executor; see ``RedisConnection/taskExecutor``.
     public var taskExecutor: any TaskExecutor { core.connection.taskExecutor }
+
+    /// Entries read and not yet taken by the loop (at most about ``Options/bufferSize``).
+    public var bufferedCount: Int { core.bufferedCount }
 
     /// Closes: stops reading, lets the loop take what was already read, then ends it normally, and closes the
     /// connections. Calling it again waits for the first call.

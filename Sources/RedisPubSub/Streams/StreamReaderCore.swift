@@ -44,6 +44,8 @@ final class StreamReaderCore: Sendable {
         reading.withLock { $0 = task }
     }
 
+    var bufferedCount: Int { machine.withLock { $0.buffered } }
+
     /// The application took an entry: a read waiting for room may go.
     func taken() {
         if machine.withLock({ machine in machine.taken(); return machine.hasRoom }) { room.signal() }
@@ -164,8 +166,7 @@ final class StreamReaderCore: Sendable {
             let mapped: StreamReaderEvent = switch event {
             case .disconnected(let error): .disconnected(cause: error)
             case .reconnected: .reconnected
-            case .lost(let stream, let count, let after, let before):
-                .lost(stream: streams[stream], count: count, after: after, before: before)
+            case .lost(let stream, let count, let after): .lost(stream: streams[stream], count: count, after: after)
             case .failed(let error): .failed(error)
             }
             switch mapped {

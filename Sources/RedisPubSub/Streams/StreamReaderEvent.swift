@@ -6,12 +6,12 @@ public enum StreamReaderEvent: Sendable, Hashable, CustomStringConvertible {
     case disconnected(cause: RedisError)
     /// Reading works again after ``disconnected(cause:)``.
     case reconnected
-    /// `count` entries of `stream` after `after` (and before `before`, the stream's first entry then; `nil` when it
-    /// was empty) were deleted before the reader read them: trimmed (`MAXLEN`/`MINID`) while the reader was behind
-    /// (its application slow, or the reader disconnected), or removed with `XDEL`. Counted from the stream's count of
-    /// entries ever added (Redis 7.0 and later), from the reader's start on: entries trimmed before a reader started
-    /// ``StreamReader/Start/after(_:)`` an ID are not counted.
-    case lost(stream: RedisName, count: Int, after: StreamEntryID, before: StreamEntryID?)
+    /// `count` entries of `stream` appended after `after` were deleted before the reader read them: trimmed
+    /// (`MAXLEN`/`MINID`) while the reader was behind (its loop slow, or the reader disconnected), or removed with
+    /// `XDEL`. Counted exactly from the stream's count of entries ever added (Redis 7.0 and later), from the
+    /// reader's first read on: entries deleted before a reader started ``StreamReader/Start/after(_:)`` an ID, and
+    /// before its first read found where it stands, are not counted.
+    case lost(stream: RedisName, count: Int, after: StreamEntryID)
     /// A command failed with an error that is not a lost connection (a key of another type, a permission): the
     /// reader retries after a back-off.
     case failed(RedisError)
@@ -21,9 +21,8 @@ public enum StreamReaderEvent: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .disconnected(let cause): "disconnected: \(cause)"
         case .reconnected: "reconnected"
-        case .lost(let stream, let count, let after, let before):
-            "lost \(count) entr\(count == 1 ? "y" : "ies") of \(stream) after \(after)"
-                + (before.map { " (before \($0))" } ?? "") + ", deleted before they were read"
+        case .lost(let stream, let count, let after):
+            "lost \(count) entr\(count == 1 ? "y" : "ies") of \(stream) after \(after), deleted before they were read"
         case .failed(let error): "failed: \(error)"
         }
     }

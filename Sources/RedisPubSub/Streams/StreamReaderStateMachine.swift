@@ -5,10 +5,13 @@
 /// A reader always reads after a concrete ID per stream: `$` (new entries) is resolved to the stream's last ID
 /// once, at the start, so that a read retried after a reconnect still starts where the last one left off.
 ///
-/// Losses are counted, not guessed. Per stream the machine knows (once it can) how many entries were ever added up
-/// to its position. A catch-up read comes with a snapshot of the stream taken atomically with it (entries ever
-/// added, length, first ID): when the stream's first entry lies past the position, every entry added after the
-/// position and no longer in the stream was deleted before it was read, and that many are reported lost.
+/// Losses are counted, not guessed. Per stream the machine knows (once it can) how many entries were ever added with
+/// an ID up to its position. Every read that may have left something behind (a read that returned all it asked for,
+/// a wait for room, a reconnect, and every blocking read) is followed by a catch-up: a read sent in one transaction
+/// with a snapshot of the stream (entries ever added, length, first ID), so the two agree. A catch-up that returns
+/// less than it asked reached the stream's end: whatever was added and is neither counted nor returned was deleted
+/// unread (trimmed, or `XDEL`). One that returns all it asked, where the stream's first entry lies past the
+/// position, was passed by trimming: whatever was added after the position and is no longer in the stream is lost.
 struct StreamReaderStateMachine {
     typealias Instant = ContinuousClock.Instant
     typealias RawEntry = StreamConsumerStateMachine.RawEntry
@@ -38,9 +41,8 @@ struct StreamReaderStateMachine {
     enum Event: Equatable {
         case disconnected(RedisError)
         case reconnected
-        /// `count` entries after `after` (and before `before`, the stream's first entry then, if any) were deleted
-        /// before they were read.
-        case lost(stream: Int, count: Int, after: StreamEntryID, before: StreamEntryID?)
+        /// `count` entries appended after `after` were deleted before they were read.
+        case lost(stream: Int, count: Int, after: StreamEntryID)
         case failed(RedisError)
     }
 
@@ -49,6 +51,8 @@ struct StreamReaderStateMachine {
     private(set) var positions: [StreamEntryID?]
     /// Per stream, how many entries were ever added with an ID up to its position, when known.
     private(set) var counted: [Int?]
+    /// Per stream, the position where ``counted`` was last known exactly (a loss found later lies after it).
+    private var countedExactlyAt: [StreamEntryID]
     /// Read and not yet taken.
     private(set) var buffered = 0
     private var behind: Bool
@@ -65,6 +69,7 @@ struct StreamReaderStateMachine {
         self.settings = settings
         self.positions = start
         self.counted = Array(repeating: nil, count: start.count)
+        self.countedExactlyAt = start.map { $0 ?? .zero }
         self.behind = start.contains { $0 != nil }  // a given start may have a backlog
     }
 
@@ -92,55 +97,90 @@ struct StreamReaderStateMachine {
         for (stream, info) in infos where positions[stream] == nil {
             positions[stream] = info?.lastGenerated ?? .zero
             counted[stream] = info.map { $0.entriesAdded } ?? 0
+            countedExactlyAt[stream] = positions[stream] ?? .zero
         }
         return succeeded()
     }
 
     /// A read answered: returns the entries to deliver, per stream in ID order, and what to report. `snapshots`
-    /// come with a catch-up (`nil` inside: no such stream), taken just before the read. An entry at or before a
+    /// come with a catch-up (`nil` inside: no such stream), taken atomically with the read. An entry at or before a
     /// stream's position (which a correct server never returns) is dropped, so nothing is delivered twice.
     mutating func entriesRead(
         _ read: [(stream: Int, entries: [RawEntry])], requested: Int, snapshots: [Int: StreamInfo?] = [:]
     ) -> (deliver: [(stream: Int, id: StreamEntryID, fields: [StreamField])], events: [Event]) {
         var events = succeeded()
         guard !closed else { return ([], events) }
-        if !snapshots.isEmpty { behind = false }
-        for (stream, snapshot) in snapshots.sorted(by: { $0.key < $1.key }) {
-            if let event = account(stream, snapshot) { events.append(event) }
-        }
+        let catchUp = !snapshots.isEmpty
+        // After a blocking read, a catch-up (its snapshot checks the count, and finds a stream created again with
+        // lower IDs); after a catch-up, another only if it returned all it asked for.
+        behind = !catchUp
         var deliver: [(stream: Int, id: StreamEntryID, fields: [StreamField])] = []
+        var returned: [Int: (raw: Int, delivered: Int, from: StreamEntryID)] = [:]
         for (stream, entries) in read {
             guard stream < positions.count, var position = positions[stream] else { continue }
             if entries.count >= requested { behind = true }  // more may be waiting: the next read is a catch-up
             let before = deliver.count
+            let from = position
             for entry in entries where entry.id > position {
                 position = entry.id
                 // XREAD never returns a deleted entry's nil fields (only a group's pending list does).
                 deliver.append((stream, entry.id, entry.fields ?? []))
             }
             positions[stream] = position
-            counted[stream]? += deliver.count - before
+            returned[stream] = (entries.count, deliver.count - before, from)
+            if !catchUp { counted[stream]? += deliver.count - before }
+        }
+        // A catch-up's snapshot describes the stream as its read found it: check the count against both.
+        for (stream, snapshot) in snapshots.sorted(by: { $0.key < $1.key }) where stream < positions.count {
+            guard let current = positions[stream] else { continue }
+            let (raw, delivered, from) = returned[stream] ?? (0, 0, current)
+            if let event = account(stream, snapshot, from: from, full: raw >= requested, delivered: delivered) {
+                events.append(event)
+            }
         }
         buffered += deliver.count
         return (deliver, events)
     }
 
-    /// Compares a snapshot with the count: when the stream holds nothing at or before the position, whatever was
-    /// added after it and is not in the stream was deleted unread.
-    private mutating func account(_ stream: Int, _ snapshot: StreamInfo?) -> Event? {
-        guard let position = positions[stream] else { return nil }
+    /// Checks a catch-up's snapshot against the count: `from` was the position before the read, which returned
+    /// `delivered` new entries (the position is now past them) and was `full` if it returned all it asked for.
+    private mutating func account(
+        _ stream: Int, _ snapshot: StreamInfo?, from: StreamEntryID, full: Bool, delivered: Int
+    ) -> Event? {
+        guard let end = positions[stream] else { return nil }
         guard let snapshot else {
             counted[stream] = 0  // no such stream: one created again counts from its first entry
+            countedExactlyAt[stream] = end
             return nil
         }
-        guard let added = snapshot.entriesAdded else { return nil }  // before Redis 7.0: not countable
-        let passed = snapshot.firstID.map { $0 > position } ?? true
-        guard passed else { return nil }  // the position is still inside the stream: nothing passed it
-        defer { counted[stream] = added - snapshot.length }
-        guard let count = counted[stream] else { return nil }
-        let lost = added - count - snapshot.length
-        guard lost > 0 else { return nil }  // negative: the stream was deleted and created again
-        return .lost(stream: stream, count: lost, after: position, before: snapshot.firstID)
+        if snapshot.lastGenerated < from {
+            // IDs went back: the stream was deleted and created again with lower IDs. Read it from its start.
+            positions[stream] = .zero
+            counted[stream] = 0
+            countedExactlyAt[stream] = .zero
+            return nil
+        }
+        guard let added = snapshot.entriesAdded else { return nil }  // before Redis 7.0: nothing to count with
+        let known = counted[stream]
+        let passed = snapshot.firstID.map { $0 > from } ?? true
+        // Where the lost entries lie: after the position when trimming passed it, else after the last exact count.
+        let after = passed ? from : countedExactlyAt[stream]
+        var lost = 0
+        if !full {
+            // The read reached the end: every entry ever added is counted, returned, or gone.
+            if let known { lost = added - known - delivered }
+            counted[stream] = added
+        } else if passed {
+            // Trimming passed the position: everything after it that is still there was returned first.
+            if let known { lost = added - known - snapshot.length }
+            counted[stream] = added - snapshot.length + delivered
+        } else {
+            counted[stream]? += delivered  // still inside the stream: an `XDEL` here is found at the end
+            return nil
+        }
+        countedExactlyAt[stream] = end
+        // Negative: the stream was deleted and created again since it was counted.
+        return lost > 0 ? .lost(stream: stream, count: lost, after: after) : nil
     }
 
     /// The application took `count` entries from the buffer.
@@ -148,13 +188,13 @@ struct StreamReaderStateMachine {
         buffered = max(0, buffered - count)
     }
 
-    /// A command failed. A lost connection is reported once until a command succeeds again, and the next read is a
-    /// catch-up (the reader was away); anything else is reported each time. Both back off.
+    /// A command failed. A lost connection is reported once until a command succeeds again; anything else is
+    /// reported each time. Both back off, and the next read is a catch-up (the reader was away).
     mutating func failed(_ error: RedisError, now: Instant) -> [Event] {
         guard !closed, error.code != .cancelled else { return [] }
         var events: [Event] = []
+        behind = true
         if StreamConsumerStateMachine.isConnectionLoss(error) {
-            behind = true
             if !disconnected {
                 disconnected = true
                 events.append(.disconnected(error))
