@@ -447,6 +447,42 @@ struct StreamConsumerTests {
         await admin.close()
     }
 
+    @Test func idleConsumersWithNothingPendingAreRemovedAndOneWithPendingEntriesOnlyOnceTheyAreReclaimed() async throws {
+        let admin = try await SharedServer.connect()
+        let stream = uniqueName("consumers")
+        try await admin.send("XGROUP", "CREATE", stream, "g", "0", "MKSTREAM")
+        try await admin.send("XADD", stream, "*", "payload", "a")
+        try await admin.send("XADD", stream, "*", "payload", "b")
+        try await admin.send("XGROUP", "CREATECONSUMER", stream, "g", "retired")  // nothing pending
+        try await admin.send("XREADGROUP", "GROUP", "g", "crashed", "COUNT", 2, "STREAMS", stream, ">")  // two pending
+        var options = Self.quick(claimIdle: .milliseconds(600))
+        options.removeIdleConsumersAfter = .milliseconds(300)
+        let consumer = try await StreamConsumer.connect(
+            to: SharedServer.configuration, streams: [RedisName(stream)], group: "g", consumer: "w", options: options)
+        let events = EventRecorder(consumer.events())
+        func consumers() async throws -> [String] {
+            try await admin.send("XINFO", "CONSUMERS", stream, "g").array?.compactMap { $0.array?[1].string } ?? []
+        }
+        let taken = try await Self.take(consumer, 2)  // crashed's two, reclaimed
+        #expect(taken.map(\.string) == ["a", "b"] && taken.allSatisfy { $0.deliveryCount == 2 })
+        try await waitUntil { try await consumers() == ["w"] }
+        // crashed went only after its entries were taken over: the removal of a consumer with pending entries
+        // would have dropped them.
+        let order = events.all.compactMap { event -> String? in
+            switch event {
+            case .claimed: "claimed"
+            case .consumersRemoved(_, let names) where names.contains("crashed"): "removed crashed"
+            default: nil
+            }
+        }
+        #expect(order == ["claimed", "removed crashed"], "\(events.all)")
+        let removedRetired = events.all.contains { if case .consumersRemoved(_, let names) = $0 { names.contains("retired") } else { false } }
+        #expect(removedRetired)
+        try await waitUntil { try await Self.pendingCount(admin, stream, "g") == 0 }
+        await consumer.close()
+        await admin.close()
+    }
+
     @Test func severalStreamsAutomaticAcknowledgementAndClosingReleasesWhatIsHeld() async throws {
         let publisher = try await Publisher.connect(to: SharedServer.configuration)
         let a = uniqueName("a"), b = uniqueName("b")

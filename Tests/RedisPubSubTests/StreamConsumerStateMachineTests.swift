@@ -95,6 +95,24 @@ struct StreamConsumerStateMachineTests {
         #expect(oneHeld == .readNew(count: 3))
     }
 
+    @Test func idleConsumersAreLookedForInTurnOnceAMinuteOrPerRemovalDelayOnlyWhileReading() {
+        var settings = settings(streams: ["a", "b"])
+        settings.removeIdleConsumersAfter = .seconds(10)
+        var machine = Machine(settings: settings, consumer: "me", now: start)
+        let creatingGroups = machine.consumerRemovalDue(now: start)
+        #expect(creatingGroups == nil)
+        machine = reading(settings)
+        let first = machine.consumerRemovalDue(now: start)
+        #expect(first?.stream == 0 && first?.minimumIdle == .seconds(10))
+        let tooSoon = machine.consumerRemovalDue(now: start + .seconds(4))
+        #expect(tooSoon == nil)
+        let second = machine.consumerRemovalDue(now: start + .seconds(5))  // 10 s shared by two streams
+        #expect(second?.stream == 1)
+        var never = reading(self.settings())
+        let off = never.consumerRemovalDue(now: start)
+        #expect(off == nil)
+    }
+
     @Test func anEntryDeliveredTooOftenIsDeadLetteredAndTakesRoomUntilMoved() {
         var machine = reading(settings(prefetch: 2, maxDeliveries: 3))
         let outcome = machine.reclaimed(

@@ -37,7 +37,8 @@ final class StreamConsumerCore: Sendable {
         let claimIdle = options.claimIdle
         let settings = Machine.Settings(
             streams: streams, prefetch: options.prefetch, claimIdle: claimIdle, claimInterval: options.claimInterval,
-            leaseInterval: claimIdle.map { $0 / 3 } ?? .seconds(1), maxDeliveries: options.maxDeliveries)
+            leaseInterval: claimIdle.map { $0 / 3 } ?? .seconds(1), maxDeliveries: options.maxDeliveries,
+            removeIdleConsumersAfter: options.removeIdleConsumersAfter)
         self.machine = Locked(Machine(settings: settings, consumer: consumer, now: .now))
         self.streamIndex = Dictionary(streams.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { first, _ in first })
         self.readNewSuffix = ["BLOCK", RedisArgument(Int(options.blockTimeout / .milliseconds(1))), "STREAMS"]
@@ -344,6 +345,9 @@ final class StreamConsumerCore: Sendable {
             if let due = machine.withLock({ $0.reclaimDue(now: .now) }) {
                 await reclaim(stream: due.stream, after: due.after, count: due.count)
             }
+            if let due = machine.withLock({ $0.consumerRemovalDue(now: .now) }) {
+                await removeIdleConsumers(stream: due.stream, minimumIdle: due.minimumIdle)
+            }
             let next = machine.withLock { machine in [machine.nextReclaimAt, machine.nextLeaseAt].compactMap { $0 }.min() }
             let later = ContinuousClock.now + leaseInterval  // entries held from now on are due no sooner
             let wake = max(min(next ?? later, later), ContinuousClock.now + .milliseconds(1))
@@ -401,6 +405,37 @@ final class StreamConsumerCore: Sendable {
         } catch {
             machine.withLock { $0.reclaimFailed(now: .now) }
             room.signal()
+            // NOGROUP is the read loop's to report; a lost connection too.
+            if Machine.missingGroups(error, streams: streams) == nil, !Machine.isConnectionLoss(error), error.code != .cancelled {
+                send(.failed(error))
+            }
+        }
+    }
+
+    /// Removes the group's other consumers idle at least `ARGV[2]` ms with nothing pending, atomically (a consumer
+    /// cannot take an entry between the check and the removal), and returns their names.
+    private static let removeIdleConsumersScript = """
+        local removed = {}
+        for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+            local fields = {}
+            for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+            if fields['pending'] == 0 and fields['idle'] >= tonumber(ARGV[2]) and fields['name'] ~= ARGV[3] then
+                redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+                removed[#removed + 1] = fields['name']
+            end
+        end
+        return removed
+        """
+
+    private func removeIdleConsumers(stream: Int, minimumIdle: Duration) async {
+        do throws(RedisError) {
+            let reply = try await connection.send([
+                "EVAL", RedisArgument(Self.removeIdleConsumersScript), "1", streams[stream].redisArgument,
+                group.redisArgument, RedisArgument(Int(minimumIdle / .milliseconds(1))), consumer.redisArgument,
+            ])
+            let removed = (reply.array ?? []).compactMap(\.bytes).map { RedisName(bytes: $0) }
+            if !removed.isEmpty { send(.consumersRemoved(stream: streams[stream], consumers: removed)) }
+        } catch {
             // NOGROUP is the read loop's to report; a lost connection too.
             if Machine.missingGroups(error, streams: streams) == nil, !Machine.isConnectionLoss(error), error.code != .cancelled {
                 send(.failed(error))

@@ -20,6 +20,9 @@ public enum StreamConsumerEvent: Sendable, Hashable, CustomStringConvertible {
     case groupMissing(stream: RedisName)
     /// The group was created again after ``groupMissing(stream:)``.
     case groupCreated(stream: RedisName)
+    /// Consumers idle longer than ``StreamConsumer/Options/removeIdleConsumersAfter`` with nothing pending were
+    /// removed from the group.
+    case consumersRemoved(stream: RedisName, consumers: [RedisName])
     /// A command failed with an error that is not a lost connection (a permission, a script error): the consumer
     /// retries after a back-off.
     case failed(RedisError)
@@ -38,6 +41,9 @@ public enum StreamConsumerEvent: Sendable, Hashable, CustomStringConvertible {
                 + ids.prefix(10).map(\.description).joined(separator: ", ") + (ids.count > 10 ? ", …" : "")
         case .groupMissing(let stream): "the consumer group of \(stream) is missing (NOGROUP); creating it again"
         case .groupCreated(let stream): "the consumer group of \(stream) was created again"
+        case .consumersRemoved(let stream, let consumers):
+            "removed idle consumer\(consumers.count == 1 ? "" : "s") with nothing pending from the group of \(stream): "
+                + consumers.map(\.description).joined(separator: ", ")
         case .failed(let error): "failed: \(error)"
         }
     }

@@ -21,6 +21,8 @@ struct StreamConsumerStateMachine {
         var leaseInterval: Duration
         /// More deliveries than this send an entry to the dead-letter stream; `nil`: never.
         var maxDeliveries: Int?
+        /// Other consumers idle this long with nothing pending are removed from the group; `nil`: never.
+        var removeIdleConsumersAfter: Duration? = nil
     }
 
     /// An entry of one of the streams.
@@ -133,6 +135,8 @@ struct StreamConsumerStateMachine {
     private var reclaimCursor: [Int: StreamEntryID] = [:]
     private var reclaimStream = 0
     private var reclaiming = false
+    private var nextConsumerRemoval: Instant
+    private var consumerRemovalStream = 0
 
     init(settings: Settings, consumer: RedisName, now: Instant) {
         precondition(!settings.streams.isEmpty && settings.prefetch > 0)
@@ -140,6 +144,7 @@ struct StreamConsumerStateMachine {
         self.me = consumer
         self.phase = .creatingGroups(Set(settings.streams.indices))
         self.nextReclaim = now
+        self.nextConsumerRemoval = now
     }
 
     // MARK: Reading
@@ -394,6 +399,16 @@ struct StreamConsumerStateMachine {
         reclaiming = true
         reclaimReserved = room
         return (reclaimStream, reclaimCursor[reclaimStream], reclaimReserved)
+    }
+
+    /// The stream whose group to clear of idle consumers with nothing pending, when that is due (once a minute, or
+    /// once per removal delay if shorter, each stream in turn). Consumers with pending entries are never removed:
+    /// `XGROUP DELCONSUMER` would drop their entries from the pending list, and nothing would deliver them again.
+    mutating func consumerRemovalDue(now: Instant) -> (stream: Int, minimumIdle: Duration)? {
+        guard let after = settings.removeIdleConsumersAfter, phase == .readingNew, now >= nextConsumerRemoval else { return nil }
+        nextConsumerRemoval = now + min(after, .seconds(60)) / settings.streams.count
+        defer { consumerRemovalStream = (consumerRemovalStream + 1) % settings.streams.count }
+        return (consumerRemovalStream, after)
     }
 
     /// When the next reclaim is due (for the driver's timer).
