@@ -470,7 +470,7 @@ struct StreamConsumerTests {
         // would have dropped them.
         let order = events.all.compactMap { event -> String? in
             switch event {
-            case .claimed: "claimed"
+            case .claimed(_, _, let from) where from.contains("crashed"): "claimed"
             case .consumersRemoved(_, let names) where names.contains("crashed"): "removed crashed"
             default: nil
             }

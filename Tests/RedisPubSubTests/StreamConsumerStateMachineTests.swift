@@ -108,9 +108,20 @@ struct StreamConsumerStateMachineTests {
         #expect(tooSoon == nil)
         let second = machine.consumerRemovalDue(now: start + .seconds(5))  // 10 s shared by two streams
         #expect(second?.stream == 1)
+        #expect(machine.nextConsumerRemovalAt == start + .seconds(10))
+        // Refused by the server (an ACL): it stops for good.
+        machine.consumerRemovalWasRefused()
+        let refused = machine.consumerRemovalDue(now: start + .seconds(60))
+        #expect(refused == nil && machine.nextConsumerRemovalAt == nil)
         var never = reading(self.settings())
         let off = never.consumerRemovalDue(now: start)
-        #expect(off == nil)
+        #expect(off == nil && never.nextConsumerRemovalAt == nil)
+        // An hour's delay is still looked at about once a minute (here 30 s, for each of two streams in turn).
+        var hourly = settings
+        hourly.removeIdleConsumersAfter = .seconds(3600)
+        var slow = reading(hourly)
+        _ = slow.consumerRemovalDue(now: start)
+        #expect(slow.nextConsumerRemovalAt == start + .seconds(30))
     }
 
     @Test func anEntryDeliveredTooOftenIsDeadLetteredAndTakesRoomUntilMoved() {

@@ -29,8 +29,8 @@ public import Logging
 ///   ``StreamConsumerEvent/lost(stream:ids:)``, never skipped silently.
 /// - **`NOGROUP`**: a deleted stream or group is reported once and created again; consuming resumes when the stream
 ///   exists again, without a busy loop.
-/// - **Stale consumers**: other consumers idle for ``Options/removeIdleConsumersAfter`` with nothing pending are
-///   removed from the group; one with pending entries never is.
+/// - **Stale consumers** (opt in): other consumers idle for ``Options/removeIdleConsumersAfter`` with nothing
+///   pending are removed from the group; one with pending entries never is.
 ///
 /// An entry can be delivered twice: when a consumer crashed (or was cut off for longer than `claimIdle`) after
 /// processing it and before its acknowledgement reached the server. Make handlers idempotent, keyed by
@@ -98,11 +98,17 @@ public final class StreamConsumer: AsyncSequence, Sendable {
         public var deadLetterStream: RedisName?
         /// How long one read waits for new entries before it asks again (`XREADGROUP ... BLOCK`).
         public var blockTimeout: Duration
-        /// Other consumers of the group idle at least this long (no read) with nothing pending are removed from it
-        /// (`XGROUP DELCONSUMER`), checked about once a minute by a consumer that reclaims (``claimIdle`` set):
-        /// names of crashed or retired processes do not pile up in the group. A consumer with pending entries is
-        /// never removed (its entries would leave the pending list, and nothing would deliver them again): once
-        /// they are reclaimed, it is. `nil`: never.
+        /// Other consumers of the group idle at least this long with nothing pending are removed from it
+        /// (`XGROUP DELCONSUMER`), checked about once a minute (and no less often than ``claimInterval``) by a
+        /// consumer that reclaims (``claimIdle`` set): names of crashed or retired processes do not pile up in the
+        /// group. A consumer with pending entries is never removed (its entries would leave the pending list, and
+        /// nothing would deliver them again): once they are reclaimed, it is. `nil` (the default): never.
+        ///
+        /// "Idle" is the server's: since the consumer's last read on Redis 7.2 and later, but since it was last
+        /// *served entries* before 7.2, so there a live consumer of a stream quiet for that long is removed too (it
+        /// is created again by its next read; nothing is lost, but the group's list of names flaps). Needs `EVAL`,
+        /// `XINFO` and `XGROUP DELCONSUMER`; refused by an ACL, it is reported once and stops. Must be longer than
+        /// ``blockTimeout``.
         public var removeIdleConsumersAfter: Duration?
         /// Acknowledges each message when the loop asks for the next one, unless it was acknowledged or failed
         /// already. A message whose loop body throws or breaks is not acknowledged: once let go it counts as failed,
@@ -118,7 +124,7 @@ public final class StreamConsumer: AsyncSequence, Sendable {
             maxDeliveries: Int? = 10,
             deadLetterStream: RedisName? = nil,
             blockTimeout: Duration = .seconds(2),
-            removeIdleConsumersAfter: Duration? = .seconds(3600),
+            removeIdleConsumersAfter: Duration? = nil,
             acknowledgesAutomatically: Bool = false
         ) {
             self.prefetch = prefetch
@@ -142,8 +148,8 @@ public final class StreamConsumer: AsyncSequence, Sendable {
             }
             guard claimInterval > .zero else { throw invalid("claimInterval must be positive") }
             if let maxDeliveries, maxDeliveries < 1 { throw invalid("maxDeliveries must be at least 1") }
-            if let after = removeIdleConsumersAfter, after < .milliseconds(1) || after > .seconds(366 * 86_400) {
-                throw invalid("removeIdleConsumersAfter must be between 1 ms and a year (nil: never)")
+            if let after = removeIdleConsumersAfter, after <= blockTimeout || after > .seconds(366 * 86_400) {
+                throw invalid("removeIdleConsumersAfter must be longer than blockTimeout and at most a year (nil: never)")
             }
             guard blockTimeout >= .milliseconds(1), blockTimeout <= .seconds(86_400) else {
                 throw invalid("blockTimeout must be between 1 ms and 24 hours")

@@ -348,7 +348,9 @@ final class StreamConsumerCore: Sendable {
             if let due = machine.withLock({ $0.consumerRemovalDue(now: .now) }) {
                 await removeIdleConsumers(stream: due.stream, minimumIdle: due.minimumIdle)
             }
-            let next = machine.withLock { machine in [machine.nextReclaimAt, machine.nextLeaseAt].compactMap { $0 }.min() }
+            let next = machine.withLock { machine in
+                [machine.nextReclaimAt, machine.nextLeaseAt, machine.nextConsumerRemovalAt].compactMap { $0 }.min()
+            }
             let later = ContinuousClock.now + leaseInterval  // entries held from now on are due no sooner
             let wake = max(min(next ?? later, later), ContinuousClock.now + .milliseconds(1))
             try? await Task.sleep(until: wake, clock: .continuous)
@@ -416,6 +418,7 @@ final class StreamConsumerCore: Sendable {
     /// cannot take an entry between the check and the removal), and returns their names.
     private static let removeIdleConsumersScript = """
         local removed = {}
+        if redis.call('EXISTS', KEYS[1]) == 0 then return removed end
         for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
             local fields = {}
             for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
@@ -436,10 +439,14 @@ final class StreamConsumerCore: Sendable {
             let removed = (reply.array ?? []).compactMap(\.bytes).map { RedisName(bytes: $0) }
             if !removed.isEmpty { send(.consumersRemoved(stream: streams[stream], consumers: removed)) }
         } catch {
-            // NOGROUP is the read loop's to report; a lost connection too.
-            if Machine.missingGroups(error, streams: streams) == nil, !Machine.isConnectionLoss(error), error.code != .cancelled {
-                send(.failed(error))
-            }
+            // NOGROUP is the read loop's to report; a lost connection too. Anything else (an ACL's NOPERM, scripting
+            // disabled) is reported once, and the search stops: it is a housekeeping option, not worth a warning a
+            // minute.
+            guard Machine.missingGroups(error, streams: streams) == nil, !error.message.contains("NOGROUP"),
+                !Machine.isConnectionLoss(error), error.code != .cancelled
+            else { return }
+            machine.withLock { $0.consumerRemovalWasRefused() }
+            send(.failed(error))
         }
     }
 

@@ -20,7 +20,7 @@ public enum StreamConsumerEvent: Sendable, Hashable, CustomStringConvertible {
     case groupMissing(stream: RedisName)
     /// The group was created again after ``groupMissing(stream:)``.
     case groupCreated(stream: RedisName)
-    /// Consumers idle longer than ``StreamConsumer/Options/removeIdleConsumersAfter`` with nothing pending were
+    /// Consumers idle at least ``StreamConsumer/Options/removeIdleConsumersAfter`` with nothing pending were
     /// removed from the group.
     case consumersRemoved(stream: RedisName, consumers: [RedisName])
     /// A command failed with an error that is not a lost connection (a permission, a script error): the consumer

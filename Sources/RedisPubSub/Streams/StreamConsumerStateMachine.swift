@@ -137,6 +137,7 @@ struct StreamConsumerStateMachine {
     private var reclaiming = false
     private var nextConsumerRemoval: Instant
     private var consumerRemovalStream = 0
+    private var consumerRemovalRefused = false
 
     init(settings: Settings, consumer: RedisName, now: Instant) {
         precondition(!settings.streams.isEmpty && settings.prefetch > 0)
@@ -405,10 +406,22 @@ struct StreamConsumerStateMachine {
     /// once per removal delay if shorter, each stream in turn). Consumers with pending entries are never removed:
     /// `XGROUP DELCONSUMER` would drop their entries from the pending list, and nothing would deliver them again.
     mutating func consumerRemovalDue(now: Instant) -> (stream: Int, minimumIdle: Duration)? {
-        guard let after = settings.removeIdleConsumersAfter, phase == .readingNew, now >= nextConsumerRemoval else { return nil }
+        guard let after = settings.removeIdleConsumersAfter, !consumerRemovalRefused, phase == .readingNew,
+            now >= nextConsumerRemoval
+        else { return nil }
         nextConsumerRemoval = now + min(after, .seconds(60)) / settings.streams.count
         defer { consumerRemovalStream = (consumerRemovalStream + 1) % settings.streams.count }
         return (consumerRemovalStream, after)
+    }
+
+    /// When the next search for idle consumers is due (for the driver's timer).
+    var nextConsumerRemovalAt: Instant? {
+        settings.removeIdleConsumersAfter == nil || consumerRemovalRefused || phase == .closed ? nil : nextConsumerRemoval
+    }
+
+    /// The server refused the search (an ACL without `XINFO` or `XGROUP DELCONSUMER`, scripting disabled): it stops.
+    mutating func consumerRemovalWasRefused() {
+        consumerRemovalRefused = true
     }
 
     /// When the next reclaim is due (for the driver's timer).
