@@ -122,21 +122,21 @@ struct LifecycleTests {
     @Test func aPongHeldBackByASlowCommandWrittenRightAfterThePingIsNotADeath() async throws {
         // Redis writes replies after running what it read: a slow command read together with a health PING holds the
         // PONG back. Played out exactly: the PING goes unanswered until a command follows (sent within the health
-        // check's timeout of 6 s, a margin for a sanitizer build under load), which takes 8 s.
+        // check's timeout of 12 s, a margin for a sanitizer build under load: 6 s once ran out), which takes 16 s.
         let pinged = Locked(false)
         let server = try FakeServer { client in
             guard client.acceptHandshake(), client.readCommand() == ["PING"] else { return }
             pinged.withLock { $0 = true }
             guard client.readCommand() == ["EVAL", "slow", "0"] else { return }
-            Thread.sleep(forTimeInterval: 8)
+            Thread.sleep(forTimeInterval: 16)
             client.write("+PONG\r\n+done\r\n")
             while client.readCommand() != nil { client.write("+PONG\r\n") }
         }
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.healthCheckInterval = .milliseconds(200)
-        configuration.healthCheckTimeout = .seconds(6)
-        configuration.commandTimeout = .seconds(20)
+        configuration.healthCheckTimeout = .seconds(12)
+        configuration.commandTimeout = .seconds(30)
         configuration.reconnect = .disabled
         let connection = try await RedisConnection.connect(to: configuration)
         let events = EventRecorder(connection.events())

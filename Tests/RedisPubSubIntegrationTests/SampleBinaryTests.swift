@@ -229,7 +229,7 @@ struct SampleBinaryTests {
         let started = ContinuousClock.now
         let subscriber = try SampleProcess("subscriber", ["--url", "redis://127.0.0.1:\(port)", "--connect-timeout", "1"])
         #expect(await subscriber.exitStatus() == 1)
-        #expect(ContinuousClock.now - started < .seconds(10))
+        #expect(ContinuousClock.now - started < .seconds(30))  // it gives up (a loaded sanitizer run took 10.5 s)
         #expect(subscriber.stderr.contains("cannot connect to redis://127.0.0.1:\(port) within 1.0 s"))
         #expect(subscriber.stderr.contains("Connection refused"))
     }
